@@ -1,0 +1,7 @@
+"""Statistical analysis of a runs table: the estimands of STUDY.md with intervals and Holm-adjusted p-values."""
+
+from soap.analysis.core import ESTIMANDS, ESTIMATES_COLUMNS, KM_COLUMNS, AnalysisResult, analyze, run_analysis
+from soap.analysis.errors import AnalysisError
+
+__all__ = ["ESTIMANDS", "ESTIMATES_COLUMNS", "KM_COLUMNS", "AnalysisError", "AnalysisResult", "analyze",
+           "run_analysis"]

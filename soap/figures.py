@@ -1,0 +1,644 @@
+"""The study's figures: one style, one colour per method, one function per figure.
+
+Every plot function takes data (DataFrames or dicts, already selected by the caller) and returns
+``(fig, axes)``; none of them saves anything (the caller does, with :func:`save_figure`). Datasets are
+facets (columns, or rows where a figure already uses columns), so every figure is one file whatever the
+number of datasets. A missing or empty input draws a "no data" panel that says what is missing instead
+of raising, so a partial study still gets a complete report.
+
+Data conventions:
+
+- ``curves``: the long curves table joined to the runs table on ``run_id`` (so it carries ``dataset``,
+  ``method``, ``seed``, ``lr``) with ``examples`` and the logged columns (``train_loss_ema``,
+  ``angle_l0``, ``cos_l0``, ...).
+- ``runs``: the runs table (soap.tables.RUNS_COLUMNS plus ``effective_lr``).
+- Bands are 95% t-intervals of the mean over seeds (:func:`mean_ci`), not bootstrap: deterministic,
+  fast, and the same in every figure.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import zlib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # figures are only ever written to files; never needs a display
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+from matplotlib.patches import FancyArrowPatch, FancyBboxPatch  # noqa: E402
+from matplotlib.transforms import blended_transform_factory  # noqa: E402
+from scipy import stats  # noqa: E402
+
+from soap.tables import write_atomic  # noqa: E402
+
+# One colour per method, fixed across every figure (Paul Tol's colour-blind-safe "bright" and "muted"
+# sets). bp is near-black because it is the reference everything is compared with.
+METHOD_COLORS: dict[str, str] = {
+    "bp": "#222222",
+    "fa": "#4477AA",
+    "sign": "#EE6677",
+    "sign_scaled": "#228833",
+    "stale_bp": "#AA3377",
+    "usf": "#CCBB44",
+    "frsf": "#66CCEE",
+    "brsf": "#882255",
+    "dfa": "#999933",
+    "kolen_pollack": "#44AA99",
+}
+# Methods beyond the table get a colour from here, chosen by a stable hash of the name so that a new
+# method keeps its colour from run to run and figure to figure.
+_FALLBACK_COLORS = ("#332288", "#117733", "#DDCC77", "#CC6677", "#88CCEE", "#AA4499", "#BBBBBB")
+METHOD_ORDER: tuple[str, ...] = tuple(METHOD_COLORS)
+
+DATASET_LABELS = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}
+ESTIMAND_LABELS = {
+    "fixed_lr": "shared lr",
+    "tuned": "each tuned",
+    "effective_lr": "matched effective lr",
+}
+ESTIMAND_MARKERS = {"fixed_lr": "o", "tuned": "s", "effective_lr": "D"}
+
+LOSS_LABEL = "cross-entropy (nats)"
+EXAMPLES_LABEL = "training examples seen"
+BAND_NOTE = "mean and 95% CI over seeds"
+
+# Applied around each plot function (not globally) so that importing soap.figures changes nothing
+# for other code that uses matplotlib.
+STYLE_RC: dict = {
+    **sns.axes_style("whitegrid"),
+    **sns.plotting_context("paper", font_scale=1.35),
+    "axes.titleweight": "bold",
+    "axes.titlesize": 12,
+    "legend.frameon": False,
+    "figure.dpi": 100,
+    "savefig.bbox": "tight",
+    "pdf.fonttype": 42,  # embed TrueType so text in the PDFs stays text
+    "font.family": "DejaVu Sans",
+}
+
+
+def method_color(method: str) -> str:
+    """The fixed colour of a method; unknown methods get a stable colour from their name."""
+    if method in METHOD_COLORS:
+        return METHOD_COLORS[method]
+    return _FALLBACK_COLORS[zlib.crc32(method.encode()) % len(_FALLBACK_COLORS)]
+
+
+def order_methods(methods: Iterable[str]) -> list[str]:
+    """Known methods in METHOD_ORDER, then any others alphabetically."""
+    methods = set(methods)
+    known = [m for m in METHOD_ORDER if m in methods]
+    return known + sorted(methods - set(known))
+
+
+def dataset_label(dataset: str) -> str:
+    return DATASET_LABELS.get(dataset, dataset)
+
+
+def styled(plot):
+    """Run a plot function inside the study style."""
+
+    @functools.wraps(plot)
+    def wrapper(*args, **kwargs):
+        with plt.rc_context(STYLE_RC):
+            return plot(*args, **kwargs)
+
+    return wrapper
+
+
+def save_figure(fig, path_stem: str | Path, dpi: int = 200) -> tuple[Path, Path]:
+    """Write ``<stem>.png`` and ``<stem>.pdf`` atomically; returns both paths."""
+    stem = Path(path_stem)
+    paths = []
+    for suffix in (".png", ".pdf"):
+        target = stem.with_suffix(suffix)
+        # The format is given explicitly because the temporary file's suffix is ".tmp".
+        fmt = suffix[1:]
+        paths.append(write_atomic(target, lambda tmp, fmt=fmt: fig.savefig(tmp, format=fmt, dpi=dpi)))
+    return paths[0], paths[1]
+
+
+def no_data(ax, message: str) -> None:
+    """Turn an axis into a panel that says why there is nothing to show."""
+    ax.set_axis_off()
+    ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True, fontsize=11, color="#555555",
+            transform=ax.transAxes,
+            bbox={"boxstyle": "round,pad=0.8", "facecolor": "#f4f4f4", "edgecolor": "#cccccc"})
+
+
+def mean_ci(table: pd.DataFrame, by: list[str], value: str, level: float = 0.95) -> pd.DataFrame:
+    """Mean of ``value`` per group with a t-interval over the group's finite rows.
+
+    Returns columns ``by + [mean, ci_low, ci_high, n]``; a group with one row has a zero-width interval.
+    """
+    finite = table[np.isfinite(table[value].astype(float))]
+    grouped = finite.groupby(by, observed=True)[value].agg(["mean", "std", "count"]).reset_index()
+    half = stats.t.ppf(0.5 + level / 2, np.maximum(grouped["count"] - 1, 1)) * grouped["std"] / np.sqrt(
+        grouped["count"])
+    half = half.fillna(0.0).where(grouped["count"] > 1, 0.0)
+    return grouped.assign(ci_low=grouped["mean"] - half, ci_high=grouped["mean"] + half).rename(
+        columns={"count": "n"}).drop(columns="std")
+
+
+def _datasets(*tables: pd.DataFrame | None, extra: Iterable[str] = ()) -> list[str]:
+    found: list[str] = list(extra)
+    for table in tables:
+        if table is not None and not table.empty and "dataset" in table:
+            found += [d for d in table["dataset"].dropna().unique() if d not in found]
+    return list(dict.fromkeys(found))
+
+
+def _facets(n: int, width: float = 5.6, height: float = 4.2, nrows: int = 1, sharey: bool = False):
+    ncols = max(n, 1)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False,
+                             sharey=sharey, layout="constrained")
+    return fig, axes
+
+
+def _empty(table: pd.DataFrame | None, *columns: str) -> bool:
+    return table is None or table.empty or any(c not in table.columns for c in columns)
+
+
+def _band(ax, summary: pd.DataFrame, x: str, color: str, label: str, step: bool = False, **line_kw):
+    summary = summary.sort_values(x)
+    drawstyle = "steps-post" if step else "default"
+    ax.plot(summary[x], summary["mean"], color=color, label=label, drawstyle=drawstyle, lw=1.8, **line_kw)
+    ax.fill_between(summary[x], summary["ci_low"], summary["ci_high"], color=color, alpha=0.2, lw=0,
+                    step="post" if step else None)
+
+
+def _legend_below(fig, axes) -> None:
+    """One legend for the whole figure, below it, built from every axis's labelled artists."""
+    handles, labels = {}, []
+    for ax in np.ravel(axes):
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            if label not in handles and not label.startswith("_"):
+                handles[label] = handle
+                labels.append(label)
+    if handles:
+        fig.legend([handles[lab] for lab in labels], labels, loc="outside lower center",
+                   ncols=min(len(labels), 6))
+
+
+def _first_crossing(summary: pd.DataFrame, target: float) -> float:
+    below = summary.sort_values("examples")
+    below = below[below["mean"] <= target]
+    return float(below["examples"].iloc[0]) if len(below) else math.nan
+
+
+# --- 1 and 2: training curves -----------------------------------------------------------------------
+
+def _curve_panel(ax, curves: pd.DataFrame, target: float | None, value: str) -> dict[str, float]:
+    """Draw mean curves with bands per method; returns each mean curve's first crossing of target."""
+    crossings = {}
+    for method in order_methods(curves["method"].unique()):
+        summary = mean_ci(curves[curves["method"] == method], ["examples"], value)
+        if summary.empty:
+            continue
+        n = int(curves.loc[curves["method"] == method, "seed"].nunique())
+        _band(ax, summary, "examples", method_color(method), f"{method}")
+        ax.annotate(f"n={n}", (summary["examples"].iloc[-1], summary["mean"].iloc[-1]),
+                    textcoords="offset points", xytext=(3, 0), fontsize=8, color=method_color(method),
+                    va="center")
+        if target is not None and np.isfinite(target):
+            crossings[method] = _first_crossing(summary, target)
+    if target is not None and np.isfinite(target):
+        ax.axhline(target, color="#777777", ls="--", lw=1, label="target loss")
+    ax.set_yscale("log")
+    ax.set_xlabel(EXAMPLES_LABEL)
+    ax.set_ylabel(f"training loss, EMA\n{LOSS_LABEL}")
+    return crossings
+
+
+@styled
+def plot_bp_vs_fa(curves: pd.DataFrame | None, targets: Mapping[str, float] | None = None,
+                  ratios: Mapping[str, Mapping] | None = None, lrs: Mapping[str, float] | None = None,
+                  value: str = "train_loss_ema"):
+    """Figure 1: bp and fa at bp's tuned learning rate, with the target loss and the time-to-target ratio.
+
+    ``targets``, ``ratios`` and ``lrs`` are keyed by dataset; ``ratios[dataset]`` holds the analysis's
+    ``estimate, ci_low, ci_high`` for fa's examples-to-target over bp's.
+    """
+    targets, ratios, lrs = targets or {}, ratios or {}, lrs or {}
+    datasets = _datasets(curves) or ["(none)"]
+    fig, axes = _facets(len(datasets))
+    for ax, dataset in zip(axes[0], datasets):
+        subset = None if _empty(curves, value) else curves[
+            (curves["dataset"] == dataset) & curves["method"].isin(["bp", "fa"])].dropna(subset=[value])
+        if subset is None or subset.empty:
+            no_data(ax, "no bp / fa training curves\nat the shared learning rate")
+            continue
+        target = targets.get(dataset)
+        crossings = _curve_panel(ax, subset, target, value)
+        title = dataset_label(dataset)
+        if dataset in lrs:
+            title += f", lr = {lrs[dataset]:.3g}"
+        ax.set_title(title)
+        _annotate_time_to_target(ax, target, crossings, ratios.get(dataset))
+    _legend_below(fig, axes)
+    return fig, axes
+
+
+def _annotate_time_to_target(ax, target, crossings: dict[str, float], ratio: Mapping | None) -> None:
+    bp_x, fa_x = crossings.get("bp", math.nan), crossings.get("fa", math.nan)
+    if target is not None and np.isfinite(bp_x) and np.isfinite(fa_x):
+        # The write-up's horizontal line: how much further along fa reaches the same loss.
+        ax.annotate("", xy=(fa_x, target), xytext=(bp_x, target),
+                    arrowprops={"arrowstyle": "->", "color": method_color("fa"), "lw": 1.5})
+    if ratio and np.isfinite(ratio.get("estimate", math.nan)):
+        text = (f"examples to target, fa / bp:\n{ratio['estimate']:.2f}x "
+                f"(95% CI {ratio.get('ci_low', math.nan):.2f} to {ratio.get('ci_high', math.nan):.2f})")
+    else:
+        text = "time-to-target ratio\nnot available"
+    ax.text(0.97, 0.97, text, transform=ax.transAxes, ha="right", va="top", fontsize=9,
+            bbox={"boxstyle": "round,pad=0.4", "facecolor": "white", "edgecolor": "#bbbbbb"})
+
+
+@styled
+def plot_fixed_lr_curves(curves: pd.DataFrame | None, lrs: Mapping[str, float] | None = None,
+                         targets: Mapping[str, float] | None = None, value: str = "train_loss_ema"):
+    """Figure 2: every method at the shared fixed learning rate (the write-up's naive comparison)."""
+    lrs, targets = lrs or {}, targets or {}
+    datasets = _datasets(curves) or ["(none)"]
+    fig, axes = _facets(len(datasets))
+    for ax, dataset in zip(axes[0], datasets):
+        subset = None if _empty(curves, value) else curves[curves["dataset"] == dataset].dropna(
+            subset=[value])
+        if subset is None or subset.empty:
+            no_data(ax, "no training curves at the shared learning rate")
+            continue
+        _curve_panel(ax, subset, targets.get(dataset), value)
+        title = dataset_label(dataset)
+        if dataset in lrs:
+            title += f", every method at lr = {lrs[dataset]:.3g}"
+        ax.set_title(title)
+    _legend_below(fig, axes)
+    return fig, axes
+
+
+# --- 3 and 4: learning-rate response ------------------------------------------------------------------
+
+@styled
+def plot_lr_response(runs: pd.DataFrame | None, tuned_lr: Mapping[str, Mapping[str, float]] | None = None,
+                     fixed_lr: Mapping[str, float] | None = None, outcome: str = "test_loss"):
+    """Figure 3: final outcome vs nominal learning rate on the grid runs, tuned optima marked.
+
+    Diverged runs have no final loss; where any seed diverged, an x at the top marks the lr.
+    """
+    tuned_lr, fixed_lr = tuned_lr or {}, fixed_lr or {}
+    datasets = _datasets(runs) or ["(none)"]
+    fig, axes = _facets(len(datasets))
+    for ax, dataset in zip(axes[0], datasets):
+        grid = None if _empty(runs, "lr", outcome) else runs[runs["dataset"] == dataset]
+        if grid is None or grid.empty:
+            no_data(ax, "no grid runs")
+            continue
+        top = blended_transform_factory(ax.transData, ax.transAxes)
+        for method in order_methods(grid["method"].unique()):
+            rows = grid[grid["method"] == method]
+            color = method_color(method)
+            summary = mean_ci(rows, ["lr"], outcome)
+            if not summary.empty:
+                _band(ax, summary, "lr", color, method, marker="o", ms=4)
+            diverged = rows.groupby("lr")["diverged"].any()
+            diverged = diverged[diverged].index
+            ax.plot(diverged, np.full(len(diverged), 0.98), ls="", marker="x", color=color, ms=6,
+                    transform=top, label="_diverged")
+            if method in tuned_lr.get(dataset, {}):
+                ax.plot([tuned_lr[dataset][method]], [0.03], marker="^", ms=10, color=color,
+                        markeredgecolor="white", transform=top, clip_on=False, label="_tuned")
+        if dataset in fixed_lr:
+            ax.axvline(fixed_lr[dataset], color="#777777", ls="--", lw=1, label="shared lr")
+        ax.plot([], [], ls="", marker="^", color="#555555", ms=9, label="tuned lr (per method)")
+        ax.plot([], [], ls="", marker="x", color="#555555", label="some seeds diverged")
+        ax.set(xscale="log", yscale="log", xlabel="nominal learning rate (log scale)",
+               ylabel=f"final {outcome.replace('_', ' ')}\n{LOSS_LABEL}", title=dataset_label(dataset))
+    _legend_below(fig, axes)
+    return fig, axes
+
+
+@styled
+def plot_effective_lr_response(runs: pd.DataFrame | None, outcome: str = "test_loss"):
+    """Figure 4: the grid's outcome against effective learning rate (lr * feedback_gain).
+
+    Points are runs; lines join, per method and nominal lr, the geometric mean effective lr with the
+    mean outcome and its 95% CI. If the methods' differences are learning rate, the lines collapse.
+    """
+    datasets = _datasets(runs) or ["(none)"]
+    fig, axes = _facets(len(datasets))
+    for ax, dataset in zip(axes[0], datasets):
+        grid = None if _empty(runs, "effective_lr", outcome) else runs[
+            (runs["dataset"] == dataset) & np.isfinite(runs["effective_lr"]) & (runs["effective_lr"] > 0)]
+        if grid is None or grid.empty:
+            no_data(ax, "no grid runs with an effective learning rate")
+            continue
+        for method in order_methods(grid["method"].unique()):
+            rows = grid[grid["method"] == method]
+            color = method_color(method)
+            ax.scatter(rows["effective_lr"], rows[outcome], s=9, color=color, alpha=0.3, lw=0,
+                       label="_runs")
+            summary = mean_ci(rows, ["lr"], outcome)
+            x = rows.groupby("lr")["effective_lr"].apply(lambda v: float(np.exp(np.log(v).mean())))
+            summary = summary.assign(effective_lr=summary["lr"].map(x))
+            if not summary.empty:
+                _band(ax, summary, "effective_lr", color, method, marker="o", ms=4)
+        ax.set(xscale="log", yscale="log", xlabel="effective learning rate, lr x feedback gain (log scale)",
+               ylabel=f"final {outcome.replace('_', ' ')}\n{LOSS_LABEL}", title=dataset_label(dataset))
+    _legend_below(fig, axes)
+    return fig, axes
+
+
+# --- 5: causal diagram --------------------------------------------------------------------------------
+
+# Node positions in axis coordinates (0..1).
+_DAG_NODES = {
+    "method": ("method\n(feedback rule)", (0.10, 0.55)),
+    "gain": ("feedback gain\n|delta_rule| / |delta_bp|", (0.40, 0.85)),
+    "nominal": ("nominal lr", (0.40, 0.25)),
+    "effective": ("effective lr\nlr x gain", (0.68, 0.55)),
+    "outcome": ("test loss", (0.92, 0.55)),
+    "other": ("lr tuned for\nanother method (bp)", (0.12, 0.08)),
+}
+_DAG_EDGES = [
+    # (from, to, style, colour, label)
+    ("method", "gain", "-", "#222222", None),
+    ("gain", "effective", "-", "#222222", None),
+    ("nominal", "effective", "-", "#222222", None),
+    ("effective", "outcome", "-", "#222222", None),
+    ("method", "outcome", "-", "#222222", "direct: alignment quality"),
+    ("method", "nominal", "--", "#4477AA", "tuned for this method:\nlr is a mediator"),
+    ("other", "nominal", ":", "#EE6677", "chosen for bp:\nconfounds the comparison"),
+]
+
+
+@styled
+def plot_causal_diagram():
+    """Figure 5: the causal diagram of method, feedback gain, learning rates and outcome."""
+    fig, ax = plt.subplots(figsize=(10, 5.2), layout="constrained")
+    ax.set(xlim=(0, 1), ylim=(-0.05, 1.02))
+    ax.set_axis_off()
+    boxes = {}
+    for key, (text, (x, y)) in _DAG_NODES.items():
+        boxes[key] = ax.text(x, y, text, ha="center", va="center", fontsize=11, zorder=3,
+                             bbox={"boxstyle": "round,pad=0.5", "facecolor": "#fbfbfb",
+                                   "edgecolor": "#444444", "lw": 1.2})
+    fig.canvas.draw()  # text boxes need a renderer before arrows can be clipped to them
+    for src, dst, style, color, label in _DAG_EDGES:
+        arrow = FancyArrowPatch(_DAG_NODES[src][1], _DAG_NODES[dst][1], arrowstyle="-|>",
+                                mutation_scale=16, lw=1.6, ls=style, color=color,
+                                patchA=boxes[src].get_bbox_patch(), patchB=boxes[dst].get_bbox_patch(),
+                                connectionstyle="arc3,rad=-0.28" if (src, dst) == ("method", "outcome")
+                                else "arc3,rad=0", zorder=2)
+        ax.add_patch(arrow)
+        if label:
+            _label_edge(ax, src, dst, label, color)
+    ax.add_patch(FancyBboxPatch((0.0, -0.04), 1.0, 1.05, boxstyle="round,pad=0", fill=False, lw=0))
+    return fig, np.array([[ax]])
+
+
+def _label_edge(ax, src: str, dst: str, label: str, color: str) -> None:
+    (x0, y0), (x1, y1) = _DAG_NODES[src][1], _DAG_NODES[dst][1]
+    offsets = {("method", "outcome"): (0.0, -0.30), ("method", "nominal"): (-0.11, -0.02),
+               ("other", "nominal"): (0.19, -0.05)}
+    dx, dy = offsets.get((src, dst), (0.0, 0.0))
+    ax.text((x0 + x1) / 2 + dx, (y0 + y1) / 2 + dy, label, ha="center", va="center", fontsize=9.5,
+            color=color, style="italic")
+
+
+# --- 6 and 7: estimates -------------------------------------------------------------------------------
+
+@styled
+def plot_forest(estimates: pd.DataFrame | None, estimands: tuple[str, ...] = ("fixed_lr", "tuned",
+                                                                                  "effective_lr"),
+                reference: str = "bp", outcome: str = "test_loss"):
+    """Figure 6: forest plot of each method vs ``reference`` per estimand, with 95% intervals.
+
+    Estimates are differences (method minus reference) in ``outcome``: left of zero is better than bp.
+    The Holm-adjusted p-value is printed at the right of each row.
+    """
+    rows = None if _empty(estimates, "estimand", "estimate") else estimates[
+        estimates["estimand"].isin(estimands) & (estimates["reference"] == reference)]
+    datasets = _datasets(rows) or ["(none)"]
+    n_rows = 1 if rows is None or rows.empty else max(
+        len(rows[rows["dataset"] == d]) for d in datasets)
+    fig, axes = _facets(len(datasets), width=6.2, height=1.2 + 0.38 * max(n_rows, 4))
+    for ax, dataset in zip(axes[0], datasets):
+        subset = None if rows is None else rows[rows["dataset"] == dataset]
+        if subset is None or subset.empty:
+            no_data(ax, "no method-vs-bp estimates")
+            continue
+        _forest_panel(ax, subset, estimands)
+        ax.set_title(dataset_label(dataset))
+        ax.set_xlabel(f"{outcome.replace('_', ' ')} difference, method - {reference}\n"
+                      "(< 0: lower loss than bp)")
+    _legend_below(fig, axes)
+    return fig, axes
+
+
+def _forest_panel(ax, rows: pd.DataFrame, estimands: tuple[str, ...]) -> None:
+    labels, y = [], 0
+    for estimand in estimands:
+        block = rows[rows["estimand"] == estimand]
+        for method in order_methods(block["method"].unique()):
+            row = block[block["method"] == method].iloc[0]
+            color = method_color(method)
+            ax.errorbar(row["estimate"], -y, xerr=[[row["estimate"] - row["ci_low"]],
+                                                    [row["ci_high"] - row["estimate"]]],
+                        fmt=ESTIMAND_MARKERS.get(estimand, "o"), color=color, ms=6, capsize=3, lw=1.6,
+                        label=f"{method}")
+            p = row.get("p_holm", math.nan)
+            if pd.notna(p):
+                ax.text(1.02, -y, f"p={p:.2g}", transform=blended_transform_factory(ax.transAxes,
+                                                                                   ax.transData),
+                        va="center", fontsize=8.5, color="#444444")
+            labels.append(f"{ESTIMAND_LABELS.get(estimand, estimand)}: {method}")
+            y += 1
+        y += 0.5  # a gap between estimand blocks
+    ax.axvline(0, color="#777777", lw=1)
+    positions = [-p for p in _forest_positions(rows, estimands)]
+    ax.set_yticks(positions, labels)
+    ax.set_ylim(min(positions) - 0.7, 0.7)
+    ax.grid(axis="y", visible=False)
+
+
+def _forest_positions(rows: pd.DataFrame, estimands: tuple[str, ...]) -> list[float]:
+    positions, y = [], 0.0
+    for estimand in estimands:
+        for _ in order_methods(rows.loc[rows["estimand"] == estimand, "method"].unique()):
+            positions.append(y)
+            y += 1
+        y += 0.5
+    return positions
+
+
+_MEDIATION_PARTS = (("acme", "mediated (ACME)\nvia log feedback gain"), ("ade", "direct (ADE)"),
+                    ("total", "total effect"))
+
+
+@styled
+def plot_mediation(mediation: Mapping[str, Mapping] | None, outcome: str = "test_loss"):
+    """Figure 7: mediation of sign vs sign_scaled through log(feedback_gain), per dataset.
+
+    ``mediation`` is summary.json's ``mediation`` block: {dataset: {"acme": {...}, "ade": {...},
+    "total": {...}, "prop": {...}, "lr": float, "n": int}}.
+    """
+    mediation = mediation or {}
+    datasets = list(mediation) or ["(none)"]
+    fig, axes = _facets(len(datasets), width=5.6, height=3.4)
+    for ax, dataset in zip(axes[0], datasets):
+        block = mediation.get(dataset)
+        if not block or not any(part in block for part, _ in _MEDIATION_PARTS):
+            no_data(ax, "no mediation analysis\n(needs sign and sign_scaled runs)")
+            continue
+        colors = (method_color("sign"), "#777777", "#222222")
+        for i, ((part, label), color) in enumerate(zip(_MEDIATION_PARTS, colors)):
+            value = block.get(part) or {}
+            est = value.get("estimate", math.nan)
+            if pd.notna(est):
+                ax.errorbar(est, -i, xerr=[[est - value.get("ci_low", est)],
+                                           [value.get("ci_high", est) - est]],
+                            fmt="o", color=color, capsize=3, ms=7, lw=1.8)
+        ax.set_yticks([-i for i in range(len(_MEDIATION_PARTS))], [lab for _, lab in _MEDIATION_PARTS])
+        ax.set_ylim(-len(_MEDIATION_PARTS) + 0.4, 0.6)
+        ax.axvline(0, color="#777777", lw=1)
+        ax.grid(axis="y", visible=False)
+        title = f"{dataset_label(dataset)}: {block.get('exposure', 'sign')} vs " \
+                f"{block.get('control', 'sign_scaled')}"
+        prop = block.get("prop") or {}
+        if pd.notna(prop.get("estimate", math.nan)):
+            title += f"\nproportion mediated {prop['estimate']:.2f} " \
+                     f"(95% CI {prop.get('ci_low', math.nan):.2f} to {prop.get('ci_high', math.nan):.2f})"
+        ax.set_title(title, fontsize=10.5)
+        ax.set_xlabel(f"effect on {outcome.replace('_', ' ')} (nats)")
+    return fig, axes
+
+
+# --- 8: Kaplan-Meier ----------------------------------------------------------------------------------
+
+@styled
+def plot_km(km: pd.DataFrame | None, targets: Mapping[str, float] | None = None):
+    """Figure 8: Kaplan-Meier curves of examples to the target loss, with 95% bands."""
+    targets = targets or {}
+    datasets = _datasets(km) or ["(none)"]
+    fig, axes = _facets(len(datasets))
+    for ax, dataset in zip(axes[0], datasets):
+        subset = None if _empty(km, "examples", "survival") else km[km["dataset"] == dataset]
+        if subset is None or subset.empty:
+            no_data(ax, "no time-to-target data")
+            continue
+        for method in order_methods(subset["method"].unique()):
+            rows = subset[subset["method"] == method].rename(columns={"survival": "mean"})
+            if "ci_low" not in rows:
+                rows = rows.assign(ci_low=rows["mean"], ci_high=rows["mean"])
+            _band(ax, rows, "examples", method_color(method), method, step=True)
+        title = dataset_label(dataset)
+        if dataset in targets and pd.notna(targets[dataset]):
+            title += f", target loss {targets[dataset]:.3g}"
+        ax.set(ylim=(-0.02, 1.02), xlabel=EXAMPLES_LABEL, ylabel="fraction of runs\nnot yet at target",
+               title=title)
+    _legend_below(fig, axes)
+    return fig, axes
+
+
+# --- 9: alignment -------------------------------------------------------------------------------------
+
+def _layer_columns(curves: pd.DataFrame, prefix: str) -> list[str]:
+    columns = [c for c in curves.columns if c.startswith(f"{prefix}_l") and c[len(prefix) + 2:].isdigit()]
+    return sorted(columns, key=lambda c: int(c[len(prefix) + 2:]))
+
+
+_ALIGNMENT_ROWS = (("angle", "angle(B, W) (degrees)"), ("cos", "cosine of error signal\nwith bp's"))
+
+
+@styled
+def plot_alignment(curves: pd.DataFrame | None):
+    """Figure 9: per layer and method, the angle between B and W and the error-signal cosine with BP.
+
+    Rows are (dataset, quantity) pairs and columns are layers; the cosine exists only for layers whose
+    error signal feeds a hidden layer.
+    """
+    datasets = _datasets(curves) or ["(none)"]
+    layer_cols = {p: ([] if curves is None else _layer_columns(curves, p)) for p, _ in _ALIGNMENT_ROWS}
+    ncols = max(1, *(len(c) for c in layer_cols.values()))
+    fig, axes = plt.subplots(2 * len(datasets), ncols, figsize=(4.6 * ncols, 3.3 * 2 * len(datasets)),
+                             squeeze=False, layout="constrained", sharex=True)
+    for d, dataset in enumerate(datasets):
+        subset = None if _empty(curves, "examples") else curves[curves["dataset"] == dataset]
+        for r, (prefix, ylabel) in enumerate(_ALIGNMENT_ROWS):
+            row_axes = axes[2 * d + r]
+            for c, ax in enumerate(row_axes):
+                if c >= len(layer_cols[prefix]):
+                    no_data(ax, f"no {prefix} logged\nfor this layer") if c == 0 else ax.set_axis_off()
+                    continue
+                column = layer_cols[prefix][c]
+                _alignment_panel(ax, subset, column)
+                ax.set_title(f"{dataset_label(dataset)}, layer {column.rsplit('_l', 1)[1]}", fontsize=10.5)
+                if c == 0:
+                    ax.set_ylabel(ylabel)
+                if 2 * d + r == 2 * len(datasets) - 1:
+                    ax.set_xlabel(EXAMPLES_LABEL)
+    _legend_below(fig, axes)
+    return fig, axes
+
+
+def _alignment_panel(ax, curves: pd.DataFrame | None, column: str) -> None:
+    rows = None if curves is None else curves.dropna(subset=[column])
+    if rows is None or rows.empty:
+        no_data(ax, f"{column} not logged")
+        return
+    for method in order_methods(rows["method"].unique()):
+        summary = mean_ci(rows[rows["method"] == method], ["examples"], column)
+        _band(ax, summary, "examples", method_color(method), method)
+    ax.tick_params(labelbottom=True)
+
+
+# --- 10: Optuna ---------------------------------------------------------------------------------------
+
+@styled
+def plot_tuning(trials: pd.DataFrame | None, best: pd.DataFrame | None = None):
+    """Figure 10: Optuna tuning, per dataset: best objective so far vs trial, and lr vs objective.
+
+    ``trials`` is the concatenation of every study's ``trials_dataframe()`` with ``dataset``, ``method``
+    and ``repeat`` columns added; ``best`` has one row per study with ``dataset, method, repeat, lr``.
+    """
+    datasets = _datasets(trials) or ["(none)"]
+    fig, axes = plt.subplots(len(datasets), 2, figsize=(12, 4.2 * len(datasets)), squeeze=False,
+                             layout="constrained")
+    for (ax_hist, ax_lr), dataset in zip(axes, datasets):
+        subset = None if _empty(trials, "number", "value", "params_lr") else trials[
+            (trials["dataset"] == dataset) & np.isfinite(trials["value"].astype(float))]
+        if "state" in (subset.columns if subset is not None else []):
+            subset = subset[subset["state"].astype(str).str.upper().str.endswith("COMPLETE")]
+        if subset is None or subset.empty:
+            no_data(ax_hist, "no tuning trials")
+            no_data(ax_lr, "no tuning trials")
+            continue
+        _tuning_panels(ax_hist, ax_lr, subset, None if best is None or best.empty
+                       else best[best["dataset"] == dataset])
+        ax_hist.set(xlabel="trial number", ylabel=f"best validation loss so far\n{LOSS_LABEL}",
+                    yscale="log", title=f"{dataset_label(dataset)}: optimisation history")
+        ax_lr.set(xscale="log", yscale="log", xlabel="learning rate (log scale)",
+                  ylabel=f"validation loss\n{LOSS_LABEL}", title=f"{dataset_label(dataset)}: lr vs objective")
+    _legend_below(fig, axes)
+    return fig, axes
+
+
+def _tuning_panels(ax_hist, ax_lr, trials: pd.DataFrame, best: pd.DataFrame | None) -> None:
+    for method in order_methods(trials["method"].unique()):
+        color = method_color(method)
+        rows = trials[trials["method"] == method]
+        for i, (_, study) in enumerate(rows.groupby("repeat")):
+            study = study.sort_values("number")
+            ax_hist.plot(study["number"], study["value"].cummin(), color=color, lw=1.5, alpha=0.85,
+                         drawstyle="steps-post", label=method if i == 0 else "_repeat")
+        ax_lr.scatter(rows["params_lr"], rows["value"], s=14, color=color, alpha=0.6, lw=0, label=method)
+        if best is not None and "lr" in best:
+            for lr in best.loc[best["method"] == method, "lr"].dropna():
+                ax_lr.axvline(lr, color=color, ls=":", lw=1.2, label="_best")

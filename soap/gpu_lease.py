@@ -1,0 +1,198 @@
+"""One GPU per training job: a lease on per-device lock files.
+
+Snakemake's `--resources gpu=N` caps how many training jobs run at once, but gives a job no slot id,
+so it cannot say *which* device a job should use. Each job therefore leases a device itself: it takes
+an exclusive `fcntl.flock` on `<lock_dir>/gpu-<device>.lock` for the first free device and holds it for
+its whole life. The kernel drops a flock when its holder dies, however it dies (SIGKILL included), so a
+crashed job never leaves a device locked. The job then sees only its device (CUDA_VISIBLE_DEVICES), so
+code inside it just asks for "cuda".
+
+Devices are leased among the ones already visible: an existing CUDA_VISIBLE_DEVICES (set by SLURM, or
+by hand) is honoured, and the lock files are named by those identifiers so that two workflows sharing
+a lock directory on one machine coordinate on the same physical devices. With no GPU the lease is a
+no-op and the job runs on the CPU unchanged.
+
+Two ways in:
+    with gpu_lease(lock_dir, gpus="auto") as lease: ...   # inside Python, before CUDA is initialised
+    python -m soap.gpu_lease --gpus auto -- soap train ...  # wraps any command (exec keeps the lock)
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, MutableMapping
+
+ENV = "CUDA_VISIBLE_DEVICES"
+
+
+class LeaseError(RuntimeError):
+    """No device could be leased (bad setting, or none freed before the timeout)."""
+
+
+@dataclass
+class Lease:
+    device: str  # identifier as the parent process sees it ("0", "3", "GPU-<uuid>", ...)
+    path: Path  # the lock file
+    fd: int  # open descriptor that holds the flock; closing it releases the device
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)  # closing the last descriptor drops the flock
+            self.fd = -1
+
+
+def default_lock_dir() -> Path:
+    # Per user and per machine: devices are per machine, and /tmp is local to each node on a cluster.
+    return Path(tempfile.gettempdir()) / f"soap-gpu-locks-{os.getuid()}"
+
+
+def count_gpus() -> int:
+    """Number of CUDA devices on this machine, without initialising CUDA in this process.
+
+    CUDA reads CUDA_VISIBLE_DEVICES once, when it initialises; counting through torch here could
+    initialise it before the lease has chosen a device, so the count comes from nvidia-smi or a
+    throwaway interpreter.
+    """
+    if shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30)
+            if out.returncode == 0:
+                return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
+        except (OSError, subprocess.SubprocessError):
+            pass
+    try:
+        out = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.device_count())"],
+                             capture_output=True, text=True, timeout=120)
+        return int(out.stdout.strip() or 0)
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return 0
+
+
+def visible_devices(gpus: str | int = "auto", env: MutableMapping[str, str] | None = None) -> list[str]:
+    """Device identifiers a job may lease: the visible ones, the first `gpus` of them if a number.
+
+    `gpus` is "auto" (all visible), 0 (none: run on CPU) or a positive count.
+    """
+    env = os.environ if env is None else env
+    if str(gpus) == "0":
+        return []
+    if ENV in env:
+        # An empty or "-1" CUDA_VISIBLE_DEVICES hides every device.
+        devices = [d.strip() for d in env[ENV].split(",") if d.strip() and d.strip() != "-1"]
+    else:
+        devices = [str(i) for i in range(count_gpus())]
+    if str(gpus) == "auto":
+        return devices
+    try:
+        wanted = int(gpus)
+    except ValueError:
+        raise LeaseError(f"gpus must be 'auto', 0 or a positive integer, got {gpus!r}") from None
+    if wanted < 0:
+        raise LeaseError(f"gpus must be 'auto', 0 or a positive integer, got {gpus!r}")
+    if wanted > len(devices):
+        raise LeaseError(f"gpus={wanted} but only {len(devices)} device(s) visible: {devices}")
+    return devices[:wanted]
+
+
+def _lock_path(lock_dir: Path, device: str) -> Path:
+    return lock_dir / f"gpu-{re.sub(r'[^A-Za-z0-9_.-]', '_', device)}.lock"
+
+
+def try_acquire(devices: list[str], lock_dir: str | os.PathLike) -> Lease | None:
+    """Lease the first free device of `devices`, or return None if all are held."""
+    lock_dir = Path(lock_dir)
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    for device in devices:
+        path = _lock_path(lock_dir, device)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        # Who holds it, for a person looking at a stuck queue; the lock itself is the flock.
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{socket.gethostname()} pid {os.getpid()}\n".encode())
+        return Lease(device, path, fd)
+    return None
+
+
+def acquire(devices: list[str], lock_dir: str | os.PathLike | None = None, *, poll_s: float = 0.5,
+            timeout_s: float | None = None) -> Lease:
+    """Block until one of `devices` is free and lease it (LeaseError after `timeout_s`)."""
+    if not devices:
+        raise LeaseError("no devices to lease")
+    lock_dir = Path(lock_dir) if lock_dir is not None else default_lock_dir()
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        lease = try_acquire(devices, lock_dir)
+        if lease is not None:
+            return lease
+        if deadline is not None and time.monotonic() > deadline:
+            raise LeaseError(f"no device of {devices} freed within {timeout_s} s (locks in {lock_dir})")
+        time.sleep(poll_s)
+
+
+@contextmanager
+def gpu_lease(lock_dir: str | os.PathLike | None = None, gpus: str | int = "auto", *,
+              env: MutableMapping[str, str] | None = None, poll_s: float = 0.5,
+              timeout_s: float | None = None) -> Iterator[Lease | None]:
+    """Hold one device for the block, with CUDA_VISIBLE_DEVICES narrowed to it; None when no GPU.
+
+    Enter it before anything initialises CUDA in this process, or the narrowing has no effect.
+    """
+    env = os.environ if env is None else env
+    devices = visible_devices(gpus, env)
+    if not devices:
+        yield None
+        return
+    lease = acquire(devices, lock_dir, poll_s=poll_s, timeout_s=timeout_s)
+    previous = env.get(ENV)
+    env[ENV] = lease.device
+    try:
+        yield lease
+    finally:
+        if previous is None:
+            env.pop(ENV, None)
+        else:
+            env[ENV] = previous
+        lease.release()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m soap.gpu_lease",
+        description="Lease a free GPU, then run COMMAND on it (CUDA_VISIBLE_DEVICES set) holding the "
+                    "lease until it exits. With no GPU, COMMAND runs unchanged.")
+    parser.add_argument("--gpus", default="auto", help="'auto' (all visible), 0 (CPU) or a count")
+    parser.add_argument("--lock-dir", default=None, help=f"lock files (default {default_lock_dir()})")
+    parser.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        parser.error("no command given")
+    devices = visible_devices(args.gpus)
+    if devices:
+        lease = acquire(devices, args.lock_dir, timeout_s=args.timeout)
+        # exec keeps the open descriptor, so the flock lives exactly as long as the command.
+        os.set_inheritable(lease.fd, True)
+        os.environ[ENV] = lease.device
+        print(f"soap.gpu_lease: device {lease.device} ({lease.path})", file=sys.stderr, flush=True)
+    os.execvp(command[0], command)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""Linear layers whose backward pass sends errors through a feedback matrix B instead of W.
+
+`FeedbackLinearFunction` is the one implementation of the backward maths (STUDY.md conventions):
+
+    grad_x = grad_y B        grad_W = grad_y^T x        grad_b = sum_batch grad_y
+
+It accepts a single layer (W: (out, in), x: (batch, in)) or a stacked population
+(W: (pop, out, in), x: (pop, batch, in)); the population trainer and `FeedbackLinear` both call it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from soap.rules import get_rule
+from soap.seeding import generator
+
+ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu, "sigmoid": torch.sigmoid}
+ACTIVATION_MODULES = {"tanh": nn.Tanh, "relu": nn.ReLU, "sigmoid": nn.Sigmoid}
+
+
+class FeedbackLinearFunction(torch.autograd.Function):
+    """y = x W^T + b, with grad_x = grad_y B. Leading population dimension optional."""
+
+    @staticmethod
+    def forward(x: Tensor, weight: Tensor, bias: Tensor | None, feedback: Tensor) -> Tensor:
+        out = x @ weight.transpose(-1, -2)  # (pop, batch, out) or (batch, out)
+        if bias is not None:
+            out = out + bias.unsqueeze(-2)  # (pop, 1, out) broadcasts over the batch
+        return out
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, _, bias, feedback = inputs
+        ctx.save_for_backward(x, feedback)
+        ctx.has_bias = bias is not None
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        x, feedback = ctx.saved_tensors
+        grad_x = grad_out @ feedback if ctx.needs_input_grad[0] else None
+        grad_w = grad_out.transpose(-1, -2) @ x if ctx.needs_input_grad[1] else None
+        grad_b = grad_out.sum(-2) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return grad_x, grad_w, grad_b, None
+
+
+def feedback_linear(x: Tensor, weight: Tensor, bias: Tensor | None, feedback: Tensor) -> Tensor:
+    return FeedbackLinearFunction.apply(x, weight, bias, feedback)
+
+
+@dataclass
+class LayerInit:
+    weight: Tensor  # (out, in)
+    bias: Tensor  # (out,)
+    feedback: Tensor  # (out, in): the FA matrix, from its own seed stream
+
+
+def initial_parameters(sizes: Sequence[int], seed: int) -> list[LayerInit]:
+    """Initial weights, biases and FA matrices of an MLP for one seed.
+
+    Distribution as torch.nn.Linear: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for W and b; the FA matrix is
+    drawn from W's distribution with the 'feedback' stream, so it is the same for every method.
+    """
+    init_gen, feedback_gen = generator(seed, "init"), generator(seed, "feedback")
+    layers = []
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+        bound = 1.0 / math.sqrt(fan_in)
+        weight = torch.empty(fan_out, fan_in).uniform_(-bound, bound, generator=init_gen)
+        bias = torch.empty(fan_out).uniform_(-bound, bound, generator=init_gen)
+        feedback = torch.empty(fan_out, fan_in).uniform_(-bound, bound, generator=feedback_gen)
+        layers.append(LayerInit(weight, bias, feedback))
+    return layers
+
+
+class FeedbackLinear(nn.Linear):
+    """Drop-in for torch.nn.Linear (same weight, bias, initialisation, forward) with a feedback rule.
+
+    `feedback` is a buffer (saved in the state dict, never trained). For `bp` the backward uses the
+    weight itself; other rules use the buffer, which `refresh_feedback()` updates by the rule.
+    """
+
+    def __init__(self, in_features: int, out_features: int, rule: str = "fa", bias: bool = True,
+                 device=None, dtype=None):
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self.rule = get_rule(rule)
+        bound = 1.0 / math.sqrt(in_features)
+        self.register_buffer("feedback", torch.empty_like(self.weight).uniform_(-bound, bound))
+
+    def forward(self, x: Tensor) -> Tensor:
+        feedback = self.weight.detach() if self.rule.uses_weight else self.feedback
+        leading = x.shape[:-1]
+        out = feedback_linear(x.reshape(-1, self.in_features), self.weight, self.bias, feedback)
+        return out.reshape(*leading, self.out_features)
+
+    @torch.no_grad()
+    def refresh_feedback(self) -> None:
+        """Apply the rule's refresh (sign, sign_scaled, stale_bp); a no-op for fa and bp."""
+        if self.rule.refresh is not None:
+            self.feedback.copy_(self.rule.refresh(self.weight))
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, rule={self.rule.name}"
+
+
+def mlp(sizes: Sequence[int], rule: str, activation: str = "tanh", bias: bool = True,
+        seed: int | None = None) -> nn.Sequential:
+    """An MLP of FeedbackLinear layers, e.g. mlp([784, 256, 256, 10], "fa").
+
+    With `seed`, parameters and the FA matrix come from soap's seed streams (identical to the population
+    trainer's member with that seed); without, from torch's global RNG like nn.Linear.
+    """
+    if activation not in ACTIVATION_MODULES:
+        raise ValueError(f"unknown activation {activation!r}; known: {', '.join(ACTIVATION_MODULES)}")
+    if len(sizes) < 2:
+        raise ValueError(f"an MLP needs at least input and output sizes, got {list(sizes)}")
+    modules: list[nn.Module] = []
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        modules.append(FeedbackLinear(fan_in, fan_out, rule=rule, bias=bias))
+        if i < len(sizes) - 2:
+            modules.append(ACTIVATION_MODULES[activation]())
+    model = nn.Sequential(*modules)
+    if seed is not None:
+        linears = [m for m in model if isinstance(m, FeedbackLinear)]
+        with torch.no_grad():
+            for layer, init in zip(linears, initial_parameters(sizes, seed)):
+                layer.weight.copy_(init.weight)
+                if layer.bias is not None:
+                    layer.bias.copy_(init.bias)
+                layer.feedback.copy_(init.feedback)
+    return model

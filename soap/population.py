@@ -1,0 +1,314 @@
+"""The population trainer: P independent runs (any mix of method, seed and learning rate) trained as
+one batched computation.
+
+Every member is an MLP whose parameters are stacked along a leading population dimension:
+weights[l] (pop, out, in), biases[l] (pop, out), feedback[l] (pop, out, in). Each SGD step gathers a
+batch per member (its own data order), runs the shared `FeedbackLinearFunction` on the stacks and
+updates every member with its own learning rate. Members never mix: the loss is a sum of per-member
+means, so a member's gradients are exactly those it would get trained alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm.auto import tqdm
+
+import soap
+from soap.config import Member, TrainConfig
+from soap.data import Splits, load_dataset, load_prepared
+from soap.devices import describe, resolve_device
+from soap.metrics import angle_degrees, examples_to_target, feedback_gain, signal_agreement
+from soap.nn import ACTIVATIONS, feedback_linear, initial_parameters
+from soap.rules import get_rule, refresh_due
+from soap.seeding import generator
+
+log = logging.getLogger(__name__)
+
+
+class PopulationMLP:
+    """Stacked MLPs, one per member, with the members' feedback rules."""
+
+    def __init__(self, sizes: list[int], members: list[Member], activation: str, device: torch.device):
+        self.sizes, self.members, self.device = sizes, members, device
+        self.activation = ACTIVATIONS[activation]
+        inits = {seed: initial_parameters(sizes, seed) for seed in {m.seed for m in members}}
+        self.rules = [get_rule(m.method) for m in members]
+
+        def stack(part: str, layer: int) -> Tensor:
+            return torch.stack([getattr(inits[m.seed][layer], part) for m in members]).to(device)
+
+        layers = range(len(sizes) - 1)
+        self.weights = [stack("weight", l).requires_grad_() for l in layers]
+        self.biases = [stack("bias", l).requires_grad_() for l in layers]
+        self.feedback = [stack("feedback", l) for l in layers]
+        # Members whose backward uses W itself keep B = W by a copy after every update.
+        self.tracking = torch.tensor([i for i, r in enumerate(self.rules) if r.uses_weight], device=device,
+                                     dtype=torch.long)
+        self._sync_tracking()
+        refreshing = sorted({r.name for r in self.rules if r.refresh is not None})
+        self.refresh_groups = {
+            name: np.array([i for i, r in enumerate(self.rules) if r.name == name]) for name in refreshing
+        }
+
+    @property
+    def parameters(self) -> list[Tensor]:
+        return [*self.weights, *self.biases]
+
+    def forward(self, x: Tensor, feedback: list[Tensor] | None = None) -> tuple[Tensor, list[Tensor]]:
+        """x: (pop, batch, in) or (batch, in) shared by all members -> logits (pop, batch, classes) and
+        the pre-activations of every layer."""
+        feedback = self.feedback if feedback is None else feedback
+        preacts, h = [], x
+        for layer, (w, b, fb) in enumerate(zip(self.weights, self.biases, feedback)):
+            a = feedback_linear(h, w, b, fb)  # (pop, batch, out)
+            preacts.append(a)
+            h = self.activation(a) if layer < len(self.weights) - 1 else a
+        return h, preacts
+
+    @torch.no_grad()
+    def sgd_step(self, grads: list[Tensor], lr: Tensor) -> None:
+        """W <- W - lr_p * grad for every member p; lr: (pop,)."""
+        neg_lr = -lr
+        for param, grad in zip(self.parameters, grads):
+            param.addcmul_(grad, neg_lr.view(-1, *([1] * (param.dim() - 1))))
+        self._sync_tracking()
+
+    @torch.no_grad()
+    def refresh(self, due: np.ndarray) -> None:
+        """Apply each refreshing member's rule where `due` (bool per member) says its period elapsed."""
+        for name, members in self.refresh_groups.items():
+            chosen = members[due[members]]
+            if chosen.size:
+                index = torch.as_tensor(chosen, device=self.device)
+                for w, fb in zip(self.weights, self.feedback):
+                    fb[index] = get_rule(name).refresh(w[index])
+
+    @torch.no_grad()
+    def _sync_tracking(self) -> None:
+        if self.tracking.numel():
+            for w, fb in zip(self.weights, self.feedback):
+                fb[self.tracking] = w[self.tracking]
+
+    @torch.no_grad()
+    def freeze(self, members: Tensor) -> None:
+        """Zero the parameters of diverged members so non-finite values never reach later arithmetic."""
+        for tensor in [*self.weights, *self.biases, *self.feedback]:
+            tensor[members] = 0.0
+
+    def losses(self, x: Tensor, y: Tensor, feedback: list[Tensor] | None = None) -> tuple[Tensor, list[Tensor], Tensor]:
+        """Per-member mean cross-entropy (pop,), the pre-activations, and the logits."""
+        logits, preacts = self.forward(x, feedback)
+        pop, batch = logits.shape[0], logits.shape[1]
+        targets = y.expand(pop, batch) if y.dim() == 1 else y
+        per_example = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
+        return per_example.view(pop, batch).mean(1), preacts, logits
+
+    @torch.no_grad()
+    def evaluate(self, x: Tensor, y: Tensor, chunk: int = 2500) -> tuple[Tensor, Tensor]:
+        """Mean loss and accuracy of every member on a shared set: (n, in), (n,) -> (pop,), (pop,)."""
+        total_loss = torch.zeros(len(self.members), device=self.device)
+        correct = torch.zeros(len(self.members), device=self.device)
+        for start in range(0, len(y), chunk):
+            xs, ys = x[start:start + chunk], y[start:start + chunk]
+            mean_loss, _, logits = self.losses(xs, ys)
+            total_loss += mean_loss * len(ys)
+            correct += (logits.argmax(-1) == ys).sum(1)
+        return total_loss / len(y), correct / len(y)
+
+    def alignment(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+        """Per layer: angle(B, W); per hidden layer: cosine and norm ratio of the rule's error signal
+        (gradient of the loss at the pre-activations) against BP's on the same batch and weights."""
+        hidden = len(self.weights) - 1
+        deltas = {}
+        for name, feedback in (("rule", self.feedback), ("bp", [w.detach() for w in self.weights])):
+            loss, preacts, _ = self.losses(x, y, feedback)
+            deltas[name] = torch.autograd.grad(loss.sum(), preacts[:hidden])
+        out = {}
+        with torch.no_grad():
+            for layer, (w, fb) in enumerate(zip(self.weights, self.feedback)):
+                out[f"angle_l{layer}"] = angle_degrees(fb, w)
+            for layer in range(hidden):
+                cos, ratio = signal_agreement(deltas["rule"][layer], deltas["bp"][layer])
+                out[f"cos_l{layer}"], out[f"norm_ratio_l{layer}"] = cos, ratio
+        return out
+
+
+@dataclass
+class TrainResult:
+    runs: pd.DataFrame  # one row per member (STUDY.md runs-table contract)
+    curves: pd.DataFrame  # long table: run_id, examples, logged quantities
+    meta: dict  # config, versions, device, wall time
+
+
+def run_id(config: TrainConfig, member: Member) -> str:
+    return f"{config.dataset}-{config.phase}-{member.method}-lr{member.lr:.6g}-s{member.seed}"
+
+
+def versions() -> dict[str, str]:
+    import numpy
+    import torchvision
+
+    return {"soap": soap.__version__, "python": sys.version.split()[0], "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "numpy": numpy.__version__, "pandas": pd.__version__,
+            "platform": platform.platform()}
+
+
+def load_splits(config: TrainConfig) -> Splits:
+    if config.prepared:
+        return load_prepared(config.prepared)
+    return load_dataset(config.dataset, config.data_root, download=config.download,
+                        val_size=config.val_size, split_seed=config.split_seed)
+
+
+def _data_orders(members: list[Member], n: int, epochs: int, device) -> list[Tensor]:
+    """Per epoch, a (pop, n) permutation per member from its seed's data stream (paired across methods)."""
+    by_seed = {}
+    for seed in {m.seed for m in members}:
+        gen = generator(seed, "data")
+        by_seed[seed] = [torch.randperm(n, generator=gen) for _ in range(epochs)]
+    return [torch.stack([by_seed[m.seed][e] for m in members]).to(device) for e in range(epochs)]
+
+
+def train_population(config: TrainConfig, data: Splits | None = None, progress: bool = True) -> TrainResult:
+    """Train every member of `config.population()` together; return the runs and curves tables."""
+    started, wall_start = datetime.now(timezone.utc), time.perf_counter()
+    device = resolve_device(config.device)
+    data = (data or load_splits(config)).to(device)
+    members = config.population()
+    pop, batch = len(members), config.batch_size
+    sizes = [data.input_dim, *config.hidden, data.num_classes]
+    model = PopulationMLP(sizes, members, config.activation, device)
+    lr = torch.tensor([m.lr for m in members], device=device, dtype=torch.float32)
+    periods = np.array([config.refresh_period] * pop)
+    divergence_loss = config.divergence_factor * math.log(data.num_classes)
+
+    n_train = len(data.train_y)
+    steps_per_epoch = n_train // batch  # the last partial batch is dropped: every step has `batch` examples
+    total_steps = int(config.epochs * n_train) // batch
+    if total_steps < 1:
+        raise ValueError(f"epochs={config.epochs} gives no full batch of {batch} from {n_train} examples")
+    orders = _data_orders(members, n_train, math.ceil(total_steps / steps_per_epoch), device)
+    eval_x, eval_y = data.val_x[:config.eval_subset], data.val_y[:config.eval_subset]
+
+    alive = torch.ones(pop, dtype=torch.bool, device=device)
+    diverged_at = np.full(pop, np.nan)
+    ema = torch.full((pop,), math.nan, device=device)
+    train_log: list[tuple[int, Tensor, Tensor]] = []  # (examples, loss, ema) on device
+    eval_log: list[tuple[int, dict[str, Tensor]]] = []
+
+    def log_eval(examples: int, x: Tensor, y: Tensor) -> None:
+        val_loss, val_acc = model.evaluate(eval_x, eval_y)
+        row = {"val_loss": val_loss, "val_acc": val_acc, **model.alignment(x, y)}
+        eval_log.append((examples, {k: torch.where(alive, v, math.nan).cpu() for k, v in row.items()}))
+
+    bar = tqdm(total=total_steps * batch * pop, unit="ex", unit_scale=True, disable=not progress,
+               desc=f"{config.dataset} {config.phase} x{pop}", mininterval=1.0 if sys.stderr.isatty() else 30.0,
+               file=sys.stderr, dynamic_ncols=True)
+    seen = 0
+    for step in range(total_steps):
+        epoch, offset = divmod(step, steps_per_epoch)
+        index = orders[epoch][:, offset * batch:(offset + 1) * batch]  # (pop, batch)
+        x, y = data.train_x[index], data.train_y[index]  # (pop, batch, in), (pop, batch)
+        if step == 0:
+            log_eval(0, x, y)
+
+        loss, _, _ = model.losses(x, y)  # (pop,)
+        grads = torch.autograd.grad(loss.sum(), model.parameters)
+        model.sgd_step(grads, lr)
+
+        before, seen = seen, seen + batch
+        model.refresh(np.array([refresh_due(before, seen, period) for period in periods]))
+        with torch.no_grad():
+            loss = loss.detach()
+            ema = torch.where(torch.isnan(ema), loss, config.ema_beta * ema + (1 - config.ema_beta) * loss)
+
+        if refresh_due(before, seen, config.log_every) or step == total_steps - 1:
+            bad = alive & ~(torch.isfinite(ema) & (ema < divergence_loss))
+            if bad.any():  # one host sync per log point, not per step
+                newly = bad.nonzero().flatten()
+                diverged_at[newly.cpu().numpy()] = seen
+                alive &= ~bad
+                lr = torch.where(alive, lr, 0.0)
+                model.freeze(newly)
+                log.warning("diverged at %d examples: %s", seen, [run_id(config, members[i]) for i in newly.tolist()])
+            train_log.append((seen, torch.where(alive, loss, math.nan), torch.where(alive, ema, math.nan)))
+        if refresh_due(before, seen, config.eval_every) or step == total_steps - 1:
+            log_eval(seen, x, y)
+        bar.update(batch * pop)
+    bar.close()
+
+    val_loss, val_acc = model.evaluate(data.val_x, data.val_y)
+    test_loss, test_acc = model.evaluate(data.test_x, data.test_y)
+    curves = _curves_table(config, members, train_log, eval_log)
+    finals = {"final_train_loss": ema, "val_loss": val_loss, "val_acc": val_acc,
+              "test_loss": test_loss, "test_acc": test_acc}
+    finals = {k: torch.where(alive, v, math.nan).cpu().numpy() for k, v in finals.items()}
+    runs = _runs_table(config, members, sizes, finals, diverged_at, seen, eval_log, curves)
+    wall = time.perf_counter() - wall_start
+    meta = {"config": config.to_dict(), "versions": versions(), "device": describe(device),
+            "started": started.isoformat(), "finished": datetime.now(timezone.utc).isoformat(),
+            "wall_time_s": wall, "run_examples_per_s": seen * pop / wall, "members": pop}
+    return TrainResult(runs, curves, meta)
+
+
+def _curves_table(config, members, train_log, eval_log) -> pd.DataFrame:
+    ids = [run_id(config, m) for m in members]
+    pop = len(members)
+    train = pd.DataFrame({
+        "run_id": np.tile(ids, len(train_log)),
+        "examples": np.repeat([e for e, _, _ in train_log], pop),
+        "train_loss": torch.stack([l for _, l, _ in train_log]).cpu().numpy().ravel(),
+        "train_loss_ema": torch.stack([m for _, _, m in train_log]).cpu().numpy().ravel(),
+    })
+    columns = list(eval_log[0][1])
+    evals = pd.DataFrame({"run_id": np.tile(ids, len(eval_log)),
+                          "examples": np.repeat([e for e, _ in eval_log], pop)})
+    for column in columns:
+        evals[column] = torch.stack([row[column] for _, row in eval_log]).numpy().ravel()
+    curves = train.merge(evals, on=["run_id", "examples"], how="outer")
+    return curves.sort_values(["run_id", "examples"], kind="stable").reset_index(drop=True)
+
+
+def _runs_table(config, members, sizes, finals, diverged_at, seen, eval_log, curves) -> pd.DataFrame:
+    hidden = len(sizes) - 2
+    # (points, hidden layers, pop) -> one gain per member
+    ratios = np.stack([[row[f"norm_ratio_l{l}"].numpy() for l in range(hidden)] for _, row in eval_log])
+    gains = np.array([feedback_gain(ratios[:, :, p]) for p in range(len(members))])
+    runs = pd.DataFrame({
+        "run_id": [run_id(config, m) for m in members],
+        "phase": config.phase,
+        "dataset": config.dataset,
+        "method": [m.method for m in members],
+        "seed": [m.seed for m in members],
+        "lr": [m.lr for m in members],
+        "feedback_gain": gains,
+        "diverged": ~np.isnan(diverged_at),
+        **finals,
+    })
+    runs["effective_lr"] = runs["lr"] * runs["feedback_gain"]
+    if config.target_loss is not None:
+        hits = examples_to_target(curves, config.target_loss).set_index("run_id")
+        runs["examples_to_target"] = hits.loc[runs["run_id"], "examples_to_target"].to_numpy()
+        runs["reached_target"] = hits.loc[runs["run_id"], "reached_target"].to_numpy()
+    else:
+        runs["examples_to_target"], runs["reached_target"] = np.nan, False
+    runs["target_loss"] = np.nan if config.target_loss is None else config.target_loss
+    runs["refresh_period"] = config.refresh_period
+    runs["diverged_at"] = diverged_at
+    runs["examples_seen"] = seen
+    runs["epochs"] = config.epochs
+    runs["batch_size"] = config.batch_size
+    runs["architecture"] = f"{'-'.join(map(str, sizes))} {config.activation}"
+    return runs

@@ -1,0 +1,430 @@
+"""The study report: figures (PNG + PDF), tables (CSV) and one self-contained HTML page.
+
+``build_report(results_dir, out_html, figures_dir)`` reads what the pipeline wrote under
+``results_dir``:
+
+- required: ``runs.parquet``, ``curves.parquet``, ``analysis/summary.json``;
+- optional: ``analysis/estimates.csv``, ``analysis/km.csv``,
+  ``tune/{dataset}/{method}/r{repeat}/trials.csv`` and ``best.json``, ``provenance.json``.
+
+It writes every figure of :data:`FIGURES` to ``figures_dir`` as ``<stem>.png`` and ``<stem>.pdf``, the
+tables as CSV to ``tables_dir`` (default: a ``tables`` folder beside ``out_html``, i.e.
+``results/tables/``), and the HTML with the PNGs embedded as base64 data URIs, so the page opens
+offline and references nothing outside itself.
+
+Every number in the narrative comes from ``summary.json`` or ``provenance.json`` through the
+formatters below; the template holds no numbers of its own. Missing optional inputs are listed in the
+report, and the figures that need them draw a "no data" panel.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import jinja2
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from soap import figures as F
+from soap.tables import read_table, write_table, write_text
+
+logger = logging.getLogger(__name__)
+
+REFERENCE = "bp"
+COMPARISON_ESTIMANDS = ("fixed_lr", "tuned", "effective_lr")
+
+
+@dataclass(frozen=True)
+class FigureSpec:
+    stem: str  # file name without suffix, under figures_dir; also the caption file's name
+    title: str
+    caption: str
+
+
+# The order here is the order in the report. Captions are also in workflow/report/<stem>.rst for
+# Snakemake's report; tests check that the two sets of stems agree.
+FIGURES: tuple[FigureSpec, ...] = (
+    FigureSpec("fig01_bp_vs_fa", "Feedback alignment learns more slowly than backprop",
+               "Training loss (EMA) against examples seen for bp and fa, both at bp's tuned learning "
+               "rate (grid runs at the shared lr); mean and 95% CI over seeds. The dashed line is the "
+               "target loss; the box gives the analysis's ratio of median examples to reach it."),
+    FigureSpec("fig02_fixed_lr_curves", "The naive comparison: every method at one learning rate",
+               "Training loss (EMA) of every method at the shared nominal learning rate, chosen for "
+               "bp; mean and 95% CI over seeds. This is the write-up's comparison."),
+    FigureSpec("fig03_lr_response", "Learning-rate response",
+               "Final test loss against nominal learning rate on the grid runs; mean and 95% CI over "
+               "seeds. Triangles mark each method's tuned learning rate, crosses learning rates where "
+               "some seeds diverged (those runs have no final loss), the dashed line the shared lr."),
+    FigureSpec("fig04_effective_lr_response", "The same runs against effective learning rate",
+               "Final test loss against effective learning rate (nominal lr times feedback gain). "
+               "Points are runs; lines join, per nominal lr, the mean with its 95% CI. Where the "
+               "methods' curves collapse, their differences are learning rate."),
+    FigureSpec("fig05_causal_diagram", "Causal diagram",
+               "The method changes the feedback gain, which multiplies the nominal learning rate into "
+               "the effective one. A learning rate tuned for the method itself lies on the method's "
+               "causal path (a mediator); one chosen for another method (bp) confounds the comparison."),
+    FigureSpec("fig06_forest", "Estimates: each method against bp",
+               "Difference in test loss, method minus bp, with 95% intervals, at the shared learning "
+               "rate, with each method at its own tuned learning rate, and at matched effective "
+               "learning rate (regression on the grid). Holm-adjusted p-values at the right."),
+    FigureSpec("fig07_mediation", "Mediation: sign vs sign_scaled through feedback gain",
+               "Average causal mediated effect (ACME) of sign over sign_scaled through log feedback "
+               "gain, the direct effect (ADE) and the total effect on test loss, with 95% intervals."),
+    FigureSpec("fig08_time_to_target", "Time to target loss",
+               "Kaplan-Meier estimate of the fraction of runs whose smoothed training loss has not yet "
+               "reached the target, against examples seen, with 95% bands. Runs that never reach it are "
+               "censored, not dropped."),
+    FigureSpec("fig09_alignment", "Alignment over training",
+               "Per layer, the angle between the feedback matrix B and the forward weights W, and the "
+               "cosine between each rule's hidden error signal and backprop's on the same batch; runs "
+               "at each method's tuned learning rate, mean and 95% CI over seeds."),
+    FigureSpec("fig10_tuning", "Learning-rate tuning (Optuna)",
+               "Left: best validation loss so far against trial number, one line per study (method and "
+               "repeat). Right: every completed trial's learning rate against its validation loss; "
+               "dotted lines mark each study's best learning rate."),
+)
+
+
+@dataclass
+class Inputs:
+    """Everything the report reads; optional inputs are None (or empty) when missing."""
+
+    runs: pd.DataFrame
+    curves: pd.DataFrame
+    summary: dict
+    estimates: pd.DataFrame | None = None
+    km: pd.DataFrame | None = None
+    trials: pd.DataFrame | None = None
+    best: pd.DataFrame | None = None
+    provenance: dict | None = None
+    missing: list[str] = field(default_factory=list)
+
+
+# --- loading --------------------------------------------------------------------------------------
+
+def load_inputs(results_dir: str | Path) -> Inputs:
+    """Read the pipeline's outputs under results_dir; raises FileNotFoundError for a required one."""
+    results = Path(results_dir)
+    summary_path = results / "analysis" / "summary.json"
+    for required in (results / "runs.parquet", results / "curves.parquet", summary_path):
+        if not required.exists():
+            raise FileNotFoundError(f"report input not found: {required}")
+    inputs = Inputs(runs=read_table(results / "runs.parquet"), curves=read_table(results / "curves.parquet"),
+                    summary=json.loads(summary_path.read_text()))
+    inputs.estimates = _optional_table(results / "analysis" / "estimates.csv", inputs.missing)
+    if inputs.estimates is None and inputs.summary.get("estimates"):
+        inputs.estimates = pd.DataFrame(inputs.summary["estimates"])
+    inputs.km = _optional_table(results / "analysis" / "km.csv", inputs.missing)
+    inputs.trials, inputs.best = _load_tuning(results / "tune", inputs.missing)
+    provenance = results / "provenance.json"
+    if provenance.exists():
+        inputs.provenance = json.loads(provenance.read_text())
+    else:
+        inputs.missing.append(str(provenance))
+    for name in inputs.missing:
+        logger.warning("report input missing, its figures and sections will say so: %s", name)
+    return inputs
+
+
+def _optional_table(path: Path, missing: list[str]) -> pd.DataFrame | None:
+    if path.exists():
+        return read_table(path)
+    missing.append(str(path))
+    return None
+
+
+def _load_tuning(tune_dir: Path, missing: list[str]) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
+    """Concatenate tune/{dataset}/{method}/r{repeat}/trials.csv and best.json with their keys."""
+    trials, best = [], []
+    for path in sorted(tune_dir.glob("*/*/r*/trials.csv")):
+        dataset, method, repeat = path.parts[-4], path.parts[-3], path.parts[-2][1:]
+        trials.append(read_table(path).assign(dataset=dataset, method=method, repeat=repeat))
+        best_path = path.with_name("best.json")
+        if best_path.exists():
+            best.append({"dataset": dataset, "method": method, "repeat": repeat,
+                         **json.loads(best_path.read_text())})
+    if not trials:
+        missing.append(str(tune_dir / "{dataset}/{method}/r{repeat}/trials.csv"))
+        return None, None
+    return pd.concat(trials, ignore_index=True), pd.DataFrame(best) if best else None
+
+
+# --- selecting what each figure shows ---------------------------------------------------------------
+
+def at_lr(runs: pd.DataFrame, lr: float) -> pd.DataFrame:
+    """Rows at nominal learning rate lr, tolerant of float round-trips through CSV."""
+    return runs[np.isclose(runs["lr"].to_numpy(dtype=float), lr, rtol=1e-6, atol=0.0)]
+
+
+def curves_with_runs(curves: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    keys = ["run_id", "dataset", "method", "seed", "lr", "phase"]
+    return curves.merge(runs[keys], on="run_id", how="inner")
+
+
+def fixed_lr_curves(curves: pd.DataFrame, runs: pd.DataFrame, fixed_lr: Mapping[str, float]) -> pd.DataFrame:
+    """Curves of the grid runs at each dataset's shared learning rate (the fixed_lr estimand's runs)."""
+    grid = runs[runs["phase"] == "grid"]
+    chosen = [at_lr(grid[grid["dataset"] == d], lr) for d, lr in fixed_lr.items() if lr is not None]
+    chosen = pd.concat(chosen) if chosen else grid.iloc[:0]
+    return curves_with_runs(curves, chosen)
+
+
+def target_losses(summary: Mapping) -> dict[str, float]:
+    return {d: v.get("target_loss") for d, v in (summary.get("time_to_target") or {}).items()
+            if v.get("target_loss") is not None}
+
+
+def make_figures(inputs: Inputs) -> dict[str, tuple]:
+    """Every figure of FIGURES as {stem: (fig, axes)}."""
+    s, runs = inputs.summary, inputs.runs
+    outcome = s.get("outcome", "test_loss")
+    fixed = {d: lr for d, lr in (s.get("fixed_lr") or {}).items() if lr is not None}
+    targets = target_losses(s)
+    fixed_curves = fixed_lr_curves(inputs.curves, runs, fixed)
+    ratios = {d: (v.get("ratio") or {}).get("fa") for d, v in (s.get("time_to_target") or {}).items()}
+    grid = runs[runs["phase"] == "grid"]
+    tuned_curves = curves_with_runs(inputs.curves, runs[runs["phase"] == "tuned"])
+    made = {
+        "fig01_bp_vs_fa": F.plot_bp_vs_fa(fixed_curves, targets, ratios, fixed),
+        "fig02_fixed_lr_curves": F.plot_fixed_lr_curves(fixed_curves, fixed, targets),
+        "fig03_lr_response": F.plot_lr_response(grid, s.get("tuned_lr"), fixed, outcome),
+        "fig04_effective_lr_response": F.plot_effective_lr_response(
+            grid if "effective_lr" in grid else grid.assign(effective_lr=grid["lr"] * grid["feedback_gain"]),
+            outcome),
+        "fig05_causal_diagram": F.plot_causal_diagram(),
+        "fig06_forest": F.plot_forest(inputs.estimates, COMPARISON_ESTIMANDS, REFERENCE, outcome),
+        "fig07_mediation": F.plot_mediation(s.get("mediation"), outcome),
+        "fig08_time_to_target": F.plot_km(inputs.km, targets),
+        "fig09_alignment": F.plot_alignment(tuned_curves),
+        "fig10_tuning": F.plot_tuning(inputs.trials, inputs.best),
+    }
+    assert list(made) == [spec.stem for spec in FIGURES], "FIGURES and make_figures disagree"
+    return made
+
+
+# --- tables -----------------------------------------------------------------------------------------
+
+def runs_overview(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per (dataset, phase, method, lr): how many runs, how many diverged, and mean outcomes."""
+    runs = runs if "effective_lr" in runs else runs.assign(effective_lr=runs["lr"] * runs["feedback_gain"])
+    grouped = runs.groupby(["dataset", "phase", "method", "lr"], observed=True)
+    return grouped.agg(n_runs=("run_id", "size"), n_diverged=("diverged", "sum"),
+                       feedback_gain_gmean=("feedback_gain", _gmean),
+                       effective_lr_gmean=("effective_lr", _gmean),
+                       test_loss_mean=("test_loss", "mean"), test_acc_mean=("test_acc", "mean")).reset_index()
+
+
+def _gmean(values: pd.Series) -> float:
+    values = values[np.isfinite(values) & (values > 0)]
+    return float(np.exp(np.log(values).mean())) if len(values) else math.nan
+
+
+def tuned_lr_table(summary: Mapping) -> pd.DataFrame:
+    rows = [{"dataset": d, "method": m, "tuned_lr": lr}
+            for d, by_method in (summary.get("tuned_lr") or {}).items() for m, lr in by_method.items()]
+    return pd.DataFrame(rows, columns=["dataset", "method", "tuned_lr"])
+
+
+def write_tables(inputs: Inputs, tables_dir: Path) -> dict[str, Path]:
+    tables = {"runs_overview": runs_overview(inputs.runs), "tuned_lr": tuned_lr_table(inputs.summary)}
+    for name in ("estimates", "km", "trials", "best"):
+        table = getattr(inputs, name)
+        if table is not None:
+            tables["tuning_" + name if name in ("trials", "best") else name] = table
+    return {name: write_table(table, tables_dir / f"{name}.csv") for name, table in tables.items()}
+
+
+# --- formatting: the only way numbers reach the page --------------------------------------------------
+
+def _finite(x) -> bool:
+    try:
+        return x is not None and math.isfinite(float(x))
+    except (TypeError, ValueError):
+        return False
+
+
+def fmt_num(x, digits: int = 3) -> str:
+    """A float to `digits` significant figures; 'n/a' for None or NaN."""
+    return f"{float(x):.{digits}g}" if _finite(x) else "n/a"
+
+
+def fmt_p(x) -> str:
+    return f"{float(x):.2g}" if _finite(x) else "n/a"
+
+
+def fmt_int(x) -> str:
+    """Counts and examples, with thousands separators."""
+    return f"{int(round(float(x))):,}" if _finite(x) else "n/a"
+
+
+def fmt_duration(seconds) -> str:
+    if not _finite(seconds):
+        return "n/a"
+    minutes, secs = divmod(int(round(float(seconds))), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min {secs:02d} s" if hours else f"{minutes} min {secs:02d} s"
+
+
+FORMATTERS = (fmt_num, fmt_p, fmt_int, fmt_duration)
+
+
+def fmt_interval(value: Mapping | None, digits: int = 3, null: float = 0.0) -> dict:
+    """An estimate with its 95% interval as strings, and which side of `null` the interval lies on.
+
+    direction is "below" or "above" when the whole interval is on one side of null, else "neither".
+    The p-value shown is the Holm-adjusted one when there is one (p_label says which).
+    """
+    value = value or {}
+    est, lo, hi = value.get("estimate"), value.get("ci_low"), value.get("ci_high")
+    direction = "neither"
+    if _finite(lo) and _finite(hi):
+        direction = "below" if float(hi) < null else "above" if float(lo) > null else "neither"
+    holm = _finite(value.get("p_holm"))
+    p = value.get("p_holm") if holm else value.get("p_value")
+    return {"estimate": fmt_num(est, digits), "ci_low": fmt_num(lo, digits), "ci_high": fmt_num(hi, digits),
+            "p": fmt_p(p) if _finite(p) else None, "p_label": "Holm-adjusted p" if holm else "p",
+            "n": fmt_int(value["n"]) if _finite(value.get("n")) else None,
+            "direction": direction, "available": _finite(est)}
+
+
+# --- the narrative's context ------------------------------------------------------------------------
+
+def dataset_context(summary: Mapping, dataset: str, estimates: pd.DataFrame | None) -> dict:
+    """Everything the template says about one dataset, as preformatted strings."""
+    rows = _estimate_rows(summary, estimates)
+    rows = rows[rows["dataset"] == dataset] if not rows.empty else rows
+    comparisons = {}
+    for estimand in COMPARISON_ESTIMANDS:
+        block = rows[(rows["estimand"] == estimand) & (rows["reference"] == REFERENCE)] if not rows.empty \
+            else rows
+        comparisons[estimand] = [{"method": r["method"], **fmt_interval(r)}
+                                 for r in block.to_dict("records")]
+    ttt = (summary.get("time_to_target") or {}).get(dataset) or {}
+    return {
+        "name": dataset,
+        "label": F.dataset_label(dataset),
+        "n_seeds": fmt_int((summary.get("n_seeds") or {}).get(dataset)),
+        "n_diverged": {m: fmt_int(n) for m, n in ((summary.get("n_diverged") or {}).get(dataset) or {}).items()},
+        "fixed_lr": fmt_num((summary.get("fixed_lr") or {}).get(dataset)),
+        "tuned_lr": {m: fmt_num(lr) for m, lr in ((summary.get("tuned_lr") or {}).get(dataset) or {}).items()},
+        "comparisons": comparisons,
+        "effective_lr_model": _model_context((summary.get("effective_lr_model") or {}).get(dataset)),
+        "mediation": _mediation_context((summary.get("mediation") or {}).get(dataset)),
+        "time_to_target": _ttt_context(ttt) if ttt else None,
+    }
+
+
+def _estimate_rows(summary: Mapping, estimates: pd.DataFrame | None) -> pd.DataFrame:
+    # summary.json is the narrative's source of truth; estimates.csv only if the summary lacks them.
+    if summary.get("estimates"):
+        return pd.DataFrame(summary["estimates"])
+    return estimates if estimates is not None else pd.DataFrame(columns=["dataset", "estimand", "reference"])
+
+
+def _model_context(model: Mapping | None) -> dict | None:
+    if not model:
+        return None
+    return {"formula": str(model.get("formula", "")), "r2": fmt_num(model.get("r2")),
+            "n": fmt_int(model.get("n")), "n_clusters": fmt_int(model.get("n_clusters")),
+            "coef": {m: fmt_interval(v) for m, v in (model.get("coef") or {}).items()}}
+
+
+def _mediation_context(block: Mapping | None) -> dict | None:
+    if not block:
+        return None
+    return {"exposure": str(block.get("exposure", "sign")), "control": str(block.get("control", "sign_scaled")),
+            "lr": fmt_num(block.get("lr")), "design": str(block.get("design", "")), "n": fmt_int(block.get("n")),
+            **{part: fmt_interval(block.get(part)) for part in ("acme", "ade", "total", "prop")}}
+
+
+def _ttt_context(ttt: Mapping) -> dict:
+    return {"target_loss": fmt_num(ttt.get("target_loss")),
+            "median_examples": {m: fmt_int(v) for m, v in (ttt.get("median_examples") or {}).items()},
+            "ratio": {m: fmt_interval(v, null=1.0) for m, v in (ttt.get("ratio") or {}).items()},
+            "hazard_ratio": {m: fmt_interval(v, null=1.0) for m, v in (ttt.get("hazard_ratio") or {}).items()},
+            "n_censored": {m: fmt_int(v) for m, v in (ttt.get("n_censored") or {}).items()}}
+
+
+def provenance_context(provenance: Mapping | None) -> dict | None:
+    if provenance is None:
+        return None
+    return {"versions": {str(k): str(v) for k, v in (provenance.get("versions") or {}).items()},
+            "device": str(provenance.get("device", "not recorded")),
+            "wall_time": fmt_duration(provenance.get("wall_time_s")),
+            "started": str(provenance.get("started", "not recorded")),
+            "finished": str(provenance.get("finished", "not recorded")),
+            "config": flatten(provenance.get("config") or {})}
+
+
+def flatten(tree, prefix: str = "") -> list[tuple[str, str]]:
+    """A nested config as (dotted.key, value) rows; lists stay on one row."""
+    if isinstance(tree, Mapping):
+        rows = []
+        for key, value in tree.items():
+            rows += flatten(value, f"{prefix}.{key}" if prefix else str(key))
+        return rows
+    if isinstance(tree, (list, tuple)):
+        return [(prefix, ", ".join(map(str, tree)))]
+    return [(prefix, str(tree))]
+
+
+def report_context(inputs: Inputs, figure_images: Mapping[str, str], tables: Mapping[str, Path]) -> dict:
+    s = inputs.summary
+    datasets = list(s.get("datasets") or inputs.runs["dataset"].unique())
+    return {
+        "outcome": str(s.get("outcome", "test_loss")).replace("_", " "),
+        "methods": [str(m) for m in s.get("methods") or F.order_methods(inputs.runs["method"].unique())],
+        "n_runs": fmt_int(s.get("n_runs")),
+        "excluded_diverged": {k: fmt_int(v) for k, v in (s.get("excluded_diverged") or {}).items()},
+        "datasets": [dataset_context(s, d, inputs.estimates) for d in datasets],
+        "provenance": provenance_context(inputs.provenance),
+        "missing": inputs.missing,
+        "figures": [{"stem": spec.stem, "title": spec.title, "caption": spec.caption,
+                     "src": figure_images.get(spec.stem, "")} for spec in FIGURES],
+        "tables": {name: path.name for name, path in tables.items()},
+        "colors": {m: F.method_color(m) for m in F.order_methods(inputs.runs["method"].unique())},
+    }
+
+
+def render_html(context: Mapping) -> str:
+    template_text = resources.files("soap").joinpath("templates", "report.html").read_text()
+    # Autoescape: method names, config values and paths are data and must not become markup.
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
+                             lstrip_blocks=True)
+    return env.from_string(template_text).render(**context)
+
+
+def data_uri(png_path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(png_path.read_bytes()).decode("ascii")
+
+
+# --- the entry point --------------------------------------------------------------------------------
+
+def build_report(results_dir: str | Path, out_html: str | Path, figures_dir: str | Path,
+                 tables_dir: str | Path | None = None) -> Path:
+    """Build the report from results_dir: figures to figures_dir, CSVs to tables_dir, HTML to out_html.
+
+    tables_dir defaults to ``<out_html's folder>/tables``. Returns the HTML's path.
+    """
+    out_html, figures_dir = Path(out_html), Path(figures_dir)
+    tables_dir = Path(tables_dir) if tables_dir is not None else out_html.parent / "tables"
+    inputs = load_inputs(results_dir)
+    images = {}
+    for stem, (fig, _axes) in make_figures(inputs).items():
+        png, _pdf = F.save_figure(fig, figures_dir / stem)
+        plt.close(fig)
+        images[stem] = data_uri(png)
+        logger.info("figure written: %s.{png,pdf}", figures_dir / stem)
+    tables = write_tables(inputs, tables_dir)
+    logger.info("tables written to %s: %s", tables_dir, ", ".join(sorted(tables)))
+    write_text(render_html(report_context(inputs, images, tables)), out_html)
+    logger.info("report written: %s", out_html)
+    return out_html

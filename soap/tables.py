@@ -1,0 +1,134 @@
+"""The runs table and the curves table: the contract between training and analysis (STUDY.md).
+
+A runs table has one row per finished run; a curves table is long, one row per (run_id, examples)
+logging point. Both are written as parquet (CSV is accepted on read) and always atomically, so a
+reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+# Columns every runs table must carry (STUDY.md), with the dtype kind analysis relies on.
+RUNS_COLUMNS: dict[str, str] = {
+    "run_id": "string",
+    "phase": "string",  # "grid" or "tuned"
+    "dataset": "string",
+    "method": "string",
+    "seed": "int",
+    "lr": "float",  # nominal learning rate
+    "feedback_gain": "float",  # geometric mean of |delta_rule| / |delta_bp| over hidden layers and time
+    "diverged": "bool",
+    "final_train_loss": "float",  # EMA-smoothed training loss at the end (NaN if diverged)
+    "val_loss": "float",
+    "val_acc": "float",
+    "test_loss": "float",
+    "test_acc": "float",
+    "examples_to_target": "float",  # NaN where the target was not reached
+    "reached_target": "bool",
+}
+
+# Columns soap's trainer adds beyond the contract; analysis must not require them.
+RUNS_EXTRA_COLUMNS = (
+    "effective_lr",  # lr * feedback_gain
+    "refresh_period",  # examples between feedback refreshes
+    "target_loss",  # the training-loss target examples_to_target refers to (NaN if none)
+    "diverged_at",  # examples seen when divergence was detected (NaN if not diverged)
+    "examples_seen",
+    "epochs",
+    "batch_size",
+    "architecture",  # e.g. "784-256-256-10 tanh"
+)
+
+CURVES_KEY = ("run_id", "examples")
+# Logged quantities; per-layer ones are suffixed with the layer index: angle_l0, cos_l1, ...
+CURVES_COLUMNS = ("train_loss", "train_loss_ema", "val_loss", "val_acc")
+CURVES_LAYER_PREFIXES = ("angle", "cos", "norm_ratio")
+
+
+class TableError(ValueError):
+    """A table that does not follow the contract."""
+
+
+def read_table(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a parquet or CSV table, with an error that names the file when it is missing or unknown."""
+    path = Path(path)
+    if not path.exists():
+        raise TableError(f"table not found: {path}")
+    if path.suffix == ".parquet":
+        return pd.read_parquet(path)
+    if path.suffix == ".csv":
+        return pd.read_csv(path)
+    raise TableError(f"{path}: unknown table format {path.suffix!r} (expected .parquet or .csv)")
+
+
+def validate_runs(runs: pd.DataFrame, source: str = "runs table") -> pd.DataFrame:
+    """Check a runs table against the contract and return it with canonical dtypes.
+
+    Raises TableError naming every missing column, or the first column with values of the wrong kind.
+    """
+    missing = [c for c in RUNS_COLUMNS if c not in runs.columns]
+    if missing:
+        raise TableError(f"{source} is missing required column(s): {', '.join(missing)}")
+    out = runs.copy()
+    for column, kind in RUNS_COLUMNS.items():
+        try:
+            if kind == "float":
+                out[column] = pd.to_numeric(out[column], errors="raise").astype(float)
+            elif kind == "int":
+                out[column] = pd.to_numeric(out[column], errors="raise").astype("int64")
+            elif kind == "bool":
+                out[column] = _as_bool(out[column])
+            else:
+                out[column] = out[column].astype(str)
+        except (TypeError, ValueError) as err:
+            raise TableError(f"{source}: column {column!r} should hold {kind} values ({err})") from None
+    if out["run_id"].duplicated().any():
+        dupes = out.loc[out["run_id"].duplicated(), "run_id"].unique()[:5]
+        raise TableError(f"{source}: run_id must be unique; repeated: {', '.join(dupes)}")
+    return out
+
+
+def _as_bool(column: pd.Series) -> pd.Series:
+    if column.dtype == bool:
+        return column
+    mapping = {"true": True, "false": False, "1": True, "0": False, "1.0": True, "0.0": False}
+    as_text = column.astype(str).str.strip().str.lower()
+    unknown = sorted(set(as_text) - set(mapping))
+    if unknown:
+        raise ValueError(f"not booleans: {unknown[:3]}")
+    return as_text.map(mapping).astype(bool)
+
+
+def write_atomic(path: str | os.PathLike, write) -> Path:
+    """Call write(tmp_path), then rename into place: readers see the old file or the whole new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_table(table: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write a table atomically as parquet or CSV, by the path's suffix."""
+    path = Path(path)
+    if path.suffix == ".parquet":
+        return write_atomic(path, lambda tmp: table.to_parquet(tmp, index=False))
+    if path.suffix == ".csv":
+        return write_atomic(path, lambda tmp: table.to_csv(tmp, index=False))
+    raise TableError(f"{path}: unknown table format {path.suffix!r} (expected .parquet or .csv)")
+
+
+def write_text(text: str, path: str | os.PathLike) -> Path:
+    """Write a text file (JSON, summaries) atomically."""
+    return write_atomic(path, lambda tmp: Path(tmp).write_text(text))
