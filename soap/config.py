@@ -82,6 +82,10 @@ class TrainConfig:
             raise ConfigError(f"ema_beta must be in [0, 1), got {self.ema_beta}")
         if self.phase not in ("grid", "tuned", "tune"):
             raise ConfigError(f"phase must be grid, tuned or tune, got {self.phase!r}")
+        from soap.nn import ACTIVATIONS
+
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(f"unknown activation {self.activation!r}; known: {', '.join(ACTIVATIONS)}")
         if any(width <= 0 for width in self.hidden):
             raise ConfigError(f"hidden widths must be positive, got {self.hidden}")
         members = self.population()

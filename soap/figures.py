@@ -29,10 +29,11 @@ import matplotlib
 matplotlib.use("Agg")  # figures are only ever written to files; never needs a display
 
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
-from matplotlib.patches import FancyArrowPatch, FancyBboxPatch  # noqa: E402
+from matplotlib.patches import FancyArrowPatch  # noqa: E402
 from matplotlib.transforms import blended_transform_factory  # noqa: E402
 from scipy import stats  # noqa: E402
 
@@ -60,8 +61,8 @@ METHOD_ORDER: tuple[str, ...] = tuple(METHOD_COLORS)
 DATASET_LABELS = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}
 ESTIMAND_LABELS = {
     "fixed_lr": "shared lr",
-    "tuned": "each tuned",
-    "effective_lr": "matched effective lr",
+    "tuned": "each tuned lr",
+    "effective_lr": "matched eff. lr",
 }
 ESTIMAND_MARKERS = {"fixed_lr": "o", "tuned": "s", "effective_lr": "D"}
 
@@ -183,8 +184,20 @@ def _legend_below(fig, axes) -> None:
                 handles[label] = handle
                 labels.append(label)
     if handles:
-        fig.legend([handles[lab] for lab in labels], labels, loc="outside lower center",
-                   ncols=min(len(labels), 6))
+        # Rows of equal length rather than a full row and a straggler.
+        ncols = len(labels) if len(labels) <= 6 else math.ceil(len(labels) / math.ceil(len(labels) / 6))
+        fig.legend([handles[lab] for lab in labels], labels, loc="outside lower center", ncols=ncols)
+
+
+def _examples_label(x, _pos=None) -> str:
+    """Tick labels for counts of examples: 50k, 1.5M."""
+    for scale, suffix in ((1e6, "M"), (1e3, "k")):
+        if abs(x) >= scale:
+            return f"{x / scale:g}{suffix}"
+    return f"{x:g}"
+
+
+EXAMPLES_FORMATTER = matplotlib.ticker.FuncFormatter(_examples_label)
 
 
 def _first_crossing(summary: pd.DataFrame, target: float) -> float:
@@ -203,16 +216,14 @@ def _curve_panel(ax, curves: pd.DataFrame, target: float | None, value: str) -> 
         if summary.empty:
             continue
         n = int(curves.loc[curves["method"] == method, "seed"].nunique())
-        _band(ax, summary, "examples", method_color(method), f"{method}")
-        ax.annotate(f"n={n}", (summary["examples"].iloc[-1], summary["mean"].iloc[-1]),
-                    textcoords="offset points", xytext=(3, 0), fontsize=8, color=method_color(method),
-                    va="center")
+        _band(ax, summary, "examples", method_color(method), f"{method} ({n} seeds)")
         if target is not None and np.isfinite(target):
             crossings[method] = _first_crossing(summary, target)
     if target is not None and np.isfinite(target):
         ax.axhline(target, color="#777777", ls="--", lw=1, label="target loss")
     ax.set_yscale("log")
     ax.set_xlabel(EXAMPLES_LABEL)
+    ax.xaxis.set_major_formatter(EXAMPLES_FORMATTER)
     ax.set_ylabel(f"training loss, EMA\n{LOSS_LABEL}")
     return crossings
 
@@ -349,7 +360,7 @@ def plot_effective_lr_response(runs: pd.DataFrame | None, outcome: str = "test_l
             summary = summary.assign(effective_lr=summary["lr"].map(x))
             if not summary.empty:
                 _band(ax, summary, "effective_lr", color, method, marker="o", ms=4)
-        ax.set(xscale="log", yscale="log", xlabel="effective learning rate, lr x feedback gain (log scale)",
+        ax.set(xscale="log", yscale="log", xlabel="effective lr = lr × feedback gain (log scale)",
                ylabel=f"final {outcome.replace('_', ' ')}\n{LOSS_LABEL}", title=dataset_label(dataset))
     _legend_below(fig, axes)
     return fig, axes
@@ -357,59 +368,50 @@ def plot_effective_lr_response(runs: pd.DataFrame | None, outcome: str = "test_l
 
 # --- 5: causal diagram --------------------------------------------------------------------------------
 
-# Node positions in axis coordinates (0..1).
+# Node positions in axis coordinates (0..1): the causal chain along the top row, the learning rates
+# below it, so that no edge crosses another.
 _DAG_NODES = {
-    "method": ("method\n(feedback rule)", (0.10, 0.55)),
-    "gain": ("feedback gain\n|delta_rule| / |delta_bp|", (0.40, 0.85)),
-    "nominal": ("nominal lr", (0.40, 0.25)),
-    "effective": ("effective lr\nlr x gain", (0.68, 0.55)),
-    "outcome": ("test loss", (0.92, 0.55)),
-    "other": ("lr tuned for\nanother method (bp)", (0.12, 0.08)),
+    "method": ("method\n(feedback rule)", (0.09, 0.60)),
+    "gain": ("feedback gain\n|δ rule| / |δ bp|", (0.37, 0.60)),
+    "effective": ("effective lr\nlr × gain", (0.65, 0.60)),
+    "outcome": ("test loss", (0.91, 0.60)),
+    "nominal": ("nominal lr", (0.65, 0.17)),
+    "other": ("lr chosen for\nanother method (bp)", (0.91, 0.17)),
 }
 _DAG_EDGES = [
-    # (from, to, style, colour, label)
-    ("method", "gain", "-", "#222222", None),
-    ("gain", "effective", "-", "#222222", None),
-    ("nominal", "effective", "-", "#222222", None),
-    ("effective", "outcome", "-", "#222222", None),
-    ("method", "outcome", "-", "#222222", "direct: alignment quality"),
-    ("method", "nominal", "--", "#4477AA", "tuned for this method:\nlr is a mediator"),
-    ("other", "nominal", ":", "#EE6677", "chosen for bp:\nconfounds the comparison"),
+    # (from, to, line style, colour, label, label position)
+    ("method", "gain", "-", "#222222", None, None),
+    ("gain", "effective", "-", "#222222", None, None),
+    ("effective", "outcome", "-", "#222222", None, None),
+    ("nominal", "effective", "-", "#222222", None, None),
+    ("method", "outcome", "-", "#222222", "direct: how well the feedback aligns", (0.50, 0.96)),
+    ("method", "nominal", "--", "#4477AA", "lr tuned for this method:\na mediator of its effect",
+     (0.25, 0.22)),
+    ("other", "nominal", ":", "#CC3311", "lr tuned for bp:\nconfounds the comparison", (0.78, 0.02)),
 ]
 
 
 @styled
 def plot_causal_diagram():
     """Figure 5: the causal diagram of method, feedback gain, learning rates and outcome."""
-    fig, ax = plt.subplots(figsize=(10, 5.2), layout="constrained")
-    ax.set(xlim=(0, 1), ylim=(-0.05, 1.02))
+    fig, ax = plt.subplots(figsize=(10, 4.6), layout="constrained")
+    ax.set(xlim=(0, 1), ylim=(-0.06, 1.02))
     ax.set_axis_off()
     boxes = {}
     for key, (text, (x, y)) in _DAG_NODES.items():
-        boxes[key] = ax.text(x, y, text, ha="center", va="center", fontsize=11, zorder=3,
+        boxes[key] = ax.text(x, y, text, ha="center", va="center", fontsize=12, zorder=3,
                              bbox={"boxstyle": "round,pad=0.5", "facecolor": "#fbfbfb",
                                    "edgecolor": "#444444", "lw": 1.2})
     fig.canvas.draw()  # text boxes need a renderer before arrows can be clipped to them
-    for src, dst, style, color, label in _DAG_EDGES:
-        arrow = FancyArrowPatch(_DAG_NODES[src][1], _DAG_NODES[dst][1], arrowstyle="-|>",
-                                mutation_scale=16, lw=1.6, ls=style, color=color,
-                                patchA=boxes[src].get_bbox_patch(), patchB=boxes[dst].get_bbox_patch(),
-                                connectionstyle="arc3,rad=-0.28" if (src, dst) == ("method", "outcome")
-                                else "arc3,rad=0", zorder=2)
-        ax.add_patch(arrow)
+    for src, dst, style, color, label, where in _DAG_EDGES:
+        arc = "arc3,rad=-0.35" if (src, dst) == ("method", "outcome") else "arc3,rad=0"
+        ax.add_patch(FancyArrowPatch(_DAG_NODES[src][1], _DAG_NODES[dst][1], arrowstyle="-|>",
+                                     mutation_scale=18, lw=1.8, ls=style, color=color, connectionstyle=arc,
+                                     patchA=boxes[src].get_bbox_patch(), patchB=boxes[dst].get_bbox_patch(),
+                                     zorder=2))
         if label:
-            _label_edge(ax, src, dst, label, color)
-    ax.add_patch(FancyBboxPatch((0.0, -0.04), 1.0, 1.05, boxstyle="round,pad=0", fill=False, lw=0))
+            ax.text(*where, label, ha="center", va="center", fontsize=10.5, color=color, style="italic")
     return fig, np.array([[ax]])
-
-
-def _label_edge(ax, src: str, dst: str, label: str, color: str) -> None:
-    (x0, y0), (x1, y1) = _DAG_NODES[src][1], _DAG_NODES[dst][1]
-    offsets = {("method", "outcome"): (0.0, -0.30), ("method", "nominal"): (-0.11, -0.02),
-               ("other", "nominal"): (0.19, -0.05)}
-    dx, dy = offsets.get((src, dst), (0.0, 0.0))
-    ax.text((x0 + x1) / 2 + dx, (y0 + y1) / 2 + dy, label, ha="center", va="center", fontsize=9.5,
-            color=color, style="italic")
 
 
 # --- 6 and 7: estimates -------------------------------------------------------------------------------
@@ -513,7 +515,7 @@ def plot_mediation(mediation: Mapping[str, Mapping] | None, outcome: str = "test
                 f"{block.get('control', 'sign_scaled')}"
         prop = block.get("prop") or {}
         if pd.notna(prop.get("estimate", math.nan)):
-            title += f"\nproportion mediated {prop['estimate']:.2f} " \
+            title += f"\nproportion mediated {prop['estimate']:.2f}\n" \
                      f"(95% CI {prop.get('ci_low', math.nan):.2f} to {prop.get('ci_high', math.nan):.2f})"
         ax.set_title(title, fontsize=10.5)
         ax.set_xlabel(f"effect on {outcome.replace('_', ' ')} (nats)")
@@ -543,6 +545,7 @@ def plot_km(km: pd.DataFrame | None, targets: Mapping[str, float] | None = None)
             title += f", target loss {targets[dataset]:.3g}"
         ax.set(ylim=(-0.02, 1.02), xlabel=EXAMPLES_LABEL, ylabel="fraction of runs\nnot yet at target",
                title=title)
+        ax.xaxis.set_major_formatter(EXAMPLES_FORMATTER)
     _legend_below(fig, axes)
     return fig, axes
 
@@ -597,6 +600,7 @@ def _alignment_panel(ax, curves: pd.DataFrame | None, column: str) -> None:
         summary = mean_ci(rows[rows["method"] == method], ["examples"], column)
         _band(ax, summary, "examples", method_color(method), method)
     ax.tick_params(labelbottom=True)
+    ax.xaxis.set_major_formatter(EXAMPLES_FORMATTER)
 
 
 # --- 10: Optuna ---------------------------------------------------------------------------------------

@@ -23,15 +23,27 @@ def paired_outcomes(rows: pd.DataFrame, method: str, outcome: str) -> pd.DataFra
     return wide.dropna()
 
 
+def expanded_tail(n: int, level: float = 0.95) -> float:
+    """Tail probability of the expanded percentile interval for a mean of n values (Hesterberg 2015).
+
+    A plain percentile bootstrap of a mean is too narrow for few values (it behaves like a z-interval
+    with a divide-by-n SD: ~91% coverage for 10 seeds). Taking the percentiles at
+    Phi(-sqrt(n / (n - 1)) * t_{n-1}) restores the t-interval's width while keeping the bootstrap's shape.
+    Hesterberg, "What teachers should know about the bootstrap", The American Statistician 69 (2015).
+    """
+    t = stats.t.ppf(0.5 + level / 2, df=n - 1)
+    return float(stats.norm.cdf(-np.sqrt(n / (n - 1)) * t))
+
+
 def bootstrap_mean_ci(values: np.ndarray, n_boot: int, rng: np.random.Generator,
                       level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean, resampling the values (seeds) with replacement."""
+    """Expanded percentile bootstrap interval of the mean, resampling the values (seeds) with replacement."""
     values = np.asarray(values, dtype=float)
     if len(values) < 2:
         return np.nan, np.nan
     means = values[rng.integers(0, len(values), (n_boot, len(values)))].mean(axis=1)
-    tail = 100 * (1 - level) / 2
-    low, high = np.percentile(means, [tail, 100 - tail])
+    tail = expanded_tail(len(values), level)
+    low, high = np.quantile(means, [tail, 1 - tail])
     return float(low), float(high)
 
 

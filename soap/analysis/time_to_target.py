@@ -85,15 +85,18 @@ def median_ratio(surv: pd.DataFrame, method: str, n_boot: int, rng: np.random.Ge
     estimate = km_median(arms[method]["time"].to_numpy(), arms[method]["event"].to_numpy()) / km_median(
         arms[REFERENCE]["time"].to_numpy(), arms[REFERENCE]["event"].to_numpy()
     )
-    by_seed = {m: dict(tuple(rows.groupby("seed"))) for m, rows in arms.items()}
+    # (time, event) arrays per seed, so a resample is a numpy concatenation, not a DataFrame one.
+    by_seed = {m: {s: (g["time"].to_numpy(), g["event"].to_numpy()) for s, g in rows.groupby("seed")}
+               for m, rows in arms.items()}
     seeds = np.array(sorted(set(by_seed[method]) & set(by_seed[REFERENCE])))
     ratios = []
     for _ in range(n_boot):
         sample = rng.choice(seeds, len(seeds), replace=True)
         medians = []
         for m in (method, REFERENCE):
-            boot = pd.concat([by_seed[m][s] for s in sample])
-            median = km_median(boot["time"].to_numpy(), boot["event"].to_numpy())
+            time = np.concatenate([by_seed[m][s][0] for s in sample])
+            event = np.concatenate([by_seed[m][s][1] for s in sample])
+            median = km_median(time, event)
             medians.append(np.inf if np.isnan(median) else median)
         if np.isfinite(medians[0]) or np.isfinite(medians[1]):
             ratios.append(medians[0] / medians[1])

@@ -1,0 +1,201 @@
+"""The study pipeline's library: from the study config (config.yaml) to training populations, and from
+the training jobs' tables to the study's runs table (STUDY.md contract).
+
+The Snakefile decides what runs where; everything it computes lives here, so the workflow scripts stay
+thin and the same logic is importable and tested. The study config is a plain dict validated against
+workflow/schemas/config.schema.yaml (defaults filled in); TrainConfig (soap.config) is what one
+population is trained with.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+
+from soap.config import ConfigError, TrainConfig
+from soap.tables import validate_runs, write_table, write_text
+
+log = logging.getLogger(__name__)
+
+SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def log_to_file(path) -> None:
+    """Send a job's stderr (logging, warnings, progress bars, a traceback) to its Snakemake log."""
+    sys.stderr = open(path, "w", buffering=1)
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, force=True,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def load_study_config(path: str | Path | None = None, values: dict | None = None) -> dict:
+    """Read config.yaml (or take `values`), validate it against the schema and fill its defaults."""
+    import yaml
+    from snakemake.utils import validate
+
+    if values is None:
+        if path is None or not Path(path).is_file():
+            raise ConfigError(f"study config not found: {path}")
+        values = yaml.safe_load(Path(path).read_text()) or {}
+    try:
+        validate(values, str(SCHEMA))
+    except Exception as err:  # snakemake wraps jsonschema's error, which names the key
+        raise ConfigError(f"{path or 'study config'}: {err}") from None
+    check_study_config(values)
+    return values
+
+
+def check_study_config(cfg: dict) -> None:
+    """Checks across keys that the schema cannot express; ConfigError names the key."""
+    from soap.rules import RULES
+
+    unknown = [m for m in cfg["methods"] if m not in RULES]
+    if unknown:
+        raise ConfigError(f"methods: unknown method(s) {unknown}; known: {', '.join(RULES)}")
+    for section in ("tune", "grid"):
+        if cfg[section]["lr_low"] >= cfg[section]["lr_high"]:
+            raise ConfigError(f"{section}.lr_low must be below {section}.lr_high")
+    evaluation_seeds = max(cfg["grid"]["seeds"], cfg["tuned"]["seeds"])
+    if cfg["tune"]["seed"] < evaluation_seeds:
+        raise ConfigError(f"tune.seed must be at least {evaluation_seeds} so that tuning seeds are distinct "
+                          "from evaluation seeds (0 .. seeds-1)")
+
+
+def grid_lrs(cfg: dict) -> list[float]:
+    grid = cfg["grid"]
+    if grid["lrs"] is not None:
+        return [float(lr) for lr in grid["lrs"]]
+    # Rounded so run ids and plots show readable numbers; 4 significant digits keep points distinct.
+    return [float(f"{lr:.4g}") for lr in np.geomspace(grid["lr_low"], grid["lr_high"], grid["n_lrs"])]
+
+
+def n_chunks(n_seeds: int, per_job: int) -> int:
+    return math.ceil(n_seeds / per_job)
+
+
+def chunk_seeds(n_seeds: int, per_job: int, chunk: int) -> list[int]:
+    """Seeds of job `chunk` when seeds 0 .. n_seeds-1 are split into jobs of `per_job`."""
+    seeds = list(range(chunk * per_job, min((chunk + 1) * per_job, n_seeds)))
+    if not seeds:
+        raise ValueError(f"chunk {chunk} is empty ({n_seeds} seeds, {per_job} per job)")
+    return seeds
+
+
+def device_for(gpus) -> str:
+    # With GPUs the job's lease narrows CUDA_VISIBLE_DEVICES to one device, which "auto" then finds.
+    return "cpu" if gpus == 0 else "auto"
+
+
+def train_config(train: dict, dataset: str, phase: str, members: list[dict], *, prepared: str | None = None,
+                 data: dict | None = None, epochs: float | None = None, device: str = "auto") -> TrainConfig:
+    """The TrainConfig of one population: the config's `train` section plus what the pipeline sets.
+
+    data: the config's `data` section, used when no prepared file is given. Raises ConfigError naming
+    a bad key.
+    """
+    values = dict(train)
+    values.update(dataset=dataset, phase=phase, members=members, prepared=prepared, device=device,
+                  methods=sorted({m["method"] for m in members}))
+    if data is not None:
+        values.update(data_root=data["root"], download=data["download"])
+    if epochs is not None:
+        values["epochs"] = epochs
+    return TrainConfig.from_dict(values)
+
+
+def grid_members(methods: list[str], lrs: list[float], seeds: Iterable[int]) -> list[dict]:
+    """The crossed design: every method at every grid learning rate on every paired seed."""
+    return [{"method": m, "lr": float(lr), "seed": int(s)} for m in methods for lr in lrs for s in seeds]
+
+
+def tuned_members(methods: list[str], tuned_lrs: dict, seeds: Iterable[int]) -> list[dict]:
+    """Every method at its own tuned learning rate (tuned_lrs: {method: {"lr": ...}}) on paired seeds."""
+    missing = [m for m in methods if m not in tuned_lrs]
+    if missing:
+        raise KeyError(f"no tuned learning rate for {missing}")
+    return [{"method": m, "lr": float(tuned_lrs[m]["lr"]), "seed": int(s)} for m in methods for s in seeds]
+
+
+def write_population(result, runs_path, curves_path, meta_path) -> None:
+    """Write one job's tables and meta, each atomically (a killed job leaves no half file)."""
+    write_table(result.runs, runs_path)
+    write_table(result.curves, curves_path)
+    write_text(json.dumps(result.meta, indent=2, default=str), meta_path)
+
+
+def bp_reference_loss(runs: pd.DataFrame, curves: pd.DataFrame) -> float:
+    """Median over bp's tuned runs of the EMA training loss after one epoch (STUDY.md default target).
+
+    A run shorter than one epoch contributes its last logged loss. NaN when there is no such run.
+    """
+    bp = runs[(runs["phase"] == "tuned") & (runs["method"] == "bp") & ~runs["diverged"].astype(bool)]
+    losses = []
+    for row in bp.itertuples():
+        one_epoch = row.examples_seen / row.epochs  # the training split's size
+        logged = curves[(curves["run_id"] == row.run_id) & (curves["examples"] <= one_epoch + 0.5)]
+        logged = logged.dropna(subset=["train_loss_ema"])
+        if len(logged):
+            losses.append(float(logged.sort_values("examples")["train_loss_ema"].iloc[-1]))
+    return float(np.median(losses)) if losses else math.nan
+
+
+def fill_targets(runs: pd.DataFrame, curves: pd.DataFrame, target) -> pd.DataFrame:
+    """Set target_loss, examples_to_target and reached_target per dataset; target: "auto" or a loss."""
+    from soap.metrics import examples_to_target
+
+    runs = runs.copy()
+    for dataset, rows in runs.groupby("dataset").groups.items():
+        ids = runs.loc[rows, "run_id"]
+        part = curves[curves["run_id"].isin(ids)]
+        loss = bp_reference_loss(runs.loc[rows], part) if target == "auto" else float(target)
+        if not math.isfinite(loss):
+            log.warning("%s: no finite target loss (no bp tuned run?); examples_to_target left NaN", dataset)
+            runs.loc[rows, ["target_loss", "examples_to_target"]] = math.nan
+            runs.loc[rows, "reached_target"] = False
+            continue
+        hits = examples_to_target(part, loss).set_index("run_id").reindex(ids)
+        runs.loc[rows, "target_loss"] = loss
+        runs.loc[rows, "examples_to_target"] = hits["examples_to_target"].to_numpy()
+        runs.loc[rows, "reached_target"] = hits["reached_target"].fillna(False).astype(bool).to_numpy()
+        log.info("%s: target loss %.4f, reached by %d of %d runs", dataset, loss,
+                 int(runs.loc[rows, "reached_target"].sum()), len(rows))
+    runs["reached_target"] = runs["reached_target"].astype(bool)
+    return runs
+
+
+def gather(runs_paths: Iterable, curves_paths: Iterable, meta_paths: Iterable, target="auto",
+           config: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """Concatenate the jobs' tables, fill the time-to-target columns (target: "auto" or a loss) and
+    build the provenance record (config: the study config it records)."""
+    runs = pd.concat([pd.read_parquet(p) for p in runs_paths], ignore_index=True)
+    curves = pd.concat([pd.read_parquet(p) for p in curves_paths], ignore_index=True)
+    runs = validate_runs(fill_targets(runs, curves, target), source="gathered runs")
+    metas = [json.loads(Path(p).read_text()) for p in meta_paths]
+    provenance = {
+        "config": config or {},
+        "versions": metas[0]["versions"] if metas else {},
+        "device": sorted({m["device"] for m in metas}),
+        "wall_time_s": _span_s(metas),  # first job's start to last job's end
+        "compute_time_s": float(sum(m["wall_time_s"] for m in metas)),  # summed over jobs
+        "started": min((m["started"] for m in metas), default=None),
+        "finished": max((m["finished"] for m in metas), default=None),
+        "gathered": datetime.now(timezone.utc).isoformat(),
+        "jobs": len(metas),
+        "runs": len(runs),
+    }
+    return runs, curves, provenance
+
+
+def _span_s(metas: list[dict]) -> float:
+    if not metas:
+        return 0.0
+    start = min(datetime.fromisoformat(m["started"]) for m in metas)
+    end = max(datetime.fromisoformat(m["finished"]) for m in metas)
+    return (end - start).total_seconds()

@@ -1,0 +1,188 @@
+"""The analysis recovers the synthetic generator's known truth (soap.synthetic), estimand by estimand.
+
+Truths come from SyntheticSpec's closed forms, never from the analysis itself. Where one dataset is
+used, the check is "truth inside the 95% interval" (fixed generator seed: deterministic); coverage
+and bias are checked across many generated datasets.
+"""
+
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from soap.analysis import analyze
+from soap.analysis.effective_lr import fit_lr_model
+from soap.analysis.inputs import at_lr
+from soap.analysis.mediation import fit_mediation
+from soap.analysis.time_to_target import km_median, survival_data
+from soap.synthetic import SyntheticSpec, generate_runs
+
+SPEC = SyntheticSpec()
+SMALL_LR = 1e-3  # a grid value far below every method's optimum: sign's 20x gain helps here
+NON_BP = ("fa", "sign", "sign_scaled")
+
+
+@pytest.fixture(scope="module")
+def result():
+    return analyze(generate_runs(SPEC, seed=11), fixed_lr=SMALL_LR, seed=0, n_boot=500)
+
+
+def rows(result, estimand, outcome="test_loss"):
+    est = result.estimates
+    return est[(est["estimand"] == estimand) & (est["outcome"] == outcome)].set_index("method")
+
+
+def assert_inside(row, truth):
+    assert row["ci_low"] <= truth <= row["ci_high"], f"{truth} not in [{row['ci_low']}, {row['ci_high']}]"
+
+
+def test_effective_lr_recovers_direct_effects_on_loss_and_accuracy(result):
+    loss, acc = rows(result, "effective_lr"), rows(result, "effective_lr", "test_acc")
+    for method in NON_BP:
+        assert_inside(loss.loc[method], SPEC.direct_effect[method])
+        assert_inside(acc.loc[method], -SPEC.acc_per_loss * SPEC.direct_effect[method])
+    # Diverged runs were excluded and counted, not dropped silently.
+    assert loss.loc["fa", "n"] == (SPEC.grid_seeds * len(SPEC.grid_lrs) * 4
+                                   - result.summary["excluded_diverged"]["effective_lr"])
+    assert result.summary["excluded_diverged"]["effective_lr"] > 0
+
+
+def test_nominal_lr_adjustment_is_confounded_by_the_gain(result):
+    # Adjusting for nominal lr leaves sign's 20x gain in its coefficient: the true direct effect (0)
+    # falls outside that interval while the effective-lr model's covers it.
+    nominal = result.summary["effective_lr_model"]["synthetic"]["nominal_coef"]["sign"]
+    assert nominal["ci_high"] < SPEC.direct_effect["sign"] - 0.1
+
+
+def test_effective_lr_interval_coverage_across_datasets():
+    # 100 datasets x 3 methods. For 100 intervals with true coverage 0.95, P(hits < 88) ~ 0.001 and
+    # P(hits = 100) ~ 0.006, so [0.88, 0.99] fails a correct procedure rarely and catches SEs that
+    # ignore the seed clustering or a misspecified curve.
+    hits = {m: 0 for m in NON_BP}
+    n_datasets = 100
+    for seed in range(n_datasets):
+        runs = generate_runs(SPEC, seed=1000 + seed)
+        fit = fit_lr_model(runs[runs["phase"] == "grid"], "test_loss")
+        for method in NON_BP:
+            coef = fit.coef[method]
+            hits[method] += coef["ci_low"] <= SPEC.direct_effect[method] <= coef["ci_high"]
+    for method, n_hits in hits.items():
+        assert 0.88 <= n_hits / n_datasets <= 0.99, (method, n_hits)
+
+
+def test_fixed_small_lr_shows_the_confounded_advantage(result):
+    assert result.summary["fixed_lr"]["synthetic"] == pytest.approx(SMALL_LR)
+    fixed = rows(result, "fixed_lr")
+    # sign beats bp on loss at a small shared lr, although its direct effect is 0: the gain does it.
+    assert fixed.loc["sign", "ci_high"] < 0
+    for method in NON_BP:
+        assert_inside(fixed.loc[method], SPEC.expected_loss(method, SMALL_LR) - SPEC.expected_loss("bp", SMALL_LR))
+
+
+def test_tuned_comparison_recovers_the_truth_at_each_optimum(result):
+    tuned = rows(result, "tuned")
+    for method in NON_BP:
+        truth = SPEC.expected_loss(method, SPEC.tuned_lr(method)) - SPEC.expected_loss("bp", SPEC.tuned_lr("bp"))
+        assert_inside(tuned.loc[method], truth)
+    # Tuned, sign is no better than bp: the advantage at the small fixed lr is gone.
+    assert tuned.loc["sign", "ci_high"] > 0
+
+
+def test_holm_adjusted_p_values_are_no_smaller_and_monotone(result):
+    family = result.estimates[result.estimates["p_holm"].notna()]
+    assert (family["p_holm"] >= family["p_value"] - 1e-15).all()
+    loss_family = family[family["outcome"].isin(["test_loss", "examples_to_target"])].sort_values("p_value")
+    assert loss_family["p_holm"].is_monotonic_increasing
+    assert len(loss_family) == 4 * len(NON_BP)  # fixed_lr, tuned, effective_lr, time to target
+
+
+def test_mediation_attributes_the_small_lr_advantage_to_the_gain():
+    # Truth at lr 1e-3: ACME -0.434, ADE -0.05, total -0.484, proportion mediated 0.90. The gain
+    # varies little within an arm, so the mediator's curvature needs ~30 seeds to be pinned down.
+    spec = replace(SPEC, grid_seeds=30, tuned_seeds=2)
+    true_acme = spec.mediated_effect(SMALL_LR)
+    true_ade = spec.direct_effect["sign"] - spec.direct_effect["sign_scaled"]
+    assert true_acme / (true_acme + true_ade) > 0.85
+    for seed in range(3):
+        runs = generate_runs(spec, seed=seed)
+        fit = fit_mediation(at_lr(runs[runs["phase"] == "grid"], SMALL_LR), "test_loss", 300,
+                            np.random.default_rng(seed))
+        assert fit.effects["acme"]["ci_low"] <= true_acme <= fit.effects["acme"]["ci_high"]
+        assert fit.effects["ade"]["ci_low"] <= true_ade <= fit.effects["ade"]["ci_high"]
+        assert fit.effects["prop"]["estimate"] > 0.5
+
+
+def test_mediation_rows_and_summary(result):
+    med = result.summary["mediation"]["synthetic"]
+    assert med["lr"] == pytest.approx(SMALL_LR) and med["design"] == "fixed_lr"
+    est = result.estimates[result.estimates["estimand"].str.startswith("mediation")]
+    assert set(est["estimand"]) == {"mediation_acme", "mediation_ade", "mediation_total", "mediation_prop"}
+    assert (est["method"] == "sign").all() and (est["reference"] == "sign_scaled").all()
+    total = rows(result, "mediation_total").loc["sign"]
+    true_total = SPEC.expected_loss("sign", SMALL_LR) - SPEC.expected_loss("sign_scaled", SMALL_LR)
+    assert_inside(total, true_total)
+
+
+def test_time_to_target_recovers_median_ratios(result):
+    ratio = rows(result, "time_to_target_ratio", "examples_to_target")
+    for method in NON_BP:
+        assert_inside(ratio.loc[method], SPEC.median_ratio(method))
+    hazard = result.summary["time_to_target"]["synthetic"]["hazard_ratio"]
+    # A slower method (median ratio 2) reaches the target at a lower hazard than bp.
+    assert hazard["fa"]["ci_high"] < 1
+
+
+# One slow method whose runs are heavily censored: median 180,000 examples against a budget of
+# 250,000, so ~30% of its runs never reach the target.
+CENSORED = replace(SPEC, direct_effect={"bp": 0.0, "fa": 0.15}, gain={"bp": (1.0, 0.0), "fa": (1.0, 0.05)},
+                   median_examples={"bp": 50_000.0, "fa": 180_000.0}, examples_sd_log=0.6,
+                   grid_seeds=2, tuned_seeds=60)
+
+
+def test_time_to_target_handles_heavy_censoring_without_bias():
+    truth = np.log(CENSORED.median_ratio("fa"))
+    km_logs, dropped_logs, censored = [], [], []
+    for seed in range(20):
+        tuned = generate_runs(CENSORED, seed=seed).query("phase == 'tuned'")
+        surv = survival_data(tuned, fallback_budget=np.nan)
+        fa, bp = surv[surv["method"] == "fa"], surv[surv["method"] == "bp"]
+        km_logs.append(np.log(km_median(fa["time"].to_numpy(), fa["event"].to_numpy())
+                              / km_median(bp["time"].to_numpy(), bp["event"].to_numpy())))
+        reached = tuned[tuned["reached_target"]]
+        dropped_logs.append(np.log(reached.loc[reached["method"] == "fa", "examples_to_target"].median()
+                                   / reached.loc[reached["method"] == "bp", "examples_to_target"].median()))
+        censored.append(1 - fa["event"].mean())
+    assert np.mean(censored) > 0.2
+    # The KM median ratio is unbiased to within its Monte Carlo error (~0.03 on the log scale here);
+    # dropping censored runs takes the median of a truncated sample and lands ~0.25 low.
+    assert abs(np.mean(km_logs) - truth) < 0.1
+    assert np.mean(dropped_logs) < truth - 0.15
+
+
+def test_time_to_target_interval_under_heavy_censoring():
+    result = analyze(generate_runs(CENSORED, seed=0), seed=0, n_boot=300)
+    ttt = result.summary["time_to_target"]["synthetic"]
+    assert ttt["n_censored"]["fa"] > 10 and ttt["n_censored"]["bp"] == 0
+    ratio = ttt["ratio"]["fa"]
+    assert ratio["ci_low"] <= CENSORED.median_ratio("fa") <= ratio["ci_high"]
+
+
+def test_censoring_falls_back_without_examples_seen():
+    runs = generate_runs(CENSORED, seed=0).drop(columns="examples_seen")
+    tuned = runs[runs["phase"] == "tuned"]
+    surv = survival_data(tuned, fallback_budget=runs["examples_to_target"].max())
+    censored = surv[surv["event"] == 0]
+    assert len(censored) == (~tuned["reached_target"]).sum()
+    assert (censored["time"] == runs["examples_to_target"].max()).all()
+    assert analyze(runs, n_boot=50).summary["time_to_target"]["synthetic"]["n_censored"]["fa"] == len(censored)
+
+
+def test_km_table_is_a_decreasing_step_function(result):
+    km = result.km
+    for _, curve in km.groupby("method"):
+        assert curve["survival"].iloc[0] == 1.0
+        assert curve["survival"].is_monotonic_decreasing
+        assert (curve["ci_low"] <= curve["survival"] + 1e-12).all()
+        assert (curve["survival"] <= curve["ci_high"] + 1e-12).all()
+    assert isinstance(km, pd.DataFrame) and set(km["method"]) == {"bp", *NON_BP}

@@ -1,0 +1,169 @@
+"""Hand-checkable fixtures for the analysis: paired differences, Holm, learning-rate choice, errors, files."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from soap.analysis import ESTIMATES_COLUMNS, AnalysisError, analyze, run_analysis
+from soap.analysis.inputs import choose_fixed_lr, snap_to_grid
+from soap.analysis.multiplicity import holm_adjust
+from soap.analysis.paired import bootstrap_mean_ci, paired_contrast
+from soap.synthetic import SyntheticSpec, generate_runs
+
+
+def make_runs(records):
+    """A contract-shaped runs table from (phase, method, seed, lr, test_loss[, diverged]) tuples."""
+    rows = []
+    for i, rec in enumerate(records):
+        phase, method, seed, lr, loss = rec[:5]
+        diverged = rec[5] if len(rec) > 5 else False
+        rows.append({
+            "run_id": f"r{i}", "phase": phase, "dataset": "toy", "method": method, "seed": seed, "lr": lr,
+            "feedback_gain": 1.0, "diverged": diverged, "final_train_loss": loss, "val_loss": loss,
+            "val_acc": 0.9, "test_loss": np.nan if diverged else loss, "test_acc": 0.9,
+            "examples_to_target": 100.0 * (seed + 1), "reached_target": True,
+        })
+    return pd.DataFrame(rows)
+
+
+# Seeds 0, 1, 2: bp losses 1.0, 2.0, 3.0; fa losses 1.5, 2.1, 3.4 -> differences 0.5, 0.1, 0.4.
+BP = [1.0, 2.0, 3.0]
+FA = [1.5, 2.1, 3.4]
+TOY = make_runs([("tuned", "bp", s, 0.1, x) for s, x in enumerate(BP)]
+                + [("tuned", "fa", s, 0.2, x) for s, x in enumerate(FA)])
+
+
+def test_paired_difference_by_hand():
+    out = paired_contrast(TOY, "fa", "test_loss", n_boot=1000, rng=np.random.default_rng(0))
+    assert out["estimate"] == pytest.approx((0.5 + 0.1 + 0.4) / 3)
+    assert out["n"] == 3
+    # Paired t by hand: mean 1/3, sample sd of (0.5, 0.1, 0.4), 2 degrees of freedom.
+    diffs = np.array([0.5, 0.1, 0.4])
+    t = diffs.mean() / (diffs.std(ddof=1) / np.sqrt(3))
+    assert out["p_value"] == pytest.approx(2 * stats.t.sf(t, df=2))
+    # A bootstrap mean of these three differences can only lie between their min and max.
+    assert 0.1 <= out["ci_low"] < out["estimate"] < out["ci_high"] <= 0.5
+
+
+def test_paired_contrast_drops_pairs_with_a_diverged_member():
+    runs = make_runs([("tuned", "bp", s, 0.1, x) for s, x in enumerate(BP)]
+                     + [("tuned", "fa", 0, 0.2, 1.5), ("tuned", "fa", 1, 0.2, np.nan, True),
+                        ("tuned", "fa", 2, 0.2, 3.4)])
+    out = paired_contrast(runs, "fa", "test_loss", n_boot=200, rng=np.random.default_rng(0))
+    assert out["n"] == 2
+    assert out["estimate"] == pytest.approx((0.5 + 0.4) / 2)
+
+
+def test_bootstrap_of_identical_values_is_a_point():
+    assert bootstrap_mean_ci(np.full(5, 0.25), 100, np.random.default_rng(0)) == (0.25, 0.25)
+
+
+def test_bootstrap_is_seeded():
+    values = np.array([0.1, 0.5, 0.2, 0.9])
+    a = bootstrap_mean_ci(values, 500, np.random.default_rng(7))
+    b = bootstrap_mean_ci(values, 500, np.random.default_rng(7))
+    assert a == b
+
+
+def test_holm_by_hand_within_families():
+    estimates = pd.DataFrame({
+        "estimand": ["fixed_lr", "tuned", "effective_lr", "time_to_target_ratio", "tuned", "mediation_acme"],
+        "outcome": ["test_loss", "test_loss", "test_loss", "examples_to_target", "test_acc", "test_loss"],
+        "p_value": [0.01, 0.04, 0.03, 0.2, 0.04, 0.001],
+    })
+    adjusted = holm_adjust(estimates, primary_outcome="test_loss")
+    # test_loss family (time to target joins the primary one): sorted 0.01, 0.03, 0.04, 0.2 times
+    # 4, 3, 2, 1 = 0.04, 0.09, 0.08 -> 0.09 (monotone), 0.2.
+    np.testing.assert_allclose(adjusted[:4], [0.04, 0.09, 0.09, 0.2])
+    assert adjusted[4] == pytest.approx(0.04)  # alone in the test_acc family
+    assert np.isnan(adjusted[5])  # mediation is not a method-vs-bp test
+
+
+def test_snap_to_grid_on_a_log_scale():
+    grid = np.array([0.01, 0.1, 1.0])
+    # 0.04 is nearer 0.1 in log distance (log 2.5 < log 4) but nearer 0.01 arithmetically (0.03 < 0.06).
+    assert snap_to_grid(0.04, grid) == 0.1
+    assert snap_to_grid(0.02, grid) == 0.01
+
+
+def test_fixed_lr_defaults_to_bp_tuned_lr_snapped_to_the_grid():
+    runs = generate_runs(SyntheticSpec(), seed=0)
+    # bp's tuned lr is 0.05; grid neighbours 10**-1.5 (log distance 0.46) and 0.1 (0.69).
+    assert choose_fixed_lr(runs, None, "test_loss") == pytest.approx(10 ** -1.5)
+    assert choose_fixed_lr(runs, 1.2e-3, "test_loss") == pytest.approx(1e-3)
+
+
+def test_fixed_lr_without_tuned_runs_is_bp_best_grid_lr():
+    runs = make_runs([("grid", "bp", s, lr, loss) for s in range(2)
+                      for lr, loss in [(0.01, 0.9), (0.1, 0.3), (1.0, 0.7)]])
+    assert choose_fixed_lr(runs, None, "test_loss") == pytest.approx(0.1)
+
+
+def test_missing_columns_are_named():
+    with pytest.raises(AnalysisError, match="feedback_gain.*reached_target|reached_target.*feedback_gain"):
+        analyze(TOY.drop(columns=["feedback_gain", "reached_target"]))
+
+
+def test_method_without_bp_pair_is_an_error():
+    runs = TOY[~((TOY["method"] == "bp") & (TOY["seed"] == 2))]
+    with pytest.raises(AnalysisError, match=r"'fa' has no 'bp' pair.*seed\(s\) 2"):
+        analyze(runs)
+
+
+def test_fewer_than_two_seeds_is_an_error():
+    with pytest.raises(AnalysisError, match="fewer than 2 seeds"):
+        analyze(TOY[TOY["seed"] == 0])
+
+
+def test_every_run_diverged_is_an_error():
+    runs = TOY.assign(diverged=True, test_loss=np.nan)
+    with pytest.raises(AnalysisError, match="every run diverged"):
+        analyze(runs)
+
+
+def test_analysis_error_is_a_value_error():
+    assert issubclass(AnalysisError, ValueError)
+
+
+def test_run_analysis_writes_contract_files_from_csv(tmp_path):
+    runs = generate_runs(SyntheticSpec(grid_seeds=4, tuned_seeds=4), seed=0)
+    runs_path = tmp_path / "runs.csv"
+    runs.to_csv(runs_path, index=False)
+    out = tmp_path / "analysis"
+    result = run_analysis(runs_path, out, seed=1, n_boot=100)
+
+    estimates = pd.read_csv(out / "estimates.csv")
+    assert tuple(estimates.columns) == ESTIMATES_COLUMNS
+    assert len(estimates) == len(result.estimates)
+    summary = json.loads((out / "summary.json").read_text(), parse_constant=pytest.fail)
+    for key in ("outcome", "datasets", "methods", "n_runs", "n_seeds", "n_diverged", "excluded_diverged",
+                "fixed_lr", "tuned_lr", "estimates", "effective_lr_model", "mediation", "time_to_target"):
+        assert key in summary
+    assert summary["n_runs"] == len(runs)
+    assert summary["excluded_diverged"]["effective_lr"] == int(runs.query("phase == 'grid'")["diverged"].sum())
+    assert summary["mediation"]["synthetic"]["design"] == "fixed_lr"
+    km = pd.read_csv(out / "km.csv")
+    assert list(km.columns) == ["dataset", "method", "examples", "survival", "ci_low", "ci_high"]
+    assert km["survival"].between(0, 1).all()
+    models = (out / "models.txt").read_text()
+    assert "bs(log_elr, df=4)" in models and "bs(log_lr, df=4)" in models and "ACME" in models
+
+
+def test_same_seed_same_results():
+    runs = generate_runs(SyntheticSpec(grid_seeds=4, tuned_seeds=4), seed=0)
+    a = analyze(runs, seed=5, n_boot=100).estimates
+    b = analyze(runs, seed=5, n_boot=100).estimates
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_dataset_without_sign_methods_skips_mediation():
+    runs = generate_runs(SyntheticSpec(grid_seeds=4, tuned_seeds=4), seed=0)
+    runs = runs[runs["method"].isin(["bp", "fa"])]
+    result = analyze(runs, n_boot=100)
+    assert result.summary["mediation"] == {}
+    assert "synthetic" in result.summary["mediation_skipped"]
+    assert not result.estimates["estimand"].str.startswith("mediation").any()
+    assert set(result.estimates["method"]) == {"fa"}

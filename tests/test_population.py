@@ -1,0 +1,144 @@
+"""The population trainer against single-model training, and its seeding, isolation and divergence."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from soap.config import TrainConfig
+from soap.data import synthetic_dataset
+from soap.nn import FeedbackLinear, mlp
+from soap.population import PopulationMLP, train_population
+from soap.seeding import generator
+from soap.tables import validate_runs
+
+DATA = synthetic_dataset(n_train=960, n_val=256, n_test=256, dim=12, num_classes=3, seed=5)
+BASE = dict(dataset="synthetic", hidden=[16, 16], batch_size=48, epochs=2.5, refresh_period=500,
+            log_every=96, eval_every=480, eval_subset=128, device="cpu")
+
+
+def train(**overrides):
+    return train_population(TrainConfig.from_dict({**BASE, **overrides}), DATA, progress=False)
+
+
+def reference_run(method: str, lr: float, seed: int, epochs: float, batch: int, period: int):
+    """One run trained the conventional way: nn.Sequential of FeedbackLinear, torch.optim.SGD."""
+    model = mlp([12, 16, 16, 3], method, seed=seed)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    order_gen = generator(seed, "data")
+    n = len(DATA.train_y)
+    steps, seen = int(epochs * n) // batch, 0
+    for step in range(steps):
+        epoch, offset = divmod(step, n // batch)
+        if offset == 0:
+            order = torch.randperm(n, generator=order_gen)
+        index = order[offset * batch:(offset + 1) * batch]
+        loss = F.cross_entropy(model(DATA.train_x[index]), DATA.train_y[index])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        seen += batch
+        if seen // period != (seen - batch) // period:
+            for layer in model:
+                if isinstance(layer, FeedbackLinear):
+                    layer.refresh_feedback()
+    with torch.no_grad():
+        val = F.cross_entropy(model(DATA.val_x), DATA.val_y).item()
+        test_acc = (model(DATA.test_x).argmax(1) == DATA.test_y).float().mean().item()
+    return val, test_acc
+
+
+@pytest.mark.parametrize("method", ["bp", "fa", "sign", "sign_scaled", "stale_bp"])
+def test_population_of_one_equals_single_model_training(method):
+    result = train(members=[{"method": method, "lr": 0.3, "seed": 7}])
+    val, test_acc = reference_run(method, 0.3, 7, BASE["epochs"], BASE["batch_size"], BASE["refresh_period"])
+    run = result.runs.iloc[0]
+    assert run["val_loss"] == pytest.approx(val, rel=1e-4)
+    assert run["test_acc"] == pytest.approx(test_acc, abs=1e-6)
+
+
+def test_refresh_fires_when_the_example_count_crosses_a_multiple_of_the_period(monkeypatch):
+    fired = []
+    original = PopulationMLP.refresh
+    monkeypatch.setattr(PopulationMLP, "refresh", lambda self, due: (fired.append(due.copy()), original(self, due)))
+    train(members=[{"method": "sign", "lr": 0.1, "seed": 0}])
+    # batch 48 does not divide 500; 50 steps see 48, 96, ..., 2400 examples. The refresh fires on the
+    # first count at or past each multiple of 500: 528, 1008, 1536, 2016 (worked out by hand).
+    counts_fired = [48 * (step + 1) for step, due in enumerate(fired) if due[0]]
+    assert counts_fired == [528, 1008, 1536, 2016]
+    assert len(fired) == 50
+
+
+def test_a_member_does_not_depend_on_its_population():
+    alone = train(members=[{"method": "sign", "lr": 0.2, "seed": 3}]).runs.iloc[0]
+    crowd = train(methods=["bp", "sign", "fa"], lrs=[0.05, 0.2], seeds=[1, 3]).runs
+    member = crowd[(crowd.method == "sign") & (crowd.lr == 0.2) & (crowd.seed == 3)].iloc[0]
+    for column in ["val_loss", "test_loss", "final_train_loss", "feedback_gain"]:
+        assert member[column] == pytest.approx(alone[column], rel=1e-4), column
+
+
+def test_same_seed_same_numbers_different_seed_different_numbers():
+    first = train(methods=["fa", "sign"], lrs=[0.1], seeds=[0, 1])
+    again = train(methods=["fa", "sign"], lrs=[0.1], seeds=[0, 1])
+    pd.testing.assert_frame_equal(first.runs, again.runs)
+    pd.testing.assert_frame_equal(first.curves, again.curves)
+    by_seed = first.runs.set_index(["method", "seed"])["val_loss"]
+    assert by_seed[("fa", 0)] != by_seed[("fa", 1)]
+
+
+def test_paired_seeds_share_initial_weights_fa_matrix_and_data_order():
+    members = [dict(method=m, lr=0.1, seed=4) for m in ("bp", "fa", "sign")]
+    config = TrainConfig.from_dict({**BASE, "members": members})
+    model = PopulationMLP([12, 16, 16, 3], config.population(), "tanh", torch.device("cpu"))
+    for layer in range(3):
+        assert torch.equal(model.weights[layer][0], model.weights[layer][1])
+        assert torch.equal(model.weights[layer][1], model.weights[layer][2])
+        assert torch.equal(model.feedback[layer][1], model.feedback[layer][2])  # the FA matrix
+        assert torch.equal(model.feedback[layer][0], model.weights[layer][0])  # bp's B is W
+    # the first step's loss depends on weights and batch only: equal across the paired methods
+    curves = train(members=members, log_every=48).curves
+    first = curves[curves.examples == 48].set_index("run_id")["train_loss"]
+    assert first.nunique() == 1
+
+
+def test_diverging_member_is_marked_and_others_are_unaffected():
+    mixed = train(members=[{"method": "bp", "lr": 0.1, "seed": 0}, {"method": "bp", "lr": 50.0, "seed": 0},
+                           {"method": "sign", "lr": 50.0, "seed": 1}])
+    alone = train(members=[{"method": "bp", "lr": 0.1, "seed": 0}]).runs.iloc[0]
+    assert mixed.runs["diverged"].tolist() == [False, True, True]
+    diverged = mixed.runs[mixed.runs.diverged]
+    assert diverged[["val_loss", "test_loss", "test_acc"]].isna().all().all()
+    assert (diverged["diverged_at"] > 0).all()
+    healthy = mixed.runs.iloc[0]
+    for column in ["val_loss", "test_loss", "test_acc", "final_train_loss"]:
+        assert healthy[column] == pytest.approx(alone[column], rel=1e-4)
+    validate_runs(mixed.runs)  # diverged rows still follow the contract
+
+
+def test_bp_gain_is_one_and_sign_amplifies():
+    runs = train(methods=["bp", "sign", "sign_scaled"], lrs=[0.05], seeds=[0]).runs.set_index("method")
+    assert runs.loc["bp", "feedback_gain"] == pytest.approx(1.0)
+    assert runs.loc["sign", "feedback_gain"] > 3 * runs.loc["sign_scaled", "feedback_gain"]
+    assert runs.loc["sign", "effective_lr"] == pytest.approx(0.05 * runs.loc["sign", "feedback_gain"])
+
+
+def test_curves_log_alignment_and_bp_is_aligned():
+    result = train(methods=["bp", "fa"], lrs=[0.1], seeds=[0])
+    curves = result.curves.merge(result.runs[["run_id", "method"]], on="run_id")
+    evals = curves.dropna(subset=["val_loss"])
+    assert set(evals.examples) == {0, 480, 960, 1440, 1920, 2400}  # the start and every eval_every (2400 is also the end)
+    bp, fa = evals[evals.method == "bp"], evals[evals.method == "fa"]
+    assert np.allclose(bp[["angle_l0", "angle_l1", "angle_l2"]], 0.0, atol=1e-3)
+    assert np.allclose(bp[["cos_l0", "cos_l1", "norm_ratio_l0", "norm_ratio_l1"]], 1.0, atol=1e-5)
+    assert (fa["angle_l2"] > 30).all() and (fa["cos_l1"] < 0.99).all()
+    assert result.runs.loc[result.runs.method == "fa", "feedback_gain"].iloc[0] != 1.0
+
+
+def test_examples_to_target_reported_when_a_target_is_given():
+    runs = train(methods=["bp"], lrs=[0.5, 0.001], seeds=[0], target_loss=1.0).runs.set_index("lr")
+    assert runs.loc[0.5, "reached_target"] and not runs.loc[0.001, "reached_target"]
+    assert 0 < runs.loc[0.5, "examples_to_target"] <= runs.loc[0.5, "examples_seen"]
+    assert math.isnan(runs.loc[0.001, "examples_to_target"])

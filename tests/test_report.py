@@ -1,0 +1,311 @@
+"""The study report: figures, tables and a self-contained HTML page built from synthetic results.
+
+The fixtures write a small results directory shaped like the pipeline's (runs and curves tables,
+analysis outputs, tuning trials, provenance) from soap.synthetic's runs table, so the report is tested
+on the same contract the pipeline fills.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from soap import report
+from soap.synthetic import SyntheticSpec, generate_runs
+
+REPO = Path(__file__).resolve().parents[1]
+METHODS = ("bp", "fa", "sign", "sign_scaled")
+SUFFIXES = (".png", ".pdf")
+
+# Distinctive values that the narrative must show, and that a changed summary.json must replace.
+TUNED_FA = {"estimate": 0.1234, "ci_low": 0.0987, "ci_high": 0.1456, "p_value": 0.0004, "p_holm": 0.0021}
+N_RUNS_OLD, N_RUNS_NEW = 4321, 8765
+
+
+# --- synthetic results --------------------------------------------------------------------------------
+
+def _curves(runs: pd.DataFrame, n_points: int = 16) -> pd.DataFrame:
+    """Decaying loss curves and alignment traces for each run; bp has zero angle and unit cosine."""
+    rng = np.random.default_rng(1)
+    frames = []
+    for run in runs.itertuples():
+        examples = np.linspace(0, run.examples_seen, n_points)
+        floor = 0.1 if np.isnan(run.final_train_loss) else run.final_train_loss
+        scale = run.examples_seen / (3 + 2 * rng.random())
+        loss = floor + (2.3 - floor) * np.exp(-examples / scale)
+        aligned = run.method == "bp"
+        angle = 0.0 if aligned else 80 - 30 * (1 - np.exp(-examples / scale))
+        cos = 1.0 if aligned else 0.1 + 0.6 * (1 - np.exp(-examples / scale))
+        frame = pd.DataFrame({"run_id": run.run_id, "examples": examples,
+                              "train_loss": loss * np.exp(0.05 * rng.standard_normal(n_points)),
+                              "train_loss_ema": loss, "val_loss": loss + 0.02, "val_acc": 1 - loss / 3})
+        for layer in range(3):
+            frame[f"angle_l{layer}"] = angle + layer * 3
+        for layer in range(2):
+            frame[f"cos_l{layer}"] = cos - layer * 0.05
+            frame[f"norm_ratio_l{layer}"] = run.feedback_gain
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def _interval(estimate: float, half: float, p: float | None = None) -> dict:
+    out = {"estimate": estimate, "ci_low": estimate - half, "ci_high": estimate + half}
+    return out if p is None else {**out, "p_value": p}
+
+
+def _analysis(runs: pd.DataFrame, datasets: tuple[str, ...], methods: tuple[str, ...]) -> dict:
+    """summary.json, estimates.csv and km.csv contents in the analysis's documented shapes."""
+    estimates, km = [], []
+    summary = {"outcome": "test_loss", "datasets": list(datasets), "methods": list(methods),
+               "n_runs": N_RUNS_OLD, "n_seeds": {}, "n_diverged": {}, "excluded_diverged": {"tuned": 3},
+               "fixed_lr": {}, "tuned_lr": {}, "effective_lr_model": {}, "mediation": {},
+               "time_to_target": {}}
+    for dataset in datasets:
+        rows = runs[runs["dataset"] == dataset]
+        tuned = rows[rows["phase"] == "tuned"]
+        summary["n_seeds"][dataset] = int(rows["seed"].nunique())
+        summary["n_diverged"][dataset] = {m: int(r["diverged"].sum()) for m, r in rows.groupby("method")}
+        summary["tuned_lr"][dataset] = {m: float(r["lr"].iloc[0]) for m, r in tuned.groupby("method")}
+        grid_lrs = np.unique(rows.loc[rows["phase"] == "grid", "lr"])
+        bp_lr = summary["tuned_lr"][dataset]["bp"]
+        summary["fixed_lr"][dataset] = float(grid_lrs[np.argmin(abs(np.log(grid_lrs / bp_lr)))])
+        for i, method in enumerate(m for m in methods if m != "bp"):
+            for estimand, effect in (("fixed_lr", -0.05 + 0.1 * i), ("tuned", 0.06 * (i + 1)),
+                                     ("effective_lr", 0.04 * i)):
+                value = TUNED_FA if (estimand, method) == ("tuned", "fa") else {
+                    **_interval(effect, 0.03, 0.01 * (i + 1)), "p_holm": min(1.0, 0.03 * (i + 1))}
+                estimates.append({"estimand": estimand, "dataset": dataset, "method": method,
+                                  "reference": "bp", "outcome": "test_loss", "n": 6, **value})
+        summary["effective_lr_model"][dataset] = {
+            "formula": "test_loss ~ C(method) + log_elr + I(log_elr**2)", "r2": 0.91, "n": 120,
+            "n_clusters": 3, "coef": {"fa": _interval(0.15, 0.02, 0.001)}, "nominal_coef": {}}
+        if {"sign", "sign_scaled"} <= set(methods):
+            summary["mediation"][dataset] = {
+                "exposure": "sign", "control": "sign_scaled", "lr": summary["fixed_lr"][dataset],
+                "design": "grid runs at the shared lr", "acme": _interval(-0.21, 0.05, 0.001),
+                "ade": _interval(-0.01, 0.03, 0.6), "total": _interval(-0.22, 0.05, 0.001),
+                "prop": _interval(0.95, 0.2), "n": 6}
+        summary["time_to_target"][dataset] = {
+            "target_loss": 0.3, "median_examples": {"bp": 50_000.0, "fa": 101_000.0},
+            "ratio": {"fa": _interval(2.02, 0.3)}, "hazard_ratio": {"fa": _interval(0.4, 0.1, 0.01)},
+            "n_censored": {"bp": 0, "fa": 1}}
+        for method in methods:
+            grid = np.linspace(0, 250_000, 12)
+            survival = np.exp(-grid / (60_000 * (1 + methods.index(method) * 0.4)))
+            km.append(pd.DataFrame({"dataset": dataset, "method": method, "examples": grid,
+                                    "survival": survival, "ci_low": survival * 0.85,
+                                    "ci_high": np.minimum(1, survival * 1.15)}))
+    summary["estimates"] = estimates
+    return {"summary": summary, "estimates": pd.DataFrame(estimates), "km": pd.concat(km)}
+
+
+def _tuning(root: Path, runs: pd.DataFrame) -> None:
+    rng = np.random.default_rng(2)
+    for (dataset, method), rows in runs[runs["phase"] == "tuned"].groupby(["dataset", "method"]):
+        best_lr = float(rows["lr"].iloc[0])
+        for repeat in range(2):
+            lr = np.exp(rng.uniform(np.log(1e-4), np.log(1.0), 12))
+            value = 0.1 + 0.03 * np.log(lr / best_lr) ** 2 + 0.01 * rng.random(12)
+            study = root / "tune" / dataset / method / f"r{repeat}"
+            study.mkdir(parents=True)
+            pd.DataFrame({"number": range(12), "value": value, "state": "COMPLETE", "params_lr": lr,
+                          "datetime_start": "2025-01-01 00:00:00"}).to_csv(study / "trials.csv", index=False)
+            best = int(np.argmin(value))
+            (study / "best.json").write_text(json.dumps({"lr": lr[best], "value": value[best], "n_trials": 12}))
+
+
+def make_results(root: Path, datasets=("mnist",), methods=METHODS, tuning=True, provenance=True) -> Path:
+    """A results directory in the pipeline's layout, small enough to report on in a few seconds."""
+    spec = SyntheticSpec(datasets=tuple(datasets),
+                         direct_effect={m: SyntheticSpec().direct_effect[m] for m in methods},
+                         grid_lrs=tuple(np.logspace(-4, 0, 5)), grid_seeds=3, tuned_seeds=3)
+    runs = generate_runs(spec, seed=0)
+    runs["refresh_period"] = 1000
+    runs["architecture"] = "784-256-256-10 tanh"
+    root.mkdir(parents=True, exist_ok=True)
+    runs.to_parquet(root / "runs.parquet", index=False)
+    _curves(runs).to_parquet(root / "curves.parquet", index=False)
+    analysis = _analysis(runs, tuple(datasets), tuple(methods))
+    (root / "analysis").mkdir()
+    (root / "analysis" / "summary.json").write_text(json.dumps(analysis["summary"]))
+    analysis["estimates"].to_csv(root / "analysis" / "estimates.csv", index=False)
+    analysis["km"].to_csv(root / "analysis" / "km.csv", index=False)
+    if tuning:
+        _tuning(root, runs)
+    if provenance:
+        (root / "provenance.json").write_text(json.dumps({
+            "config": {"seeds": {"grid": 3, "tuned": 3}, "budget": {"epochs": 5}, "methods": list(methods),
+                       "model": {"hidden": [256, 256], "activation": "tanh"}},
+            "versions": {"soap": "0.1.0", "torch": "2.5.1", "python": "3.11.9"},
+            "device": "cpu (synthetic <test>)", "wall_time_s": 3723.0,
+            "started": "2025-01-01T00:00:00", "finished": "2025-01-01T01:02:03"}))
+    return root
+
+
+def build(results: Path) -> tuple[Path, str]:
+    out = report.build_report(results, results / "report.html", results / "figures")
+    return out, out.read_text()
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> tuple[Path, str]:
+    return build(make_results(tmp_path_factory.mktemp("full") / "results", datasets=("mnist", "fashion_mnist")))
+
+
+# --- tests ---------------------------------------------------------------------------------------------
+
+def test_every_figure_is_written_as_png_and_pdf(built):
+    figures = built[0].parent / "figures"
+    for spec in report.FIGURES:
+        for suffix in SUFFIXES:
+            path = figures / f"{spec.stem}{suffix}"
+            assert path.exists() and path.stat().st_size > 1000, path
+    assert (figures / "fig01_bp_vs_fa.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (figures / "fig01_bp_vs_fa.pdf").read_bytes()[:5] == b"%PDF-"
+
+
+def test_tables_are_written_as_csv(built):
+    tables = built[0].parent / "tables"
+    for name in ("estimates", "km", "runs_overview", "tuned_lr", "tuning_trials", "tuning_best"):
+        assert len(pd.read_csv(tables / f"{name}.csv")) > 0, name
+    overview = pd.read_csv(tables / "runs_overview.csv")
+    assert overview["n_runs"].sum() == len(pd.read_parquet(built[0].parent / "runs.parquet"))
+
+
+def test_html_is_self_contained(built):
+    html = built[1]
+    external = re.findall(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:|//)|url\(\s*["']?\s*(?:https?:|//)"""
+                          r"""|@import""", html, flags=re.IGNORECASE)
+    assert external == []
+    images = re.findall(r"<img[^>]*src=\"([^\"]*)\"", html)
+    assert len(images) == len(report.FIGURES)
+    assert all(src.startswith("data:image/png;base64,") and len(src) > 1000 for src in images)
+    # In-page anchors are the only links.
+    assert all(href.startswith("#") for href in re.findall(r"href=\"([^\"]*)\"", html))
+
+
+def _narrative(html: str) -> str:
+    sections = re.findall(r'<section class="narrative".*?</section>', html, flags=re.DOTALL)
+    return re.sub(r"<[^>]+>", " ", " ".join(sections))
+
+
+NUMBER = re.compile(r"\d+(?:,\d{3})*(?:\.\d+)?(?:e[+-]?\d+)?")
+
+
+def _leaves(tree):
+    if isinstance(tree, dict):
+        for value in tree.values():
+            yield from _leaves(value)
+    elif isinstance(tree, list):
+        for value in tree:
+            yield from _leaves(value)
+    else:
+        yield tree
+
+
+def _allowed_numbers(results: Path) -> set[str]:
+    """Every token any of the report's formatters can make from a summary or provenance value."""
+    allowed = set()
+    for source in (results / "analysis" / "summary.json", results / "provenance.json"):
+        for leaf in _leaves(json.loads(source.read_text())):
+            texts = [str(leaf)]
+            if isinstance(leaf, (int, float)) and not isinstance(leaf, bool):
+                texts += [fmt(leaf) for fmt in report.FORMATTERS]
+            for text in texts:
+                allowed.update(NUMBER.findall(text))
+    return allowed
+
+
+def test_narrative_numbers_all_come_from_the_analysis_outputs(built):
+    results = built[0].parent
+    found = set(NUMBER.findall(_narrative(built[1])))
+    # "95" is the interval level, the one number the narrative states as a convention.
+    assert found - _allowed_numbers(results) - {"95"} == set()
+    assert "0.123 (95% CI 0.0987 to 0.146; Holm-adjusted p = 0.0021" in " ".join(_narrative(built[1]).split())
+
+
+def test_template_types_no_numbers():
+    text = (REPO / "soap" / "templates" / "report.html").read_text()
+    text = re.sub(r"<style>.*?</style>", "", text, flags=re.DOTALL)
+    text = re.sub(r"\{[{%#].*?[}%#]\}", "", text, flags=re.DOTALL)
+    text = re.sub(r"<[^>]+>", "", text)
+    assert re.findall(r"\d+", text.replace("95%", "")) == []
+
+
+def test_changing_summary_changes_the_narrative(tmp_path):
+    results = make_results(tmp_path / "results")
+    _, before = build(results)
+    assert f"{N_RUNS_OLD:,} runs" in before and "0.123 (95% CI" in before
+    path = results / "analysis" / "summary.json"
+    summary = json.loads(path.read_text())
+    summary["n_runs"] = N_RUNS_NEW
+    for row in summary["estimates"]:
+        if (row["estimand"], row["method"]) == ("tuned", "fa"):
+            row.update(estimate=0.9876, ci_low=0.9012, ci_high=1.0345)
+    path.write_text(json.dumps(summary))
+    _, after = build(results)
+    assert f"{N_RUNS_NEW:,} runs" in after and f"{N_RUNS_OLD:,}" not in after
+    assert "0.988 (95% CI 0.901 to 1.03" in after and "0.123 (95% CI" not in after
+
+
+def test_missing_optional_inputs_degrade_to_explanations(tmp_path):
+    results = make_results(tmp_path / "results", methods=("bp", "fa"), tuning=False, provenance=False)
+    (results / "analysis" / "km.csv").unlink()
+    out, html = build(results)
+    for spec in report.FIGURES:
+        assert (out.parent / "figures" / f"{spec.stem}.png").stat().st_size > 1000
+    assert "provenance.json</code> is missing" in html
+    assert "km.csv" in html and "trials.csv" in html
+    assert "not run for this dataset" in html  # no sign runs, so no mediation
+
+
+def test_required_input_missing_names_the_file(tmp_path):
+    results = make_results(tmp_path / "results", tuning=False)
+    (results / "analysis" / "summary.json").unlink()
+    with pytest.raises(FileNotFoundError, match="summary.json"):
+        build(results)
+
+
+def test_values_are_escaped(tmp_path):
+    results = make_results(tmp_path / "results", tuning=False)
+    _, html = build(results)
+    assert "cpu (synthetic &lt;test&gt;)" in html and "<test>" not in html
+
+
+def test_every_figure_has_a_snakemake_caption():
+    captions = {p.stem for p in (REPO / "workflow" / "report").glob("*.rst")} - {"workflow"}
+    assert captions == {spec.stem for spec in report.FIGURES}
+    assert (REPO / "workflow" / "report" / "workflow.rst").read_text().strip()
+
+
+def _browser() -> str | None:
+    return next((shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome")
+                 if shutil.which(name)), None)
+
+
+def test_report_renders_in_headless_chromium(built, tmp_path):
+    # Not skipped silently: CI installs chromium (apt-get install chromium); opt out only explicitly.
+    if os.environ.get("SOAP_SKIP_BROWSER") == "1":
+        pytest.skip("SOAP_SKIP_BROWSER=1")
+    browser = _browser()
+    assert browser, "headless Chromium not found: apt-get install chromium (or set SOAP_SKIP_BROWSER=1)"
+    shot = tmp_path / "report.png"
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1280,4000",
+                    built[0].as_uri()], check=True, timeout=90, capture_output=True)
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(shot)
+    assert pixels.shape[:2] == (4000, 1280)
+    assert pixels[..., :3].std() > 0.05  # text and figures, not a blank page
+    # The figures are drawn, not broken-image icons: some rows far down the page are not white.
+    assert (pixels[2000:, :, :3] < 0.9).any()

@@ -1,0 +1,136 @@
+"""Feedback rules against hand-derived gradients and torch.nn.Linear."""
+
+import pytest
+import torch
+from torch import nn
+
+from soap.nn import FeedbackLinear, FeedbackLinearFunction, mlp
+from soap.rules import RULES, get_rule, refresh_due
+
+W = torch.tensor([[1.0, -2.0], [3.0, -4.0]])
+FA = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+X = torch.tensor([[1.0, 1.0]])
+GRAD_Y = torch.tensor([[1.0, 2.0]])
+
+# B after one refresh, worked out by hand for W above (FA before the first refresh).
+B_AFTER_REFRESH = {
+    "bp": W,
+    "fa": FA,
+    "sign": torch.tensor([[1.0, -1.0], [1.0, -1.0]]),
+    "sign_scaled": torch.tensor([[2.5, -2.5], [2.5, -2.5]]),  # mean|W| = (1+2+3+4)/4
+    "stale_bp": W,
+}
+# grad_x = grad_y B with grad_y = [1, 2]: row 0 of B plus twice row 1.
+GRAD_X_AFTER_REFRESH = {
+    "bp": [7.0, -10.0],
+    "fa": [2.0, 1.0],
+    "sign": [3.0, -3.0],
+    "sign_scaled": [7.5, -7.5],
+    "stale_bp": [7.0, -10.0],
+}
+
+
+def hand_layer(rule: str) -> FeedbackLinear:
+    layer = FeedbackLinear(2, 2, rule=rule)
+    with torch.no_grad():
+        layer.weight.copy_(W)
+        layer.bias.copy_(torch.tensor([0.5, -0.5]))
+        layer.feedback.copy_(FA)
+    return layer
+
+
+def test_registry_holds_the_study_rules():
+    assert set(RULES) >= {"bp", "fa", "sign", "sign_scaled", "stale_bp"}
+    with pytest.raises(ValueError, match="unknown feedback rule 'nope'.*bp"):
+        get_rule("nope")
+
+
+@pytest.mark.parametrize("rule", sorted(B_AFTER_REFRESH))
+def test_gradients_match_hand_computation(rule):
+    layer = hand_layer(rule)
+    layer.refresh_feedback()
+    x = X.clone().requires_grad_()
+    y = layer(x)
+    assert torch.equal(y, torch.tensor([[1.0 - 2.0 + 0.5, 3.0 - 4.0 - 0.5]]))
+    y.backward(GRAD_Y)
+    assert torch.equal(x.grad, torch.tensor([GRAD_X_AFTER_REFRESH[rule]]))
+    assert torch.equal(layer.weight.grad, torch.tensor([[1.0, 1.0], [2.0, 2.0]]))  # grad_y^T x
+    assert torch.equal(layer.bias.grad, torch.tensor([1.0, 2.0]))  # sum over the batch
+    if not get_rule(rule).uses_weight:
+        assert torch.equal(layer.feedback, B_AFTER_REFRESH[rule])
+
+
+@pytest.mark.parametrize("rule", ["sign", "sign_scaled", "stale_bp"])
+def test_refreshing_rules_use_the_fa_matrix_until_the_first_refresh(rule):
+    layer = hand_layer(rule)
+    x = X.clone().requires_grad_()
+    layer(x).backward(GRAD_Y)
+    assert torch.equal(x.grad, torch.tensor([GRAD_X_AFTER_REFRESH["fa"]]))
+
+
+def test_bp_matches_torch_linear_under_autograd():
+    torch.manual_seed(0)
+    reference = nn.Linear(30, 20)
+    layer = FeedbackLinear(30, 20, rule="bp")
+    layer.load_state_dict({**reference.state_dict(), "feedback": layer.feedback})
+    x = torch.randn(5, 7, 30)  # extra leading dimension, as nn.Linear accepts
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y1, y2 = reference(x1), layer(x2)
+    torch.testing.assert_close(y2, y1, atol=1e-6, rtol=1e-6)
+    upstream = torch.randn_like(y1)
+    y1.backward(upstream)
+    y2.backward(upstream)
+    torch.testing.assert_close(x2.grad, x1.grad, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(layer.weight.grad, reference.weight.grad, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(layer.bias.grad, reference.bias.grad, atol=1e-6, rtol=1e-6)
+
+
+def test_initialisation_matches_torch_linear_distribution():
+    torch.manual_seed(1)
+    layer = FeedbackLinear(400, 300)
+    bound = 400 ** -0.5
+    for tensor in (layer.weight, layer.bias, layer.feedback):
+        assert tensor.abs().max() <= bound
+        assert tensor.abs().max() > 0.98 * bound  # uniform on the whole interval, not a narrower one
+    # U(-a, a) has variance a^2 / 3.
+    assert abs(layer.weight.var().item() / (bound**2 / 3) - 1) < 0.02
+    assert "feedback" in layer.state_dict() and "feedback" not in dict(layer.named_parameters())
+
+
+def test_population_call_equals_per_member_calls():
+    torch.manual_seed(2)
+    pop_x, pop_w, pop_b, pop_fb = torch.randn(3, 5, 4), torch.randn(3, 6, 4), torch.randn(3, 6), torch.randn(3, 6, 4)
+    upstream = torch.randn(3, 5, 6)
+    leaves = [t.clone().requires_grad_() for t in (pop_x, pop_w, pop_b)]
+    FeedbackLinearFunction.apply(*leaves, pop_fb).backward(upstream)
+    for p in range(3):
+        x, w, b = (t[p].clone().requires_grad_() for t in (pop_x, pop_w, pop_b))
+        out = FeedbackLinearFunction.apply(x, w, b, pop_fb[p])
+        out.backward(upstream[p])
+        # independent expectation for this member, written with explicit sums
+        torch.testing.assert_close(x.grad, torch.einsum("no,oi->ni", upstream[p], pop_fb[p]))
+        torch.testing.assert_close(w.grad, torch.einsum("no,ni->oi", upstream[p], pop_x[p]))
+        for leaf, single in zip(leaves, (x, w, b)):
+            torch.testing.assert_close(leaf.grad[p], single.grad)
+
+
+def test_refresh_due_at_multiples_of_the_period():
+    period, batch = 100, 48  # 48 does not divide 100
+    seen, fired = 0, []
+    for step in range(1, 13):
+        if refresh_due(seen, seen + batch, period):
+            fired.append(seen + batch)
+        seen += batch
+    # counts 48, 96, 144, 192, 240, 288, 336, 384, 432, 480, 528, 576: each first count past 100k
+    assert fired == [144, 240, 336, 432, 528]
+    assert refresh_due(0, 64, 64) and not refresh_due(64, 127, 64) and refresh_due(64, 128, 64)
+
+
+def test_mlp_builds_the_architecture():
+    model = mlp([784, 256, 256, 10], "sign", activation="tanh")
+    linears = [m for m in model if isinstance(m, FeedbackLinear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(784, 256), (256, 256), (256, 10)]
+    assert all(m.rule.name == "sign" for m in linears)
+    assert sum(isinstance(m, nn.Tanh) for m in model) == 2
+    with pytest.raises(ValueError, match="unknown activation"):
+        mlp([3, 2], "fa", activation="softplusx")

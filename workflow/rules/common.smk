@@ -1,0 +1,114 @@
+# Config validation and every input function; the other .smk files hold only rules.
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from snakemake.utils import validate
+
+# A fresh clone works without installing soap: jobs import the package that sits beside the Snakefile.
+_REPO = Path(workflow.basedir)
+if (_REPO / "soap" / "__init__.py").is_file():
+    sys.path.insert(0, str(_REPO))
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO), os.environ.get("PYTHONPATH")]))
+
+# Stops the workflow before any job runs; the message names the offending key. Fills in defaults.
+validate(config, schema="../schemas/config.schema.yaml")
+
+from soap import pipeline  # noqa: E402  (needs the path set above)
+
+pipeline.check_study_config(config)
+
+DATASETS = config["datasets"]
+METHODS = config["methods"]
+REPEATS = list(range(config["tune"]["repeats"]))
+GRID_LRS = pipeline.grid_lrs(config)
+GRID_CHUNKS = list(range(pipeline.n_chunks(config["grid"]["seeds"], config["grid"]["seeds_per_job"])))
+TUNED_CHUNKS = list(range(pipeline.n_chunks(config["tuned"]["seeds"], config["tuned"]["seeds_per_job"])))
+
+
+def _gpus_in_use():
+    if config["gpus"] == "auto":  # only counts this machine: on a cluster, set gpus to a number
+        from soap.gpu_lease import visible_devices
+
+        return len(visible_devices("auto")) > 0
+    return config["gpus"] > 0
+
+
+# Training jobs ask Snakemake for one GPU each (cap them with --resources gpu=N) and lease it.
+GPU_PER_JOB = 1 if _gpus_in_use() else 0
+THREADS = config["threads"]
+
+
+wildcard_constraints:
+    dataset="|".join(DATASETS),
+    method="|".join(METHODS),
+    repeat=r"\d+",
+    chunk=r"\d+",
+    phase="grid|tuned",
+
+
+# --- inputs -----------------------------------------------------------------------------------------
+
+
+def prepared_data(wildcards):
+    return f"results/data/{wildcards.dataset}.pt"
+
+
+def tune_bests(wildcards):
+    """best.json of every (method, repeat) study of one dataset."""
+    return expand(
+        "results/tune/{dataset}/{method}/r{repeat}/best.json",
+        dataset=wildcards.dataset,
+        method=METHODS,
+        repeat=REPEATS,
+    )
+
+
+def tuned_lr_files(wildcards=None):
+    return expand("results/tune/{dataset}/tuned_lrs.json", dataset=DATASETS)
+
+
+def population_outputs(name):
+    """One file kind (runs.parquet, curves.parquet, meta.json) of every training job of the study."""
+    grid = expand(
+        "results/train/grid/{dataset}/chunk{chunk}/{name}",
+        dataset=DATASETS,
+        chunk=GRID_CHUNKS,
+        name=name,
+    )
+    tuned = expand(
+        "results/train/tuned/{dataset}/chunk{chunk}/{name}",
+        dataset=DATASETS,
+        chunk=TUNED_CHUNKS,
+        name=name,
+    )
+    return grid + tuned
+
+
+# --- params: only what changes results, so unrelated config edits do not rerun training --------------
+
+
+def grid_members(wildcards):
+    seeds = pipeline.chunk_seeds(
+        config["grid"]["seeds"], config["grid"]["seeds_per_job"], int(wildcards.chunk)
+    )
+    return pipeline.grid_members(METHODS, GRID_LRS, seeds)
+
+
+def tuned_seeds(wildcards):
+    return pipeline.chunk_seeds(
+        config["tuned"]["seeds"], config["tuned"]["seeds_per_job"], int(wildcards.chunk)
+    )
+
+
+def tune_settings(wildcards=None):
+    keys = ("n_trials", "batch", "lr_low", "lr_high", "epochs", "seed", "storage")
+    return {key: config["tune"][key] for key in keys}
+
+
+def report_figures():
+    """Every figure of the report, named by its caption file (workflow/report/fig*.rst)."""
+    captions = sorted((_REPO / "workflow" / "report").glob("fig*.rst"))
+    return {path.stem: path.name for path in captions}

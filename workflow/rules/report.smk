@@ -1,0 +1,32 @@
+# Each figure is a tracked output with its own caption, named by its caption file (report_figures()).
+
+
+rule report:
+    input:
+        runs="results/runs.parquet",
+        curves="results/curves.parquet",
+        provenance="results/provenance.json",
+        summary="results/analysis/summary.json",
+        estimates="results/analysis/estimates.csv",
+        km="results/analysis/km.csv",
+        tuned_lrs=tuned_lr_files(),
+    output:
+        html=report("results/report.html", category="Report"),
+        **{
+            stem: report(
+                f"results/figures/{stem}.png",
+                caption=f"../report/{caption}",
+                category="Figures",
+            )
+            for stem, caption in report_figures().items()
+        },
+    log:
+        "logs/report.log",
+    params:
+        results_dir="results",
+        figures_dir="results/figures",
+        tables_dir="results/tables",
+    conda:
+        "../envs/soap.yaml"
+    script:
+        "../scripts/report.py"

@@ -1,0 +1,64 @@
+# One job trains a whole population (all methods x lrs on a chunk of seeds), not one tiny job per run.
+
+
+rule train_grid:
+    input:
+        data=prepared_data,
+    output:
+        runs="results/train/grid/{dataset}/chunk{chunk}/runs.parquet",
+        curves="results/train/grid/{dataset}/chunk{chunk}/curves.parquet",
+        meta="results/train/grid/{dataset}/chunk{chunk}/meta.json",
+    log:
+        "logs/train/grid/{dataset}/chunk{chunk}.log",
+    params:
+        train=config["train"],
+        members=grid_members,
+    threads: THREADS
+    resources:
+        gpu=GPU_PER_JOB,
+    conda:
+        "../envs/soap.yaml"
+    script:
+        "../scripts/train.py"
+
+
+rule train_tuned:
+    input:
+        data=prepared_data,
+        lrs="results/tune/{dataset}/tuned_lrs.json",
+    output:
+        runs="results/train/tuned/{dataset}/chunk{chunk}/runs.parquet",
+        curves="results/train/tuned/{dataset}/chunk{chunk}/curves.parquet",
+        meta="results/train/tuned/{dataset}/chunk{chunk}/meta.json",
+    log:
+        "logs/train/tuned/{dataset}/chunk{chunk}.log",
+    params:
+        train=config["train"],
+        methods=METHODS,
+        seeds=tuned_seeds,
+    threads: THREADS
+    resources:
+        gpu=GPU_PER_JOB,
+    conda:
+        "../envs/soap.yaml"
+    script:
+        "../scripts/train.py"
+
+
+rule gather_runs:
+    input:
+        runs=population_outputs("runs.parquet"),
+        curves=population_outputs("curves.parquet"),
+        meta=population_outputs("meta.json"),
+    output:
+        runs="results/runs.parquet",
+        curves="results/curves.parquet",
+        provenance="results/provenance.json",
+    log:
+        "logs/gather_runs.log",
+    params:
+        target=config["target"]["loss"],
+    conda:
+        "../envs/soap.yaml"
+    script:
+        "../scripts/gather.py"

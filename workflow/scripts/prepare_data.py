@@ -1,0 +1,14 @@
+"""Load, verify and split one dataset once; every training job then reads the prepared file."""
+
+from soap.data import prepare_dataset
+from soap.pipeline import log_to_file
+
+log_to_file(snakemake.log[0])
+prepare_dataset(
+    snakemake.wildcards.dataset,
+    snakemake.params.root,
+    snakemake.output.data,
+    download=snakemake.params.download,
+    val_size=snakemake.params.val_size,
+    split_seed=snakemake.params.split_seed,
+)
