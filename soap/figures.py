@@ -185,7 +185,8 @@ def _legend_below(fig, axes) -> None:
                 labels.append(label)
     if handles:
         # Rows of equal length rather than a full row and a straggler.
-        ncols = len(labels) if len(labels) <= 6 else math.ceil(len(labels) / math.ceil(len(labels) / 6))
+        per_row = 4 if fig.get_figwidth() < 13 else 6
+        ncols = math.ceil(len(labels) / math.ceil(len(labels) / per_row))
         fig.legend([handles[lab] for lab in labels], labels, loc="outside lower center", ncols=ncols)
 
 
@@ -210,15 +211,18 @@ def _first_crossing(summary: pd.DataFrame, target: float) -> float:
 
 def _curve_panel(ax, curves: pd.DataFrame, target: float | None, value: str) -> dict[str, float]:
     """Draw mean curves with bands per method; returns each mean curve's first crossing of target."""
-    crossings = {}
+    crossings, any_diverged = {}, False
     for method in order_methods(curves["method"].unique()):
         summary = mean_ci(curves[curves["method"] == method], ["examples"], value)
         if summary.empty:
             continue
-        n = int(curves.loc[curves["method"] == method, "seed"].nunique())
-        _band(ax, summary, "examples", method_color(method), f"{method} ({n} seeds)")
+        rows = curves[curves["method"] == method]
+        _band(ax, summary, "examples", method_color(method), f"{method} ({rows['seed'].nunique()} seeds)")
+        any_diverged |= _mark_divergence(ax, rows, value, method_color(method))
         if target is not None and np.isfinite(target):
             crossings[method] = _first_crossing(summary, target)
+    if any_diverged:
+        ax.plot([], [], ls="", marker="x", mew=1.8, color="#555555", label="diverged run (last point)")
     if target is not None and np.isfinite(target):
         ax.axhline(target, color="#777777", ls="--", lw=1, label="target loss")
     ax.set_yscale("log")
@@ -226,6 +230,15 @@ def _curve_panel(ax, curves: pd.DataFrame, target: float | None, value: str) -> 
     ax.xaxis.set_major_formatter(EXAMPLES_FORMATTER)
     ax.set_ylabel(f"training loss, EMA\n{LOSS_LABEL}")
     return crossings
+
+
+def _mark_divergence(ax, rows: pd.DataFrame, value: str, color: str) -> bool:
+    """An x at the last logged point of each diverged run (the band after it has fewer seeds)."""
+    if "diverged" not in rows or not rows["diverged"].astype(bool).any():
+        return False
+    last = rows[rows["diverged"].astype(bool)].sort_values("examples").groupby("run_id").tail(1)
+    ax.plot(last["examples"], last[value], ls="", marker="x", ms=7, mew=1.8, color=color, label="_diverged")
+    return True
 
 
 @styled
@@ -582,6 +595,8 @@ def plot_alignment(curves: pd.DataFrame | None):
                     continue
                 column = layer_cols[prefix][c]
                 _alignment_panel(ax, subset, column)
+                # Common scales make layers comparable: angles span 0-90 degrees, cosines reach 1.
+                ax.set_ylim(*((0, 92) if prefix == "angle" else (min(0, ax.get_ylim()[0]), 1.03)))
                 ax.set_title(f"{dataset_label(dataset)}, layer {column.rsplit('_l', 1)[1]}", fontsize=10.5)
                 if c == 0:
                     ax.set_ylabel(ylabel)
@@ -626,6 +641,7 @@ def plot_tuning(trials: pd.DataFrame | None, best: pd.DataFrame | None = None):
             continue
         _tuning_panels(ax_hist, ax_lr, subset, None if best is None or best.empty
                        else best[best["dataset"] == dataset])
+        ax_hist.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax_hist.set(xlabel="trial number", ylabel=f"best validation loss so far\n{LOSS_LABEL}",
                     yscale="log", title=f"{dataset_label(dataset)}: optimisation history")
         ax_lr.set(xscale="log", yscale="log", xlabel="learning rate (log scale)",

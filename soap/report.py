@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from soap import figures as F
-from soap.tables import read_table, write_table, write_text
+from soap.tables import read_table, validate_runs, write_table, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +117,10 @@ def load_inputs(results_dir: str | Path) -> Inputs:
     for required in (results / "runs.parquet", results / "curves.parquet", summary_path):
         if not required.exists():
             raise FileNotFoundError(f"report input not found: {required}")
-    inputs = Inputs(runs=read_table(results / "runs.parquet"), curves=read_table(results / "curves.parquet"),
+    runs = validate_runs(read_table(results / "runs.parquet"), source=str(results / "runs.parquet"))
+    if "effective_lr" not in runs:  # an extra column (tables.RUNS_EXTRA_COLUMNS); derivable by definition
+        runs["effective_lr"] = runs["lr"] * runs["feedback_gain"]
+    inputs = Inputs(runs=runs, curves=read_table(results / "curves.parquet"),
                     summary=json.loads(summary_path.read_text()))
     inputs.estimates = _optional_table(results / "analysis" / "estimates.csv", inputs.missing)
     if inputs.estimates is None and inputs.summary.get("estimates"):
@@ -165,8 +168,9 @@ def at_lr(runs: pd.DataFrame, lr: float) -> pd.DataFrame:
 
 
 def curves_with_runs(curves: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
-    keys = ["run_id", "dataset", "method", "seed", "lr", "phase"]
-    return curves.merge(runs[keys], on="run_id", how="inner")
+    """Curves of the given runs with their design columns; rows follow the runs' order."""
+    keys = ["run_id", "dataset", "method", "seed", "lr", "phase", "diverged"]
+    return runs[keys].merge(curves, on="run_id", how="inner")
 
 
 def fixed_lr_curves(curves: pd.DataFrame, runs: pd.DataFrame, fixed_lr: Mapping[str, float]) -> pd.DataFrame:
@@ -182,9 +186,20 @@ def target_losses(summary: Mapping) -> dict[str, float]:
             if v.get("target_loss") is not None}
 
 
+def in_dataset_order(table: pd.DataFrame | None, datasets: list[str]) -> pd.DataFrame | None:
+    """Rows sorted (stably) by the summary's dataset order, so every figure facets datasets alike."""
+    if table is None or "dataset" not in table:
+        return table
+    rank = {d: i for i, d in enumerate(datasets)}
+    return table.sort_values("dataset", key=lambda col: col.map(rank).fillna(len(rank)), kind="stable")
+
+
 def make_figures(inputs: Inputs) -> dict[str, tuple]:
     """Every figure of FIGURES as {stem: (fig, axes)}."""
-    s, runs = inputs.summary, inputs.runs
+    s = inputs.summary
+    datasets = list(s.get("datasets") or inputs.runs["dataset"].unique())
+    runs = in_dataset_order(inputs.runs, datasets)
+    trials, km, estimates = (in_dataset_order(t, datasets) for t in (inputs.trials, inputs.km, inputs.estimates))
     outcome = s.get("outcome", "test_loss")
     fixed = {d: lr for d, lr in (s.get("fixed_lr") or {}).items() if lr is not None}
     targets = target_losses(s)
@@ -196,15 +211,13 @@ def make_figures(inputs: Inputs) -> dict[str, tuple]:
         "fig01_bp_vs_fa": F.plot_bp_vs_fa(fixed_curves, targets, ratios, fixed),
         "fig02_fixed_lr_curves": F.plot_fixed_lr_curves(fixed_curves, fixed, targets),
         "fig03_lr_response": F.plot_lr_response(grid, s.get("tuned_lr"), fixed, outcome),
-        "fig04_effective_lr_response": F.plot_effective_lr_response(
-            grid if "effective_lr" in grid else grid.assign(effective_lr=grid["lr"] * grid["feedback_gain"]),
-            outcome),
+        "fig04_effective_lr_response": F.plot_effective_lr_response(grid, outcome),
         "fig05_causal_diagram": F.plot_causal_diagram(),
-        "fig06_forest": F.plot_forest(inputs.estimates, COMPARISON_ESTIMANDS, REFERENCE, outcome),
+        "fig06_forest": F.plot_forest(estimates, COMPARISON_ESTIMANDS, REFERENCE, outcome),
         "fig07_mediation": F.plot_mediation(s.get("mediation"), outcome),
-        "fig08_time_to_target": F.plot_km(inputs.km, targets),
+        "fig08_time_to_target": F.plot_km(km, targets),
         "fig09_alignment": F.plot_alignment(tuned_curves),
-        "fig10_tuning": F.plot_tuning(inputs.trials, inputs.best),
+        "fig10_tuning": F.plot_tuning(trials, inputs.best),
     }
     assert list(made) == [spec.stem for spec in FIGURES], "FIGURES and make_figures disagree"
     return made
@@ -214,7 +227,6 @@ def make_figures(inputs: Inputs) -> dict[str, tuple]:
 
 def runs_overview(runs: pd.DataFrame) -> pd.DataFrame:
     """Per (dataset, phase, method, lr): how many runs, how many diverged, and mean outcomes."""
-    runs = runs if "effective_lr" in runs else runs.assign(effective_lr=runs["lr"] * runs["feedback_gain"])
     grouped = runs.groupby(["dataset", "phase", "method", "lr"], observed=True)
     return grouped.agg(n_runs=("run_id", "size"), n_diverged=("diverged", "sum"),
                        feedback_gain_gmean=("feedback_gain", _gmean),
@@ -300,13 +312,7 @@ def fmt_interval(value: Mapping | None, digits: int = 3, null: float = 0.0) -> d
 def dataset_context(summary: Mapping, dataset: str, estimates: pd.DataFrame | None) -> dict:
     """Everything the template says about one dataset, as preformatted strings."""
     rows = _estimate_rows(summary, estimates)
-    rows = rows[rows["dataset"] == dataset] if not rows.empty else rows
-    comparisons = {}
-    for estimand in COMPARISON_ESTIMANDS:
-        block = rows[(rows["estimand"] == estimand) & (rows["reference"] == REFERENCE)] if not rows.empty \
-            else rows
-        comparisons[estimand] = [{"method": r["method"], **fmt_interval(r)}
-                                 for r in block.to_dict("records")]
+    tuned_lr = (summary.get("tuned_lr") or {}).get(dataset) or {}
     ttt = (summary.get("time_to_target") or {}).get(dataset) or {}
     return {
         "name": dataset,
@@ -315,18 +321,34 @@ def dataset_context(summary: Mapping, dataset: str, estimates: pd.DataFrame | No
         "n_diverged": {m: fmt_int(n) for m, n in ((summary.get("n_diverged") or {}).get(dataset) or {}).items()},
         "fixed_lr": fmt_num((summary.get("fixed_lr") or {}).get(dataset)),
         "tuned_lr": {m: fmt_num(lr) for m, lr in ((summary.get("tuned_lr") or {}).get(dataset) or {}).items()},
-        "comparisons": comparisons,
+        "comparisons": comparison_table(rows[rows["dataset"] == dataset], tuned_lr),
         "effective_lr_model": _model_context((summary.get("effective_lr_model") or {}).get(dataset)),
         "mediation": _mediation_context((summary.get("mediation") or {}).get(dataset)),
         "time_to_target": _ttt_context(ttt) if ttt else None,
     }
 
 
+def comparison_table(rows: pd.DataFrame, tuned_lr: Mapping[str, float]) -> list[dict]:
+    """One row per method: its tuned lr and, per comparison estimand, its interval against bp."""
+    versus_bp = rows[rows["reference"] == REFERENCE]
+    table = []
+    for method in F.order_methods(set(versus_bp["method"]) | set(tuned_lr)):
+        cells = {}
+        for estimand in COMPARISON_ESTIMANDS:
+            match = versus_bp[(versus_bp["estimand"] == estimand) & (versus_bp["method"] == method)]
+            cells[estimand] = fmt_interval(match.iloc[0].to_dict() if len(match) else None)
+        table.append({"method": method, "tuned_lr": fmt_num(tuned_lr.get(method)), "cells": cells})
+    return table
+
+
 def _estimate_rows(summary: Mapping, estimates: pd.DataFrame | None) -> pd.DataFrame:
     # summary.json is the narrative's source of truth; estimates.csv only if the summary lacks them.
+    columns = ["dataset", "estimand", "method", "reference"]
     if summary.get("estimates"):
-        return pd.DataFrame(summary["estimates"])
-    return estimates if estimates is not None else pd.DataFrame(columns=["dataset", "estimand", "reference"])
+        rows = pd.DataFrame(summary["estimates"])
+    else:
+        rows = estimates if estimates is not None else pd.DataFrame(columns=columns)
+    return rows.reindex(columns=list(dict.fromkeys([*columns, *rows.columns])))
 
 
 def _model_context(model: Mapping | None) -> dict | None:

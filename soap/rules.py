@@ -42,11 +42,11 @@ def get_rule(name: str) -> FeedbackRule:
         raise ValueError(f"unknown feedback rule {name!r}; known rules: {', '.join(RULES)}") from None
 
 
-def refresh_due(seen_before: int, seen_after: int, period: int) -> bool:
+def refresh_due(seen_before: int, seen_after: int, period):
     """True when the example count crosses a multiple of `period` (t = T, 2T, ...) during this step.
 
     Works for batch sizes that do not divide the period: the refresh fires on the step whose examples
-    include the T-th one.
+    include the T-th one. `period` may be a NumPy array of per-member periods (then so is the answer).
     """
     return seen_after // period > seen_before // period
 

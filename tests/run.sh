@@ -18,5 +18,4 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q -e '.[test,postgres,slurm]'
 
-export SOAP_DATA_ROOT="${SOAP_DATA_ROOT:-$(cd .. && pwd)/shared/data}"
 exec .venv/bin/python -m pytest "$@"

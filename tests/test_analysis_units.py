@@ -153,7 +153,7 @@ def test_run_analysis_writes_contract_files_from_csv(tmp_path):
 
 
 def test_same_seed_same_results():
-    runs = generate_runs(SyntheticSpec(grid_seeds=4, tuned_seeds=4), seed=0)
+    runs = generate_runs(SyntheticSpec(grid_lrs=(1e-3, 1e-2, 1e-1), grid_seeds=3, tuned_seeds=3), seed=0)
     a = analyze(runs, seed=5, n_boot=100).estimates
     b = analyze(runs, seed=5, n_boot=100).estimates
     pd.testing.assert_frame_equal(a, b)
@@ -167,3 +167,17 @@ def test_dataset_without_sign_methods_skips_mediation():
     assert "synthetic" in result.summary["mediation_skipped"]
     assert not result.estimates["estimand"].str.startswith("mediation").any()
     assert set(result.estimates["method"]) == {"fa"}
+
+
+def test_method_diverged_everywhere_at_the_shared_lr_is_reported_not_fatal():
+    # At lr 0.1, sign's effective lr is ~2 > diverge_elr = 1.5: every sign run there diverges.
+    spec = SyntheticSpec(grid_seeds=4, tuned_seeds=4)
+    runs = generate_runs(spec, seed=0)
+    at_shared = runs[(runs["phase"] == "grid") & np.isclose(runs["lr"], 0.1)]
+    assert at_shared.loc[at_shared["method"] == "sign", "diverged"].all()
+    result = analyze(runs, fixed_lr=0.1, n_boot=100)
+    sign = result.estimates.query("estimand == 'fixed_lr' and method == 'sign' and outcome == 'test_loss'")
+    assert sign["n"].item() == 0 and np.isnan(sign["estimate"].item())
+    assert result.summary["excluded_diverged"]["fixed_lr"] == int(at_shared["diverged"].sum())
+    assert "synthetic" in result.summary["mediation_skipped"]
+    json.dumps(result.summary, allow_nan=False)  # still strict JSON

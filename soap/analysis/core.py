@@ -58,7 +58,8 @@ def analyze(runs: pd.DataFrame, *, fixed_lr: float | None = None,
     The first outcome is primary: summary.json's numbers and the time-to-target Holm family refer to
     it. `fixed_lr` overrides bp's tuned learning rate as the shared rate of the `fixed_lr` estimand and
     of the mediation analysis (snapped to the nearest grid value on a log scale). `n_boot` is the number
-    of bootstrap resamples (and of mediation simulations, at most MAX_MEDIATION_SIMS). Raises AnalysisError on unusable input.
+    of bootstrap resamples (and of mediation simulations, at most MAX_MEDIATION_SIMS). The Holm family
+    is described in soap.analysis.multiplicity. Raises AnalysisError on unusable input.
     """
     runs = prepare_runs(runs)
     outcomes = tuple(outcomes)
@@ -149,9 +150,9 @@ def _effective_lr_rows(grid, dataset, outcome, summary, model_texts) -> list[dic
     if fit is None:
         return []
     nominal = effective_lr.fit_lr_model(grid, outcome, "log_lr")
-    model_texts[f"effective_lr/{dataset}/{outcome}"] = f"{fit.formula}\n{fit.results.summary()}"
+    model_texts[f"effective_lr/{dataset}/{outcome}"] = fit.summary_text
     if nominal is not None:
-        model_texts[f"nominal_lr/{dataset}/{outcome}"] = f"{nominal.formula}\n{nominal.results.summary()}"
+        model_texts[f"nominal_lr/{dataset}/{outcome}"] = nominal.summary_text
     if summary is not None:
         summary["effective_lr_model"][dataset] = {
             "formula": fit.formula, "r2": fit.r2, "n": fit.n, "n_clusters": fit.n_clusters,

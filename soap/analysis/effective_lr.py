@@ -13,6 +13,7 @@ learning rate the method actually applies is ignored.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,6 +34,7 @@ class LrModelFit:
     coef: dict[str, dict[str, float]]  # method -> estimate, ci_low, ci_high, p_value
     n: int
     n_clusters: int
+    summary_text: str
 
     @property
     def r2(self) -> float:
@@ -67,15 +69,21 @@ def fit_lr_model(grid: pd.DataFrame, outcome: str, lr_column: str = "log_elr") -
     if REFERENCE not in set(rows["method"]) or not methods or rows["seed"].nunique() < 2:
         return None
     formula = f"{outcome} ~ {METHOD_TERM} + {smooth_term(rows[lr_column], lr_column)}"
-    results = smf.ols(formula, rows).fit(
-        cov_type="cluster", cov_kwds={"groups": rows["seed"].to_numpy()}, use_t=True
-    )
+    with warnings.catch_warnings():
+        # Clustered by G seeds, the overall F test has rank at most G - 1 and statsmodels warns when the
+        # model has more terms; that F test is not used here, the per-method t tests are.
+        warnings.filterwarnings("ignore", message="covariance of constraints does not have full rank")
+        results = smf.ols(formula, rows).fit(
+            cov_type="cluster", cov_kwds={"groups": rows["seed"].to_numpy()}, use_t=True
+        )
+        summary_text = f"{formula}\n{results.summary()}"
     return LrModelFit(
         formula=formula,
         results=results,
         coef={m: method_coefficient(results, m) for m in sorted(methods)},
         n=int(results.nobs),
         n_clusters=int(rows["seed"].nunique()),
+        summary_text=summary_text,
     )
 
 

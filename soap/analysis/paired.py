@@ -17,10 +17,9 @@ from soap.analysis.inputs import REFERENCE
 
 def paired_outcomes(rows: pd.DataFrame, method: str, outcome: str) -> pd.DataFrame:
     """Columns (method, bp) of per-seed mean `outcome`, indexed by seed, complete pairs only."""
-    usable = rows[~rows["diverged"] & rows[outcome].notna()]
-    by_seed = usable[usable["method"].isin([method, REFERENCE])].groupby(["seed", "method"])[outcome].mean()
-    wide = by_seed.unstack("method").reindex(columns=[method, REFERENCE])
-    return wide.dropna()
+    usable = rows.loc[rows["method"].isin([method, REFERENCE]) & ~rows["diverged"], ["seed", "method", outcome]]
+    wide = usable.pivot_table(index="seed", columns="method", values=outcome, aggfunc="mean")
+    return wide.reindex(columns=[method, REFERENCE]).dropna()
 
 
 def expanded_tail(n: int, level: float = 0.95) -> float:

@@ -1,0 +1,112 @@
+"""Throughput of the population trainer against a conventional training loop, measured side by side.
+
+Prints run-examples/s of the population trainer for P = 1, 4, 16 (default 784-256-256-10 tanh MLP,
+batch 64, `fa`), of a conventional loop (torchvision Dataset + DataLoader + nn.Module with the FA
+autograd Function, one run at a time), their ratio, the fraction of this machine's measured float32
+matmul FLOP/s that training reaches, and the cost of logging (default intervals vs almost none).
+
+    python benchmarks/throughput.py --data-root ../shared/data [--device cpu] [--examples 12800]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from soap.config import TrainConfig
+from soap.data import load_dataset
+from soap.devices import resolve_device
+from soap.nn import mlp
+from soap.population import train_population
+
+SIZES = [784, 256, 256, 10]
+
+
+def flops_per_example(sizes: list[int]) -> int:
+    """Matmul FLOPs of one SGD example: forward, grad_W of every layer, grad_x of all but the first."""
+    layer_flops = [2 * a * b for a, b in zip(sizes[:-1], sizes[1:])]
+    return 2 * sum(layer_flops) + sum(layer_flops[1:])
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_flops(device: torch.device, n: int = 2048, repeats: int = 10) -> float:
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        a @ b
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / statistics.median(times)
+
+
+def population_rate(data, pop: int, examples: int, device: torch.device, logging: bool = True) -> float:
+    quiet = {} if logging else {"log_every": 10**9, "eval_every": 10**9}
+    config = TrainConfig.from_dict(dict(
+        dataset="mnist", methods=["fa"], lrs=[0.05], seeds=list(range(pop)), device=str(device),
+        epochs=examples / len(data.train_y), **quiet))
+    return train_population(config, data, progress=False).meta["run_examples_per_s"]
+
+
+def conventional_rate(data_root: str, examples: int, device: torch.device) -> float:
+    """One run, the way most FA code trains: per-sample transforms, a DataLoader, an nn.Module."""
+    import torchvision
+    from torchvision import transforms
+
+    dataset = torchvision.datasets.MNIST(data_root, train=True, download=False, transform=transforms.Compose(
+        [transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))]))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=64, shuffle=True, drop_last=True)
+    model = mlp(SIZES, "fa", seed=0).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    steps, done = examples // 64, 0
+    start = time.perf_counter()
+    for images, labels in loader:
+        images, labels = images.view(-1, 784).to(device), labels.to(device)
+        loss = F.cross_entropy(model(images), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        done += 1
+        if done == steps:
+            break
+    sync(device)
+    return steps * 64 / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-root", default="data")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--examples", type=int, default=12_800, help="training examples per run and measurement")
+    parser.add_argument("--pops", default="1,4,16")
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    data = load_dataset("mnist", args.data_root, download=False)
+    peak = matmul_flops(device)
+    per_example = flops_per_example(SIZES)
+    conventional = conventional_rate(args.data_root, args.examples, device)
+    print(f"device {device}, {torch.get_num_threads()} threads; float32 matmul peak {peak / 1e9:.1f} GFLOP/s")
+    print(f"conventional loop (DataLoader + nn.Module, fa): {conventional:,.0f} examples/s")
+    print(f"{'P':>4} {'run-examples/s':>15} {'vs conventional':>16} {'of matmul peak':>15}")
+    for pop in map(int, args.pops.split(",")):
+        rate = population_rate(data, pop, args.examples, device)
+        print(f"{pop:>4} {rate:>15,.0f} {rate / conventional:>15.1f}x {rate * per_example / peak:>14.0%}")
+    pop = max(map(int, args.pops.split(",")))
+    quiet = population_rate(data, pop, args.examples, device, logging=False)
+    logged = population_rate(data, pop, args.examples, device, logging=True)
+    print(f"logging cost at P={pop}: {logged:,.0f} vs {quiet:,.0f} run-examples/s without logging "
+          f"({1 - logged / quiet:.1%} slower)")
+
+
+if __name__ == "__main__":
+    main()
