@@ -104,6 +104,10 @@ def _as_bool(column: pd.Series) -> pd.Series:
     return as_text.map(mapping).astype(bool)
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def write_atomic(path: str | os.PathLike, write) -> Path:
     """Call write(tmp_path), then rename into place: readers see the old file or the whole new one."""
     path = Path(path)
@@ -112,6 +116,7 @@ def write_atomic(path: str | os.PathLike, write) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would make results unreadable to others
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
