@@ -20,27 +20,24 @@ from __future__ import annotations
 
 import functools
 import math
+import textwrap
 import zlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import matplotlib.ticker
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.patches import FancyArrowPatch
+from matplotlib.transforms import blended_transform_factory
+from scipy import stats
 
-matplotlib.use("Agg")  # figures are only ever written to files; never needs a display
+from soap.tables import write_atomic
 
-import matplotlib.pyplot as plt  # noqa: E402
-import matplotlib.ticker  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-from matplotlib.patches import FancyArrowPatch  # noqa: E402
-from matplotlib.transforms import blended_transform_factory  # noqa: E402
-from scipy import stats  # noqa: E402
-
-from soap.tables import write_atomic  # noqa: E402
-
-# One colour per method, fixed across every figure (Paul Tol's colour-blind-safe "bright" and "muted"
-# sets). bp is near-black because it is the reference everything is compared with.
+# One colour per method, fixed across every figure (mostly Paul Tol's colour-blind-safe "bright" and
+# "muted" sets). bp is near-black because it is the reference everything is compared with.
 METHOD_COLORS: dict[str, str] = {
     "bp": "#222222",
     "fa": "#4477AA",
@@ -68,7 +65,6 @@ ESTIMAND_MARKERS = {"fixed_lr": "o", "tuned": "s", "effective_lr": "D"}
 
 LOSS_LABEL = "cross-entropy (nats)"
 EXAMPLES_LABEL = "training examples seen"
-BAND_NOTE = "mean and 95% CI over seeds"
 
 # Applied around each plot function (not globally) so that importing soap.figures changes nothing
 # for other code that uses matplotlib.
@@ -79,7 +75,6 @@ STYLE_RC: dict = {
     "axes.titlesize": 12,
     "legend.frameon": False,
     "figure.dpi": 100,
-    "savefig.bbox": "tight",
     "pdf.fonttype": 42,  # embed TrueType so text in the PDFs stays text
     "font.family": "DejaVu Sans",
 }
@@ -115,21 +110,34 @@ def styled(plot):
 
 
 def save_figure(fig, path_stem: str | Path, dpi: int = 200) -> tuple[Path, Path]:
-    """Write ``<stem>.png`` and ``<stem>.pdf`` atomically; returns both paths."""
+    """Write ``<stem>.png`` and ``<stem>.pdf`` atomically; returns both paths.
+
+    Freezes the figure's layout (constrained layout runs once, then is switched off), so both files
+    have the same geometry. PDFs carry no creation date, so the same figure gives the same bytes.
+    """
     stem = Path(path_stem)
+    if fig.get_layout_engine() is not None:
+        # Lay out once and freeze; otherwise every savefig re-runs constrained layout.
+        fig.draw_without_rendering()
+        fig.set_layout_engine("none")
     paths = []
-    for suffix in (".png", ".pdf"):
+    for suffix in (".png", ".pdf"):  # inside the style: some of it (PDF font embedding) acts at save time
         target = stem.with_suffix(suffix)
         # The format is given explicitly because the temporary file's suffix is ".tmp".
         fmt = suffix[1:]
-        paths.append(write_atomic(target, lambda tmp, fmt=fmt: fig.savefig(tmp, format=fmt, dpi=dpi)))
+        # bbox "tight" as a safety net for anything the layout let overflow (a long legend).
+        metadata = {"CreationDate": None} if fmt == "pdf" else None
+        with plt.rc_context(STYLE_RC):
+            paths.append(write_atomic(target, lambda tmp, fmt=fmt, metadata=metadata: fig.savefig(
+                tmp, format=fmt, dpi=dpi, bbox_inches="tight", metadata=metadata)))
     return paths[0], paths[1]
 
 
 def no_data(ax, message: str) -> None:
     """Turn an axis into a panel that says why there is nothing to show."""
     ax.set_axis_off()
-    ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True, fontsize=11, color="#555555",
+    message = "\n".join(textwrap.fill(line, 48) for line in message.splitlines())
+    ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=11, color="#555555",
             transform=ax.transAxes,
             bbox={"boxstyle": "round,pad=0.8", "facecolor": "#f4f4f4", "edgecolor": "#cccccc"})
 
@@ -148,31 +156,37 @@ def mean_ci(table: pd.DataFrame, by: list[str], value: str, level: float = 0.95)
         columns={"count": "n"}).drop(columns="std")
 
 
-def _datasets(*tables: pd.DataFrame | None, extra: Iterable[str] = ()) -> list[str]:
-    found: list[str] = list(extra)
-    for table in tables:
-        if table is not None and not table.empty and "dataset" in table:
-            found += [d for d in table["dataset"].dropna().unique() if d not in found]
-    return list(dict.fromkeys(found))
+def _datasets(table: pd.DataFrame | None) -> list[str]:
+    """The datasets of a table in order of first appearance (the caller orders the rows)."""
+    if table is None or table.empty or "dataset" not in table:
+        return []
+    return list(dict.fromkeys(table["dataset"].dropna()))
 
 
-def _facets(n: int, width: float = 5.6, height: float = 4.2, nrows: int = 1, sharey: bool = False):
-    ncols = max(n, 1)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False,
-                             sharey=sharey, layout="constrained")
-    return fig, axes
+def _facets(n: int, width: float = 5.6, height: float = 4.2):
+    """One row of n panels (at least one, for the "no data" message)."""
+    return plt.subplots(1, max(n, 1), figsize=(width * max(n, 1), height), squeeze=False,
+                        layout="constrained")
 
 
 def _empty(table: pd.DataFrame | None, *columns: str) -> bool:
     return table is None or table.empty or any(c not in table.columns for c in columns)
 
 
-def _band(ax, summary: pd.DataFrame, x: str, color: str, label: str, step: bool = False, **line_kw):
+def _band(ax, summary: pd.DataFrame, x: str, color: str, label: str, step: bool = False, alpha: float = 0.2,
+          **line_kw):
     summary = summary.sort_values(x)
     drawstyle = "steps-post" if step else "default"
     ax.plot(summary[x], summary["mean"], color=color, label=label, drawstyle=drawstyle, lw=1.8, **line_kw)
-    ax.fill_between(summary[x], summary["ci_low"], summary["ci_high"], color=color, alpha=0.2, lw=0,
+    ax.fill_between(summary[x], summary["ci_low"], summary["ci_high"], color=color, alpha=alpha, lw=0,
                     step="post" if step else None)
+
+
+def _clip_log_bands(ax, lowest_mean: float) -> None:
+    """On a log axis a band reaching zero (few seeds, wide t-interval) would stretch the axis by
+    decades; keep the axis near the means instead and let such a band run off the bottom."""
+    if np.isfinite(lowest_mean) and lowest_mean > 0:
+        ax.set_ylim(bottom=max(ax.get_ylim()[0], lowest_mean / 2))
 
 
 def _legend_below(fig, axes) -> None:
@@ -185,7 +199,7 @@ def _legend_below(fig, axes) -> None:
                 labels.append(label)
     if handles:
         # Rows of equal length rather than a full row and a straggler.
-        per_row = 4 if fig.get_figwidth() < 13 else 6
+        per_row = max(2, min(6, round(fig.get_figwidth() / 2.8)))
         ncols = math.ceil(len(labels) / math.ceil(len(labels) / per_row))
         fig.legend([handles[lab] for lab in labels], labels, loc="outside lower center", ncols=ncols)
 
@@ -211,11 +225,12 @@ def _first_crossing(summary: pd.DataFrame, target: float) -> float:
 
 def _curve_panel(ax, curves: pd.DataFrame, target: float | None, value: str) -> dict[str, float]:
     """Draw mean curves with bands per method; returns each mean curve's first crossing of target."""
-    crossings, any_diverged = {}, False
+    crossings, any_diverged, lowest = {}, False, math.inf
     for method in order_methods(curves["method"].unique()):
         summary = mean_ci(curves[curves["method"] == method], ["examples"], value)
         if summary.empty:
             continue
+        lowest = min(lowest, summary["mean"].min())
         rows = curves[curves["method"] == method]
         _band(ax, summary, "examples", method_color(method), f"{method} ({rows['seed'].nunique()} seeds)")
         any_diverged |= _mark_divergence(ax, rows, value, method_color(method))
@@ -226,6 +241,7 @@ def _curve_panel(ax, curves: pd.DataFrame, target: float | None, value: str) -> 
     if target is not None and np.isfinite(target):
         ax.axhline(target, color="#777777", ls="--", lw=1, label="target loss")
     ax.set_yscale("log")
+    _clip_log_bands(ax, min(lowest, target) if target is not None and np.isfinite(target) else lowest)
     ax.set_xlabel(EXAMPLES_LABEL)
     ax.xaxis.set_major_formatter(EXAMPLES_FORMATTER)
     ax.set_ylabel(f"training loss, EMA\n{LOSS_LABEL}")
@@ -257,7 +273,8 @@ def plot_bp_vs_fa(curves: pd.DataFrame | None, targets: Mapping[str, float] | No
         subset = None if _empty(curves, value) else curves[
             (curves["dataset"] == dataset) & curves["method"].isin(["bp", "fa"])].dropna(subset=[value])
         if subset is None or subset.empty:
-            no_data(ax, "no bp / fa training curves\nat the shared learning rate")
+            no_data(ax, "no bp / fa training curves at the shared learning rate\n"
+                        "(no fixed_lr in summary.json, or no grid runs at it)")
             continue
         target = targets.get(dataset)
         crossings = _curve_panel(ax, subset, target, value)
@@ -271,18 +288,27 @@ def plot_bp_vs_fa(curves: pd.DataFrame | None, targets: Mapping[str, float] | No
 
 
 def _annotate_time_to_target(ax, target, crossings: dict[str, float], ratio: Mapping | None) -> None:
+    """The write-up's horizontal line, with how much later fa's mean curve crosses it than bp's, and the
+    analysis's ratio of medians (which may come from other runs: ratio["phase"] says which)."""
     bp_x, fa_x = crossings.get("bp", math.nan), crossings.get("fa", math.nan)
-    if target is not None and np.isfinite(bp_x) and np.isfinite(fa_x):
-        # The write-up's horizontal line: how much further along fa reaches the same loss.
+    lines = []
+    if target is not None and np.isfinite(bp_x) and np.isfinite(fa_x) and bp_x > 0:
         ax.annotate("", xy=(fa_x, target), xytext=(bp_x, target),
                     arrowprops={"arrowstyle": "->", "color": method_color("fa"), "lw": 1.5})
-    if ratio and np.isfinite(ratio.get("estimate", math.nan)):
-        text = (f"examples to target, fa / bp:\n{ratio['estimate']:.2f}x "
-                f"(95% CI {ratio.get('ci_low', math.nan):.2f} to {ratio.get('ci_high', math.nan):.2f})")
-    else:
-        text = "time-to-target ratio\nnot available"
-    ax.text(0.97, 0.97, text, transform=ax.transAxes, ha="right", va="top", fontsize=9,
+        lines.append(f"mean curves here: fa takes {fa_x / bp_x:.2g}x bp's examples")
+    ratio = ratio or {}
+    if _finite(ratio.get("estimate")):
+        source = f" ({ratio['phase']} runs)" if ratio.get("phase") else ""
+        lines.append(f"ratio of medians{source}: {ratio['estimate']:.2f}x\n"
+                     f"(95% CI {_num(ratio.get('ci_low'))} to {_num(ratio.get('ci_high'))})")
+    if not lines:
+        lines.append("time to target not available")
+    ax.text(0.97, 0.97, "\n".join(lines), transform=ax.transAxes, ha="right", va="top", fontsize=9,
             bbox={"boxstyle": "round,pad=0.4", "facecolor": "white", "edgecolor": "#bbbbbb"})
+
+
+def _num(x, fmt: str = ".2f") -> str:
+    return format(float(x), fmt) if _finite(x) else "n/a"
 
 
 @styled
@@ -296,7 +322,8 @@ def plot_fixed_lr_curves(curves: pd.DataFrame | None, lrs: Mapping[str, float] |
         subset = None if _empty(curves, value) else curves[curves["dataset"] == dataset].dropna(
             subset=[value])
         if subset is None or subset.empty:
-            no_data(ax, "no training curves at the shared learning rate")
+            no_data(ax, "no training curves at the shared learning rate\n"
+                        "(no fixed_lr in summary.json, or no grid runs at it)")
             continue
         _curve_panel(ax, subset, targets.get(dataset), value)
         title = dataset_label(dataset)
@@ -325,12 +352,14 @@ def plot_lr_response(runs: pd.DataFrame | None, tuned_lr: Mapping[str, Mapping[s
             no_data(ax, "no grid runs")
             continue
         top = blended_transform_factory(ax.transData, ax.transAxes)
+        lowest = math.inf
         for method in order_methods(grid["method"].unique()):
             rows = grid[grid["method"] == method]
             color = method_color(method)
             summary = mean_ci(rows, ["lr"], outcome)
             if not summary.empty:
                 _band(ax, summary, "lr", color, method, marker="o", ms=4)
+                lowest = min(lowest, summary["mean"].min())
             diverged = rows.groupby("lr")["diverged"].any()
             diverged = diverged[diverged].index
             ax.plot(diverged, np.full(len(diverged), 0.98), ls="", marker="x", color=color, ms=6,
@@ -344,6 +373,7 @@ def plot_lr_response(runs: pd.DataFrame | None, tuned_lr: Mapping[str, Mapping[s
         ax.plot([], [], ls="", marker="x", color="#555555", label="some seeds diverged")
         ax.set(xscale="log", yscale="log", xlabel="nominal learning rate (log scale)",
                ylabel=f"final {outcome.replace('_', ' ')}\n{LOSS_LABEL}", title=dataset_label(dataset))
+        _clip_log_bands(ax, lowest)
     _legend_below(fig, axes)
     return fig, axes
 
@@ -363,6 +393,7 @@ def plot_effective_lr_response(runs: pd.DataFrame | None, outcome: str = "test_l
         if grid is None or grid.empty:
             no_data(ax, "no grid runs with an effective learning rate")
             continue
+        lowest = grid[outcome].min()
         for method in order_methods(grid["method"].unique()):
             rows = grid[grid["method"] == method]
             color = method_color(method)
@@ -375,6 +406,7 @@ def plot_effective_lr_response(runs: pd.DataFrame | None, outcome: str = "test_l
                 _band(ax, summary, "effective_lr", color, method, marker="o", ms=4)
         ax.set(xscale="log", yscale="log", xlabel="effective lr = lr × feedback gain (log scale)",
                ylabel=f"final {outcome.replace('_', ' ')}\n{LOSS_LABEL}", title=dataset_label(dataset))
+        _clip_log_bands(ax, lowest)
     _legend_below(fig, axes)
     return fig, axes
 
@@ -458,39 +490,43 @@ def plot_forest(estimates: pd.DataFrame | None, estimands: tuple[str, ...] = ("f
 
 
 def _forest_panel(ax, rows: pd.DataFrame, estimands: tuple[str, ...]) -> None:
-    labels, y = [], 0
+    for method in order_methods(rows["method"].unique()):  # legend entries in the usual method order
+        ax.plot([], [], ls="-", marker="o", color=method_color(method), label=method)
+    labels, positions, y = [], [], 0.0
+    p_column = blended_transform_factory(ax.transAxes, ax.transData)
     for estimand in estimands:
         block = rows[rows["estimand"] == estimand]
         for method in order_methods(block["method"].unique()):
             row = block[block["method"] == method].iloc[0]
             color = method_color(method)
-            ax.errorbar(row["estimate"], -y, xerr=[[row["estimate"] - row["ci_low"]],
-                                                    [row["ci_high"] - row["estimate"]]],
-                        fmt=ESTIMAND_MARKERS.get(estimand, "o"), color=color, ms=6, capsize=3, lw=1.6,
-                        label=f"{method}")
-            p = row.get("p_holm", math.nan)
-            if pd.notna(p):
-                ax.text(1.02, -y, f"p={p:.2g}", transform=blended_transform_factory(ax.transAxes,
-                                                                                   ax.transData),
-                        va="center", fontsize=8.5, color="#444444")
+            if _finite(row["estimate"]):
+                ax.errorbar(row["estimate"], -y, xerr=_xerr(row["estimate"], row["ci_low"], row["ci_high"]),
+                            fmt=ESTIMAND_MARKERS.get(estimand, "o"), color=color, ms=6, capsize=3, lw=1.6)
+            else:
+                ax.text(0, -y, " not estimated", va="center", fontsize=8.5, color="#777777")
+            if _finite(row.get("p_holm")):
+                ax.text(1.02, -y, f"p={row['p_holm']:.2g}", transform=p_column, va="center", fontsize=8.5,
+                        color="#444444")
             labels.append(f"{ESTIMAND_LABELS.get(estimand, estimand)}: {method}")
+            positions.append(-y)
             y += 1
         y += 0.5  # a gap between estimand blocks
     ax.axvline(0, color="#777777", lw=1)
-    positions = [-p for p in _forest_positions(rows, estimands)]
     ax.set_yticks(positions, labels)
     ax.set_ylim(min(positions) - 0.7, 0.7)
     ax.grid(axis="y", visible=False)
 
 
-def _forest_positions(rows: pd.DataFrame, estimands: tuple[str, ...]) -> list[float]:
-    positions, y = [], 0.0
-    for estimand in estimands:
-        for _ in order_methods(rows.loc[rows["estimand"] == estimand, "method"].unique()):
-            positions.append(y)
-            y += 1
-        y += 0.5
-    return positions
+def _finite(x) -> bool:
+    try:
+        return x is not None and math.isfinite(float(x))
+    except (TypeError, ValueError):
+        return False
+
+
+def _xerr(estimate: float, low, high) -> list[list[float]]:
+    """Error-bar lengths for matplotlib; a missing limit draws no bar on that side."""
+    return [[estimate - low if _finite(low) else 0.0], [high - estimate if _finite(high) else 0.0]]
 
 
 _MEDIATION_PARTS = (("acme", "mediated (ACME)\nvia log feedback gain"), ("ade", "direct (ADE)"),
@@ -498,27 +534,29 @@ _MEDIATION_PARTS = (("acme", "mediated (ACME)\nvia log feedback gain"), ("ade", 
 
 
 @styled
-def plot_mediation(mediation: Mapping[str, Mapping] | None, outcome: str = "test_loss"):
+def plot_mediation(mediation: Mapping[str, Mapping] | None, outcome: str = "test_loss",
+                   skipped: Mapping[str, str] | None = None):
     """Figure 7: mediation of sign vs sign_scaled through log(feedback_gain), per dataset.
 
     ``mediation`` is summary.json's ``mediation`` block: {dataset: {"acme": {...}, "ade": {...},
-    "total": {...}, "prop": {...}, "lr": float, "n": int}}.
+    "total": {...}, "prop": {...}, "lr": float, "n": int}}; ``skipped`` its ``mediation_skipped``
+    block, {dataset: reason}, shown in that dataset's panel.
     """
-    mediation = mediation or {}
-    datasets = list(mediation) or ["(none)"]
+    mediation, skipped = mediation or {}, skipped or {}
+    datasets = list(dict.fromkeys([*mediation, *skipped])) or ["(none)"]
     fig, axes = _facets(len(datasets), width=5.6, height=3.4)
     for ax, dataset in zip(axes[0], datasets):
         block = mediation.get(dataset)
         if not block or not any(part in block for part, _ in _MEDIATION_PARTS):
-            no_data(ax, "no mediation analysis\n(needs sign and sign_scaled runs)")
+            reason = skipped.get(dataset, "needs sign and sign_scaled runs")
+            no_data(ax, f"{dataset_label(dataset)}: no mediation analysis\n({reason})")
             continue
         colors = (method_color("sign"), "#777777", "#222222")
         for i, ((part, label), color) in enumerate(zip(_MEDIATION_PARTS, colors)):
             value = block.get(part) or {}
-            est = value.get("estimate", math.nan)
-            if pd.notna(est):
-                ax.errorbar(est, -i, xerr=[[est - value.get("ci_low", est)],
-                                           [value.get("ci_high", est) - est]],
+            est = value.get("estimate")
+            if _finite(est):
+                ax.errorbar(est, -i, xerr=_xerr(est, value.get("ci_low"), value.get("ci_high")),
                             fmt="o", color=color, capsize=3, ms=7, lw=1.8)
         ax.set_yticks([-i for i in range(len(_MEDIATION_PARTS))], [lab for _, lab in _MEDIATION_PARTS])
         ax.set_ylim(-len(_MEDIATION_PARTS) + 0.4, 0.6)
@@ -527,9 +565,9 @@ def plot_mediation(mediation: Mapping[str, Mapping] | None, outcome: str = "test
         title = f"{dataset_label(dataset)}: {block.get('exposure', 'sign')} vs " \
                 f"{block.get('control', 'sign_scaled')}"
         prop = block.get("prop") or {}
-        if pd.notna(prop.get("estimate", math.nan)):
+        if _finite(prop.get("estimate")):
             title += f"\nproportion mediated {prop['estimate']:.2f}\n" \
-                     f"(95% CI {prop.get('ci_low', math.nan):.2f} to {prop.get('ci_high', math.nan):.2f})"
+                     f"(95% CI {_num(prop.get('ci_low'))} to {_num(prop.get('ci_high'))})"
         ax.set_title(title, fontsize=10.5)
         ax.set_xlabel(f"effect on {outcome.replace('_', ' ')} (nats)")
     return fig, axes
@@ -538,9 +576,13 @@ def plot_mediation(mediation: Mapping[str, Mapping] | None, outcome: str = "test
 # --- 8: Kaplan-Meier ----------------------------------------------------------------------------------
 
 @styled
-def plot_km(km: pd.DataFrame | None, targets: Mapping[str, float] | None = None):
-    """Figure 8: Kaplan-Meier curves of examples to the target loss, with 95% bands."""
-    targets = targets or {}
+def plot_km(km: pd.DataFrame | None, targets: Mapping[str, float] | None = None,
+            phases: Mapping[str, str] | None = None):
+    """Figure 8: Kaplan-Meier curves of examples to the target loss, with 95% bands.
+
+    ``phases[dataset]`` names the runs the curves come from ("tuned" or "grid").
+    """
+    targets, phases = targets or {}, phases or {}
     datasets = _datasets(km) or ["(none)"]
     fig, axes = _facets(len(datasets))
     for ax, dataset in zip(axes[0], datasets):
@@ -552,10 +594,12 @@ def plot_km(km: pd.DataFrame | None, targets: Mapping[str, float] | None = None)
             rows = subset[subset["method"] == method].rename(columns={"survival": "mean"})
             if "ci_low" not in rows:
                 rows = rows.assign(ci_low=rows["mean"], ci_high=rows["mean"])
-            _band(ax, rows, "examples", method_color(method), method, step=True)
+            _band(ax, rows, "examples", method_color(method), method, step=True, alpha=0.12)
         title = dataset_label(dataset)
         if dataset in targets and pd.notna(targets[dataset]):
             title += f", target loss {targets[dataset]:.3g}"
+        if phases.get(dataset):
+            title += f"\n{phases[dataset]} runs"
         ax.set(ylim=(-0.02, 1.02), xlabel=EXAMPLES_LABEL, ylabel="fraction of runs\nnot yet at target",
                title=title)
         ax.xaxis.set_major_formatter(EXAMPLES_FORMATTER)

@@ -55,7 +55,8 @@ FIGURES: tuple[FigureSpec, ...] = (
     FigureSpec("fig01_bp_vs_fa", "Feedback alignment learns more slowly than backprop",
                "Training loss (EMA) against examples seen for bp and fa, both at bp's tuned learning "
                "rate (grid runs at the shared lr); mean and 95% CI over seeds. The dashed line is the "
-               "target loss; the box gives the analysis's ratio of median examples to reach it."),
+               "target loss. The box gives how many times bp's examples fa's mean curve takes to cross "
+               "it here, and the analysis's ratio of median examples to target (from the runs it names)."),
     FigureSpec("fig02_fixed_lr_curves", "The naive comparison: every method at one learning rate",
                "Training loss (EMA) of every method at the shared nominal learning rate, chosen for "
                "bp; mean and 95% CI over seeds. This is the write-up's comparison."),
@@ -201,10 +202,13 @@ def make_figures(inputs: Inputs) -> dict[str, tuple]:
     runs = in_dataset_order(inputs.runs, datasets)
     trials, km, estimates = (in_dataset_order(t, datasets) for t in (inputs.trials, inputs.km, inputs.estimates))
     outcome = s.get("outcome", "test_loss")
+    if estimates is not None and "outcome" in estimates:
+        estimates = estimates[estimates["outcome"] == outcome]
     fixed = {d: lr for d, lr in (s.get("fixed_lr") or {}).items() if lr is not None}
     targets = target_losses(s)
     fixed_curves = fixed_lr_curves(inputs.curves, runs, fixed)
-    ratios = {d: (v.get("ratio") or {}).get("fa") for d, v in (s.get("time_to_target") or {}).items()}
+    ttt = s.get("time_to_target") or {}
+    ratios = {d: {**((v.get("ratio") or {}).get("fa") or {}), "phase": v.get("phase")} for d, v in ttt.items()}
     grid = runs[runs["phase"] == "grid"]
     tuned_curves = curves_with_runs(inputs.curves, runs[runs["phase"] == "tuned"])
     made = {
@@ -214,8 +218,8 @@ def make_figures(inputs: Inputs) -> dict[str, tuple]:
         "fig04_effective_lr_response": F.plot_effective_lr_response(grid, outcome),
         "fig05_causal_diagram": F.plot_causal_diagram(),
         "fig06_forest": F.plot_forest(estimates, COMPARISON_ESTIMANDS, REFERENCE, outcome),
-        "fig07_mediation": F.plot_mediation(s.get("mediation"), outcome),
-        "fig08_time_to_target": F.plot_km(km, targets),
+        "fig07_mediation": F.plot_mediation(s.get("mediation"), outcome, s.get("mediation_skipped")),
+        "fig08_time_to_target": F.plot_km(km, targets, {d: v.get("phase") for d, v in ttt.items()}),
         "fig09_alignment": F.plot_alignment(tuned_curves),
         "fig10_tuning": F.plot_tuning(trials, inputs.best),
     }
@@ -269,7 +273,10 @@ def fmt_num(x, digits: int = 3) -> str:
 
 
 def fmt_p(x) -> str:
-    return f"{float(x):.2g}" if _finite(x) else "n/a"
+    if not _finite(x):
+        return "n/a"
+    # A simulation- or bootstrap-based p of exactly zero only says "below the method's resolution".
+    return "≈ 0" if float(x) == 0 else f"{float(x):.2g}"
 
 
 def fmt_int(x) -> str:
@@ -312,6 +319,7 @@ def fmt_interval(value: Mapping | None, digits: int = 3, null: float = 0.0) -> d
 def dataset_context(summary: Mapping, dataset: str, estimates: pd.DataFrame | None) -> dict:
     """Everything the template says about one dataset, as preformatted strings."""
     rows = _estimate_rows(summary, estimates)
+    rows = rows[rows["outcome"] == summary.get("outcome", "test_loss")]  # estimates hold every outcome
     tuned_lr = (summary.get("tuned_lr") or {}).get(dataset) or {}
     ttt = (summary.get("time_to_target") or {}).get(dataset) or {}
     return {
@@ -324,6 +332,7 @@ def dataset_context(summary: Mapping, dataset: str, estimates: pd.DataFrame | No
         "comparisons": comparison_table(rows[rows["dataset"] == dataset], tuned_lr),
         "effective_lr_model": _model_context((summary.get("effective_lr_model") or {}).get(dataset)),
         "mediation": _mediation_context((summary.get("mediation") or {}).get(dataset)),
+        "mediation_skipped": str((summary.get("mediation_skipped") or {}).get(dataset) or ""),
         "time_to_target": _ttt_context(ttt) if ttt else None,
     }
 
@@ -343,7 +352,7 @@ def comparison_table(rows: pd.DataFrame, tuned_lr: Mapping[str, float]) -> list[
 
 def _estimate_rows(summary: Mapping, estimates: pd.DataFrame | None) -> pd.DataFrame:
     # summary.json is the narrative's source of truth; estimates.csv only if the summary lacks them.
-    columns = ["dataset", "estimand", "method", "reference"]
+    columns = ["dataset", "estimand", "method", "reference", "outcome"]
     if summary.get("estimates"):
         rows = pd.DataFrame(summary["estimates"])
     else:
@@ -356,7 +365,9 @@ def _model_context(model: Mapping | None) -> dict | None:
         return None
     return {"formula": str(model.get("formula", "")), "r2": fmt_num(model.get("r2")),
             "n": fmt_int(model.get("n")), "n_clusters": fmt_int(model.get("n_clusters")),
-            "coef": {m: fmt_interval(v) for m, v in (model.get("coef") or {}).items()}}
+            "coef": {m: fmt_interval(v) for m, v in (model.get("coef") or {}).items()},
+            "nominal_formula": str(model.get("nominal_formula") or ""),
+            "nominal_coef": {m: fmt_interval(v) for m, v in (model.get("nominal_coef") or {}).items()}}
 
 
 def _mediation_context(block: Mapping | None) -> dict | None:
@@ -368,7 +379,7 @@ def _mediation_context(block: Mapping | None) -> dict | None:
 
 
 def _ttt_context(ttt: Mapping) -> dict:
-    return {"target_loss": fmt_num(ttt.get("target_loss")),
+    return {"target_loss": fmt_num(ttt.get("target_loss")), "phase": str(ttt.get("phase") or ""),
             "median_examples": {m: fmt_int(v) for m, v in (ttt.get("median_examples") or {}).items()},
             "ratio": {m: fmt_interval(v, null=1.0) for m, v in (ttt.get("ratio") or {}).items()},
             "hazard_ratio": {m: fmt_interval(v, null=1.0) for m, v in (ttt.get("hazard_ratio") or {}).items()},
@@ -376,13 +387,19 @@ def _ttt_context(ttt: Mapping) -> dict:
 
 
 def provenance_context(provenance: Mapping | None) -> dict | None:
+    """provenance.json (soap.pipeline.gather's record) as strings; absent keys read "not recorded"."""
     if provenance is None:
         return None
+    device = provenance.get("device")
+    if isinstance(device, (list, tuple)):  # one entry per distinct device the jobs ran on
+        device = ", ".join(map(str, device))
     return {"versions": {str(k): str(v) for k, v in (provenance.get("versions") or {}).items()},
-            "device": str(provenance.get("device", "not recorded")),
+            "device": str(device or "not recorded"),
             "wall_time": fmt_duration(provenance.get("wall_time_s")),
-            "started": str(provenance.get("started", "not recorded")),
-            "finished": str(provenance.get("finished", "not recorded")),
+            "compute_time": fmt_duration(provenance["compute_time_s"]) if "compute_time_s" in provenance else None,
+            "jobs": fmt_int(provenance["jobs"]) if "jobs" in provenance else None,
+            "started": str(provenance.get("started") or "not recorded"),
+            "finished": str(provenance.get("finished") or "not recorded"),
             "config": flatten(provenance.get("config") or {})}
 
 

@@ -19,15 +19,21 @@ import pandas as pd
 import pytest
 
 from soap import report
+from soap.analysis.core import run_analysis
 from soap.synthetic import SyntheticSpec, generate_runs
+
+# The analysis's models on a handful of synthetic runs warn (Cox convergence, normality tests on few
+# residuals); they are the analysis tests' concern, not the report's.
+pytestmark = [pytest.mark.filterwarnings("ignore:Maximum Likelihood optimization failed"),
+              pytest.mark.filterwarnings("ignore:omni_normtest is not valid")]
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ("bp", "fa", "sign", "sign_scaled")
 SUFFIXES = (".png", ".pdf")
 
-# Distinctive values that the narrative must show, and that a changed summary.json must replace.
-TUNED_FA = {"estimate": 0.1234, "ci_low": 0.0987, "ci_high": 0.1456, "p_value": 0.0004, "p_holm": 0.0021}
-N_RUNS_OLD, N_RUNS_NEW = 4321, 8765
+# Distinctive values written into summary.json, which the narrative must then show instead of the old.
+N_RUNS_NEW = 8765
+TUNED_FA_NEW = {"estimate": 0.9876, "ci_low": 0.9012, "ci_high": 1.0345, "p_holm": 0.00321}
 
 
 # --- synthetic results --------------------------------------------------------------------------------
@@ -57,57 +63,6 @@ def _curves(runs: pd.DataFrame, n_points: int = 16) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def _interval(estimate: float, half: float, p: float | None = None) -> dict:
-    out = {"estimate": estimate, "ci_low": estimate - half, "ci_high": estimate + half}
-    return out if p is None else {**out, "p_value": p}
-
-
-def _analysis(runs: pd.DataFrame, datasets: tuple[str, ...], methods: tuple[str, ...]) -> dict:
-    """summary.json, estimates.csv and km.csv contents in the analysis's documented shapes."""
-    estimates, km = [], []
-    summary = {"outcome": "test_loss", "datasets": list(datasets), "methods": list(methods),
-               "n_runs": N_RUNS_OLD, "n_seeds": {}, "n_diverged": {}, "excluded_diverged": {"tuned": 3},
-               "fixed_lr": {}, "tuned_lr": {}, "effective_lr_model": {}, "mediation": {},
-               "time_to_target": {}}
-    for dataset in datasets:
-        rows = runs[runs["dataset"] == dataset]
-        tuned = rows[rows["phase"] == "tuned"]
-        summary["n_seeds"][dataset] = int(rows["seed"].nunique())
-        summary["n_diverged"][dataset] = {m: int(r["diverged"].sum()) for m, r in rows.groupby("method")}
-        summary["tuned_lr"][dataset] = {m: float(r["lr"].iloc[0]) for m, r in tuned.groupby("method")}
-        grid_lrs = np.unique(rows.loc[rows["phase"] == "grid", "lr"])
-        bp_lr = summary["tuned_lr"][dataset]["bp"]
-        summary["fixed_lr"][dataset] = float(grid_lrs[np.argmin(abs(np.log(grid_lrs / bp_lr)))])
-        for i, method in enumerate(m for m in methods if m != "bp"):
-            for estimand, effect in (("fixed_lr", -0.05 + 0.1 * i), ("tuned", 0.06 * (i + 1)),
-                                     ("effective_lr", 0.04 * i)):
-                value = TUNED_FA if (estimand, method) == ("tuned", "fa") else {
-                    **_interval(effect, 0.03, 0.01 * (i + 1)), "p_holm": min(1.0, 0.03 * (i + 1))}
-                estimates.append({"estimand": estimand, "dataset": dataset, "method": method,
-                                  "reference": "bp", "outcome": "test_loss", "n": 6, **value})
-        summary["effective_lr_model"][dataset] = {
-            "formula": "test_loss ~ C(method) + log_elr + I(log_elr**2)", "r2": 0.91, "n": 120,
-            "n_clusters": 3, "coef": {"fa": _interval(0.15, 0.02, 0.001)}, "nominal_coef": {}}
-        if {"sign", "sign_scaled"} <= set(methods):
-            summary["mediation"][dataset] = {
-                "exposure": "sign", "control": "sign_scaled", "lr": summary["fixed_lr"][dataset],
-                "design": "grid runs at the shared lr", "acme": _interval(-0.21, 0.05, 0.001),
-                "ade": _interval(-0.01, 0.03, 0.6), "total": _interval(-0.22, 0.05, 0.001),
-                "prop": _interval(0.95, 0.2), "n": 6}
-        summary["time_to_target"][dataset] = {
-            "target_loss": 0.3, "median_examples": {"bp": 50_000.0, "fa": 101_000.0},
-            "ratio": {"fa": _interval(2.02, 0.3)}, "hazard_ratio": {"fa": _interval(0.4, 0.1, 0.01)},
-            "n_censored": {"bp": 0, "fa": 1}}
-        for method in methods:
-            grid = np.linspace(0, 250_000, 12)
-            survival = np.exp(-grid / (60_000 * (1 + methods.index(method) * 0.4)))
-            km.append(pd.DataFrame({"dataset": dataset, "method": method, "examples": grid,
-                                    "survival": survival, "ci_low": survival * 0.85,
-                                    "ci_high": np.minimum(1, survival * 1.15)}))
-    summary["estimates"] = estimates
-    return {"summary": summary, "estimates": pd.DataFrame(estimates), "km": pd.concat(km)}
-
-
 def _tuning(root: Path, runs: pd.DataFrame) -> None:
     rng = np.random.default_rng(2)
     for (dataset, method), rows in runs[runs["phase"] == "tuned"].groupby(["dataset", "method"]):
@@ -127,18 +82,17 @@ def make_results(root: Path, datasets=("mnist",), methods=METHODS, tuning=True, 
     """A results directory in the pipeline's layout, small enough to report on in a few seconds."""
     spec = SyntheticSpec(datasets=tuple(datasets),
                          direct_effect={m: SyntheticSpec().direct_effect[m] for m in methods},
-                         grid_lrs=tuple(np.logspace(-4, 0, 5)), grid_seeds=3, tuned_seeds=3)
+                         grid_lrs=tuple(np.logspace(-4, 0, 5)), grid_seeds=3, tuned_seeds=3,
+                         diverge_elr=5.0)  # sign survives the shared lr (mediation runs) but not lr = 1
     runs = generate_runs(spec, seed=0)
     runs["refresh_period"] = 1000
     runs["architecture"] = "784-256-256-10 tanh"
     root.mkdir(parents=True, exist_ok=True)
     runs.to_parquet(root / "runs.parquet", index=False)
     _curves(runs).to_parquet(root / "curves.parquet", index=False)
-    analysis = _analysis(runs, tuple(datasets), tuple(methods))
-    (root / "analysis").mkdir()
-    (root / "analysis" / "summary.json").write_text(json.dumps(analysis["summary"]))
-    analysis["estimates"].to_csv(root / "analysis" / "estimates.csv", index=False)
-    analysis["km"].to_csv(root / "analysis" / "km.csv", index=False)
+    # The analysis stage itself writes summary.json, estimates.csv and km.csv: the report is tested on
+    # the contract as it is, not on a copy of it (few resamples, to stay fast).
+    run_analysis(root / "runs.parquet", root / "analysis", n_boot=50)
     if tuning:
         _tuning(root, runs)
     if provenance:
@@ -146,8 +100,9 @@ def make_results(root: Path, datasets=("mnist",), methods=METHODS, tuning=True, 
             "config": {"seeds": {"grid": 3, "tuned": 3}, "budget": {"epochs": 5}, "methods": list(methods),
                        "model": {"hidden": [256, 256], "activation": "tanh"}},
             "versions": {"soap": "0.1.0", "torch": "2.5.1", "python": "3.11.9"},
-            "device": "cpu (synthetic <test>)", "wall_time_s": 3723.0,
-            "started": "2025-01-01T00:00:00", "finished": "2025-01-01T01:02:03"}))
+            "device": ["cpu (synthetic <test>)"], "wall_time_s": 3723.0, "compute_time_s": 7021.5,
+            "jobs": 12, "runs": len(runs), "started": "2025-01-01T00:00:00",
+            "finished": "2025-01-01T01:02:03", "gathered": "2025-01-01T01:02:04"}))
     return root
 
 
@@ -158,7 +113,17 @@ def build(results: Path) -> tuple[Path, str]:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> tuple[Path, str]:
+    """Every input present, two datasets."""
     return build(make_results(tmp_path_factory.mktemp("full") / "results", datasets=("mnist", "fashion_mnist")))
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> tuple[Path, str]:
+    """Only the required inputs (and estimates.csv), no sign runs: a partial study."""
+    results = make_results(tmp_path_factory.mktemp("small") / "results", methods=("bp", "fa"), tuning=False,
+                           provenance=False)
+    (results / "analysis" / "km.csv").unlink()
+    return build(results)
 
 
 # --- tests ---------------------------------------------------------------------------------------------
@@ -228,9 +193,9 @@ def _allowed_numbers(results: Path) -> set[str]:
 def test_narrative_numbers_all_come_from_the_analysis_outputs(built):
     results = built[0].parent
     found = set(NUMBER.findall(_narrative(built[1])))
+    assert len(found) > 30  # the narrative does quote the analysis
     # "95" is the interval level, the one number the narrative states as a convention.
     assert found - _allowed_numbers(results) - {"95"} == set()
-    assert "0.123 (95% CI 0.0987 to 0.146; Holm-adjusted p = 0.0021" in " ".join(_narrative(built[1]).split())
 
 
 def test_template_types_no_numbers():
@@ -241,32 +206,35 @@ def test_template_types_no_numbers():
     assert re.findall(r"\d+", text.replace("95%", "")) == []
 
 
-def test_changing_summary_changes_the_narrative(built, tmp_path):
-    before = built[1]
-    assert f"{N_RUNS_OLD:,} runs" in before and "0.123 (95% CI" in before
+def _tuned_fa(summary: dict) -> dict:
+    return next(row for row in summary["estimates"] if (row["estimand"], row["method"], row["outcome"])
+                == ("tuned", "fa", summary["outcome"]) and row["dataset"] == summary["datasets"][0])
+
+
+def test_changing_summary_changes_the_narrative(small, tmp_path):
     results = tmp_path / "results"
-    shutil.copytree(built[0].parent, results)
+    shutil.copytree(small[0].parent, results)
     path = results / "analysis" / "summary.json"
     summary = json.loads(path.read_text())
+    old_cell = "{} [{}, {}]".format(*(report.fmt_num(_tuned_fa(summary)[k]) for k in ("estimate", "ci_low", "ci_high")))
+    old_runs = f"{report.fmt_int(summary['n_runs'])} runs"
+    assert old_cell in small[1] and old_runs in small[1]
     summary["n_runs"] = N_RUNS_NEW
-    for row in summary["estimates"]:
-        if (row["estimand"], row["method"]) == ("tuned", "fa"):
-            row.update(estimate=0.9876, ci_low=0.9012, ci_high=1.0345)
+    _tuned_fa(summary).update(TUNED_FA_NEW)
     path.write_text(json.dumps(summary))
     _, after = build(results)
-    assert f"{N_RUNS_NEW:,} runs" in after and f"{N_RUNS_OLD:,}" not in after
-    assert "0.988 (95% CI 0.901 to 1.03" in after and "0.123 (95% CI" not in after
+    assert f"{N_RUNS_NEW:,} runs" in after and old_runs not in after
+    assert "0.988 [0.901, 1.03]" in after and old_cell not in after
+    assert "Holm-adjusted p = 0.0032" in after
 
 
-def test_missing_optional_inputs_degrade_to_explanations(tmp_path):
-    results = make_results(tmp_path / "results", methods=("bp", "fa"), tuning=False, provenance=False)
-    (results / "analysis" / "km.csv").unlink()
-    out, html = build(results)
+def test_missing_optional_inputs_degrade_to_explanations(small):
+    out, html = small
     for spec in report.FIGURES:
         assert (out.parent / "figures" / f"{spec.stem}.png").stat().st_size > 1000
     assert "provenance.json</code> is missing" in html
     assert "km.csv" in html and "trials.csv" in html
-    assert "not run for this dataset" in html  # no sign runs, so no mediation
+    assert "not run for this dataset (no sign and sign_scaled" in html  # the analysis's reason
 
 
 def test_required_input_missing_names_the_file(tmp_path):
@@ -281,8 +249,10 @@ def test_values_are_escaped(built):
 
 
 def test_every_figure_has_a_snakemake_caption():
-    captions = {p.stem for p in (REPO / "workflow" / "report").glob("*.rst")} - {"workflow"}
-    assert captions == {spec.stem for spec in report.FIGURES}
+    captions = {p.stem: p.read_text() for p in (REPO / "workflow" / "report").glob("fig*.rst")}
+    assert set(captions) == {spec.stem for spec in report.FIGURES}
+    for spec in report.FIGURES:  # the same words in the HTML report and in Snakemake's
+        assert captions[spec.stem].strip() == f"**{spec.title}.** {spec.caption}"
     assert (REPO / "workflow" / "report" / "workflow.rst").read_text().strip()
 
 
