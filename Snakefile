@@ -32,6 +32,6 @@ rule all:
         "results/runs.parquet",
         "results/curves.parquet",
         "results/provenance.json",
-        "results/analysis/summary.json",
+        "results/analysis",
         "results/report.html",
     default_target: True

@@ -5,7 +5,7 @@ batch 64, `fa`), of a conventional loop (torchvision Dataset + DataLoader + nn.M
 autograd Function, one run at a time), their ratio, the fraction of this machine's measured float32
 matmul FLOP/s that training reaches, and the cost of logging (default intervals vs almost none).
 
-    python benchmarks/throughput.py --data-root ../shared/data [--device cpu] [--examples 12800]
+    python benchmarks/throughput.py --data-root ../shared/data [--device cpu] [--pops 1,4,16,64]
 """
 
 from __future__ import annotations
@@ -87,25 +87,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", default="data")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--examples", type=int, default=12_800, help="training examples per run and measurement")
-    parser.add_argument("--pops", default="1,4,16")
+    parser.add_argument("--examples", type=int, default=25_600, help="training examples per run and measurement")
+    parser.add_argument("--pops", default="1,4,16,64", help="population sizes to measure")
+    parser.add_argument("--repeats", type=int, default=3, help="measurements per figure (median reported)")
     args = parser.parse_args()
     device = resolve_device(args.device)
     data = load_dataset("mnist", args.data_root, download=False)
-    peak = matmul_flops(device)
+    median = lambda measure: statistics.median(measure() for _ in range(args.repeats))  # noqa: E731
+    peak = max(matmul_flops(device, n) for n in (1024, 2048))
     per_example = flops_per_example(SIZES)
-    conventional = conventional_rate(args.data_root, args.examples, device)
-    print(f"device {device}, {torch.get_num_threads()} threads; float32 matmul peak {peak / 1e9:.1f} GFLOP/s")
+    conventional = median(lambda: conventional_rate(args.data_root, args.examples // 4, device))
+    print(f"device {device}, {torch.get_num_threads()} threads; float32 matmul peak {peak / 1e9:.1f} GFLOP/s; "
+          f"median of {args.repeats}")
     print(f"conventional loop (DataLoader + nn.Module, fa): {conventional:,.0f} examples/s")
     print(f"{'P':>4} {'run-examples/s':>15} {'vs conventional':>16} {'of matmul peak':>15}")
     for pop in map(int, args.pops.split(",")):
-        rate = population_rate(data, pop, args.examples, device)
+        rate = median(lambda: population_rate(data, pop, args.examples, device))
         print(f"{pop:>4} {rate:>15,.0f} {rate / conventional:>15.1f}x {rate * per_example / peak:>14.0%}")
-    pop = max(map(int, args.pops.split(",")))
-    quiet = population_rate(data, pop, args.examples, device, logging=False)
-    logged = population_rate(data, pop, args.examples, device, logging=True)
-    print(f"logging cost at P={pop}: {logged:,.0f} vs {quiet:,.0f} run-examples/s without logging "
-          f"({1 - logged / quiet:.1%} slower)")
+    # Logging on and off alternate, so drift in the machine's speed hits both alike.
+    pop, logged, quiet = 16, [], []
+    for _ in range(args.repeats):
+        logged.append(population_rate(data, pop, args.examples, device, logging=True))
+        quiet.append(population_rate(data, pop, args.examples, device, logging=False))
+    logged, quiet = statistics.median(logged), statistics.median(quiet)
+    print(f"logging at default intervals, P={pop}: {logged:,.0f} vs {quiet:,.0f} run-examples/s with "
+          f"almost none ({1 - logged / quiet:.1%} of training time)")
 
 
 if __name__ == "__main__":

@@ -4,15 +4,17 @@
 
     grad_x = grad_y B        grad_W = grad_y^T x        grad_b = sum_batch grad_y
 
-It accepts a single layer (W: (out, in), x: (batch, in)) or a stacked population
-(W: (pop, out, in), x: (pop, batch, in)); the population trainer and `FeedbackLinear` both call it.
+It is built from three functions, `linear_forward`, `feedback_grad_input` and `weight_grad`, that accept a
+single layer (W: (out, in), x: (batch, in)) or a stacked population (W: (pop, out, in),
+x: (pop, batch, in)). `FeedbackLinear` calls them through autograd; the population trainer calls them
+directly in its hand-written backward pass (soap.population), with the SGD step fused into grad_W.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -20,8 +22,49 @@ from torch import Tensor, nn
 from soap.rules import get_rule
 from soap.seeding import generator
 
-ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu, "sigmoid": torch.sigmoid}
-ACTIVATION_MODULES = {"tanh": nn.Tanh, "relu": nn.ReLU, "sigmoid": nn.Sigmoid}
+@dataclass(frozen=True)
+class Activation:
+    forward: Callable[[Tensor], Tensor]
+    # f'(a) written in terms of the output h = f(a), which the forward pass keeps anyway
+    grad_from_output: Callable[[Tensor], Tensor]
+    module: type[nn.Module]
+
+
+ACTIVATIONS = {
+    "tanh": Activation(torch.tanh, lambda h: 1 - h * h, nn.Tanh),
+    "sigmoid": Activation(torch.sigmoid, lambda h: h * (1 - h), nn.Sigmoid),
+    "relu": Activation(torch.relu, lambda h: (h > 0).to(h.dtype), nn.ReLU),
+}
+
+
+def linear_forward(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """y = x W^T + b for (batch, in) x (out, in), or (pop, batch, in) x (pop, out, in)."""
+    out = x @ weight.transpose(-1, -2)  # (pop, batch, out) or (batch, out)
+    if bias is not None:
+        out = out + bias.unsqueeze(-2)  # (pop, 1, out) broadcasts over the batch
+    return out
+
+
+def feedback_grad_input(grad_out: Tensor, feedback: Tensor) -> Tensor:
+    """grad_x = grad_y B: the only place where a feedback rule enters learning."""
+    return grad_out @ feedback
+
+
+def weight_grad(grad_out: Tensor, x: Tensor) -> Tensor:
+    """grad_W = grad_y^T x, summed over the batch: (pop, batch, out), (pop, batch, in) -> (pop, out, in)."""
+    return grad_out.transpose(-1, -2) @ x
+
+
+@torch.no_grad()
+def sgd_update_(weight: Tensor, bias: Tensor | None, scaled_grad_out: Tensor, x: Tensor) -> None:
+    """W -= grad_W, b -= grad_b for a grad_y already multiplied by each member's learning rate.
+
+    Equal to subtracting weight_grad(scaled_grad_out, x), fused into one batched GEMM so the weight
+    gradient is never materialised (the update is memory-bound otherwise).
+    """
+    weight.baddbmm_(scaled_grad_out.transpose(-1, -2), x, alpha=-1.0)
+    if bias is not None:
+        bias.sub_(scaled_grad_out.sum(-2))
 
 
 class FeedbackLinearFunction(torch.autograd.Function):
@@ -29,10 +72,7 @@ class FeedbackLinearFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(x: Tensor, weight: Tensor, bias: Tensor | None, feedback: Tensor) -> Tensor:
-        out = x @ weight.transpose(-1, -2)  # (pop, batch, out) or (batch, out)
-        if bias is not None:
-            out = out + bias.unsqueeze(-2)  # (pop, 1, out) broadcasts over the batch
-        return out
+        return linear_forward(x, weight, bias)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -43,8 +83,8 @@ class FeedbackLinearFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: Tensor):
         x, feedback = ctx.saved_tensors
-        grad_x = grad_out @ feedback if ctx.needs_input_grad[0] else None
-        grad_w = grad_out.transpose(-1, -2) @ x if ctx.needs_input_grad[1] else None
+        grad_x = feedback_grad_input(grad_out, feedback) if ctx.needs_input_grad[0] else None
+        grad_w = weight_grad(grad_out, x) if ctx.needs_input_grad[1] else None
         grad_b = grad_out.sum(-2) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return grad_x, grad_w, grad_b, None
 
@@ -114,15 +154,15 @@ def mlp(sizes: Sequence[int], rule: str, activation: str = "tanh", bias: bool = 
     With `seed`, parameters and the FA matrix come from soap's seed streams (identical to the population
     trainer's member with that seed); without, from torch's global RNG like nn.Linear.
     """
-    if activation not in ACTIVATION_MODULES:
-        raise ValueError(f"unknown activation {activation!r}; known: {', '.join(ACTIVATION_MODULES)}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; known: {', '.join(ACTIVATIONS)}")
     if len(sizes) < 2:
         raise ValueError(f"an MLP needs at least input and output sizes, got {list(sizes)}")
     modules: list[nn.Module] = []
     for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
         modules.append(FeedbackLinear(fan_in, fan_out, rule=rule, bias=bias))
         if i < len(sizes) - 2:
-            modules.append(ACTIVATION_MODULES[activation]())
+            modules.append(ACTIVATIONS[activation].module())
     model = nn.Sequential(*modules)
     if seed is not None:
         linears = [m for m in model if isinstance(m, FeedbackLinear)]

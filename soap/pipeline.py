@@ -35,21 +35,34 @@ def log_to_file(path) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def load_study_config(path: str | Path | None = None, values: dict | None = None) -> dict:
-    """Read config.yaml (or take `values`), validate it against the schema and fill its defaults."""
+def load_study_config(path: str | Path | list | None = None, values: dict | None = None) -> dict:
+    """Read config.yaml (or several files, each overriding the last key by key, as Snakemake's
+    --configfile does; or take `values`), validate against the schema and fill in its defaults."""
     import yaml
     from snakemake.utils import validate
 
     if values is None:
-        if path is None or not Path(path).is_file():
-            raise ConfigError(f"study config not found: {path}")
-        values = yaml.safe_load(Path(path).read_text()) or {}
+        paths = path if isinstance(path, (list, tuple)) else [path]
+        values = {}
+        for one in paths:
+            if one is None or not Path(one).is_file():
+                raise ConfigError(f"study config not found: {one}")
+            _merge(values, yaml.safe_load(Path(one).read_text()) or {})
     try:
         validate(values, str(SCHEMA))
     except Exception as err:  # snakemake wraps jsonschema's error, which names the key
         raise ConfigError(f"{path or 'study config'}: {err}") from None
     check_study_config(values)
     return values
+
+
+def _merge(base: dict, override: dict) -> dict:
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+    return base
 
 
 def check_study_config(cfg: dict) -> None:

@@ -53,6 +53,20 @@ def search_space(trial, low: float, high: float) -> dict:
     return {"lr": trial.suggest_float("lr", low, high, log=True)}
 
 
+def _population(cfg: dict, dataset: str, members: list[dict], prepared: str | None = None):
+    """The TrainConfig of one batch of trials: the study's training setup at the tuning budget."""
+    from soap.pipeline import device_for, train_config
+
+    return train_config(cfg["train"], dataset, "tune", members, prepared=prepared, data=cfg["data"],
+                        epochs=cfg["tune"]["epochs"], device=device_for(cfg["gpus"]))
+
+
+def train_config_values(cfg: dict, dataset: str, method: str, repeat: int) -> dict:
+    """The training setup a study's objective depends on, as a dict (for its fingerprint)."""
+    seed = cfg["tune"]["seed"] + repeat
+    return _population(cfg, dataset, [{"method": method, "lr": 1.0, "seed": seed}]).to_dict()
+
+
 def study_name(dataset: str, method: str, repeat: int, fingerprint: str) -> str:
     return f"soap-{dataset}-{method}-r{repeat}-{fingerprint}"
 
@@ -118,23 +132,16 @@ def run_study(cfg: dict, dataset: str, method: str, repeat: int, storage, *, dat
     from optuna.distributions import FloatDistribution
     from optuna.trial import TrialState
 
-    from soap.pipeline import device_for, train_config
-    from soap.population import load_splits, train_population
+    from soap import population as trainer  # looked up at call time, so tests can wrap the trainer
 
     tune = cfg["tune"]
     seed = tune["seed"] + repeat
-
-    def population(members: list[dict]):
-        return train_config(cfg["train"], dataset, "tune", members, prepared=prepared, data=cfg["data"],
-                            epochs=tune["epochs"], device=device_for(cfg["gpus"]))
-
-    base = population([{"method": method, "lr": tune["lr_low"], "seed": seed}])
-    name = study_name(dataset, method, repeat, fingerprint(base.to_dict(), tune))
+    name = study_name(dataset, method, repeat,
+                      fingerprint(train_config_values(cfg, dataset, method, repeat), tune))
     study = optuna.create_study(study_name=name, storage=storage, direction="minimize", load_if_exists=True)
     study.set_user_attr("settings", {"dataset": dataset, "method": method, "repeat": repeat, "seed": seed,
                                      **{k: tune[k] for k in ("lr_low", "lr_high", "epochs")}})
     fail_stale_trials(study)
-    data = data if data is not None else load_splits(base)
     distributions = {"lr": FloatDistribution(tune["lr_low"], tune["lr_high"], log=True)}
 
     while (done := len(finished_trials(study))) < tune["n_trials"]:
@@ -142,7 +149,9 @@ def run_study(cfg: dict, dataset: str, method: str, repeat: int, storage, *, dat
         study.sampler = _batch_sampler(seed, done, n_startup=tune["batch"])
         trials = [study.ask(distributions) for _ in range(k)]
         members = [{"method": method, "lr": t.params["lr"], "seed": seed} for t in trials]
-        runs = train_population(population(members), data=data, progress=progress).runs
+        config = _population(cfg, dataset, members, prepared=prepared)
+        data = data if data is not None else trainer.load_splits(config)  # once, for every batch
+        runs = trainer.train_population(config, data=data, progress=progress).runs
         # Rows follow the population's order, which is the order the trials were asked in.
         for trial, row in zip(trials, runs.itertuples()):
             assert math.isclose(row.lr, trial.params["lr"]), "population order differs from trial order"
@@ -218,7 +227,9 @@ def tuned_lrs(best_paths: dict[str, list], how: str = "median") -> dict:
 def add_tune_arguments(parser) -> None:
     parser.add_argument("--method", required=True, help="feedback rule to tune, e.g. sign")
     parser.add_argument("--dataset", default="mnist", help="mnist, fashion_mnist or synthetic")
-    parser.add_argument("--config", default="config.yaml", help="study config (the pipeline's config.yaml)")
+    parser.add_argument("--config", action="append", default=None,
+                        help="study config (default config.yaml); repeat to override key by key, as "
+                             "snakemake --configfile does: --config config.yaml --config config/quick.yaml")
     parser.add_argument("--repeat", type=int, default=0, help="repeat index: seeds the sampler and the trials")
     parser.add_argument("--out", default=None,
                         help="output directory (default: results/tune/{dataset}/{method}/r{repeat})")
@@ -232,7 +243,7 @@ def run_tune_command(args) -> dict:
     from soap.gpu_lease import gpu_lease
     from soap.pipeline import load_study_config
 
-    cfg = load_study_config(args.config)
+    cfg = load_study_config(args.config or ["config.yaml"])
     if args.gpus is not None:
         cfg["gpus"] = 0 if args.gpus == "0" else args.gpus
     if args.method not in cfg["methods"]:

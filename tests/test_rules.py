@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from soap.nn import FeedbackLinear, FeedbackLinearFunction, mlp
+from soap.nn import ACTIVATIONS, FeedbackLinear, FeedbackLinearFunction, mlp, sgd_update_
 from soap.rules import RULES, get_rule, refresh_due
 
 W = torch.tensor([[1.0, -2.0], [3.0, -4.0]])
@@ -134,3 +134,22 @@ def test_mlp_builds_the_architecture():
     assert sum(isinstance(m, nn.Tanh) for m in model) == 2
     with pytest.raises(ValueError, match="unknown activation"):
         mlp([3, 2], "fa", activation="softplusx")
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_activation_derivative_from_output_matches_autograd(name):
+    a = torch.linspace(-3, 3, 61, dtype=torch.float64).requires_grad_()
+    h = ACTIVATIONS[name].forward(a)
+    (expected,) = torch.autograd.grad(h.sum(), a)
+    torch.testing.assert_close(ACTIVATIONS[name].grad_from_output(h.detach()), expected)
+
+
+def test_fused_sgd_update_equals_subtracting_the_gradients():
+    torch.manual_seed(3)
+    w, b = torch.randn(4, 6, 5), torch.randn(4, 6)
+    grad_out, x = torch.randn(4, 8, 6), torch.randn(4, 8, 5)
+    expected_w = w - torch.einsum("pbo,pbi->poi", grad_out, x)
+    expected_b = b - grad_out.sum(1)
+    sgd_update_(w, b, grad_out, x)
+    torch.testing.assert_close(w, expected_w)
+    torch.testing.assert_close(b, expected_b)

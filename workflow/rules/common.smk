@@ -1,17 +1,15 @@
 # Config validation and every input function; the other .smk files hold only rules.
 
-import json
-import os
 import sys
 from pathlib import Path
 
 from snakemake.utils import validate
 
-# A fresh clone works without installing soap: jobs import the package that sits beside the Snakefile.
+# A fresh clone works without installing soap: the package beside the Snakefile is imported here, and
+# Snakemake hands this sys.path on to every script job.
 _REPO = Path(workflow.basedir)
 if (_REPO / "soap" / "__init__.py").is_file():
     sys.path.insert(0, str(_REPO))
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO), os.environ.get("PYTHONPATH")]))
 
 # Stops the workflow before any job runs; the message names the offending key. Fills in defaults.
 validate(config, schema="../schemas/config.schema.yaml")

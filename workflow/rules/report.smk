@@ -6,9 +6,7 @@ rule report:
         runs="results/runs.parquet",
         curves="results/curves.parquet",
         provenance="results/provenance.json",
-        summary="results/analysis/summary.json",
-        estimates="results/analysis/estimates.csv",
-        km="results/analysis/km.csv",
+        analysis="results/analysis",
         tuned_lrs=tuned_lr_files(),
     output:
         html=report("results/report.html", category="Report"),
@@ -23,9 +21,9 @@ rule report:
     log:
         "logs/report.log",
     params:
-        results_dir="results",
-        figures_dir="results/figures",
-        tables_dir="results/tables",
+        results_dir=lambda wildcards, input: Path(input.runs).parent,
+        figures_dir=lambda wildcards, output: Path(output.html).parent / "figures",
+        tables_dir=lambda wildcards, output: Path(output.html).parent / "tables",
     conda:
         "../envs/soap.yaml"
     script:

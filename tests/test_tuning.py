@@ -1,0 +1,208 @@
+"""Tuning: batched ask/tell through the population trainer, resume after a kill, aggregation.
+
+Studies train on the synthetic dataset (soap.data.synthetic_dataset): real training, a second each.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing as mp
+import os
+import signal
+
+import pandas as pd
+import pytest
+
+import soap.population
+from soap import tuning
+from soap.pipeline import load_study_config
+
+# spawn, not fork: a forked child of a process that has run torch can deadlock in its thread pool.
+CTX = mp.get_context("spawn")
+
+
+def study_config(**tune) -> dict:
+    values = {
+        "datasets": ["synthetic"],
+        "train": {"hidden": [16], "epochs": 0.25, "log_every": 128, "eval_every": 256, "eval_subset": 256},
+        "tune": {"n_trials": 5, "batch": 2, "lr_low": 1e-3, "lr_high": 3.0, "epochs": 0.25, **tune},
+        "gpus": 0,
+    }
+    return load_study_config(values=values)
+
+
+def journal_study(path, cfg, method="fa", repeat=0):
+    import optuna
+
+    train = tuning.train_config_values(cfg, "synthetic", method, repeat)
+    name = tuning.study_name("synthetic", method, repeat, tuning.fingerprint(train, cfg["tune"]))
+    return optuna.load_study(study_name=name, storage=tuning.open_storage(path))
+
+
+def test_batches_train_as_one_population_and_finish_the_requested_trials(tmp_path, monkeypatch):
+    sizes = []
+    train = soap.population.train_population
+
+    def recording(config, **kwargs):
+        sizes.append(len(config.population()))
+        assert {m.seed for m in config.population()} == {100_000}  # tuning seed: tune.seed + repeat
+        return train(config, **kwargs)
+
+    monkeypatch.setattr(soap.population, "train_population", recording)
+    summary = tuning.tune_one(study_config(), "synthetic", "fa", 0, tmp_path)
+
+    assert sizes == [2, 2, 1]  # ask k, train k as one population, tell k; the last batch is the remainder
+    assert summary["n_trials"] == 5
+    best = json.loads((tmp_path / "best.json").read_text())
+    assert set(best) == set(tuning.BEST_KEYS) and best == summary
+    trials = pd.read_csv(tmp_path / "trials.csv")
+    assert len(trials) == 5 and (trials["state"] == "COMPLETE").all()
+    assert trials["params_lr"].between(1e-3, 3.0).all()
+    assert best["value"] == trials["value"].min()
+    assert best["lr"] == pytest.approx(trials.loc[trials["value"].idxmin(), "params_lr"])
+    assert (tmp_path / "study.journal").is_file()
+
+
+def test_diverged_trials_are_pruned_and_use_the_budget(tmp_path):
+    # Learning rates this large make the loss explode within a few steps.
+    cfg = study_config(lr_low=1e4, lr_high=1e6, n_trials=3, batch=3)
+    study = tuning.run_study(cfg, "synthetic", "bp", 0, tuning.open_storage(tmp_path / "s.journal"))
+    assert [t.state.name for t in study.trials] == ["PRUNED"] * 3
+    assert all(t.user_attrs["diverged"] for t in study.trials)
+    with pytest.raises(tuning.TuneError, match="every trial diverged"):
+        tuning.summarize(study)
+
+
+def _tune_then_die(storage_path, cfg):
+    """Finish one batch, then get SIGKILLed while the second batch is training."""
+    train = soap.population.train_population
+    calls = []
+
+    def dying(config, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return train(config, **kwargs)
+
+    soap.population.train_population = dying
+    tuning.run_study(cfg, "synthetic", "fa", 0, tuning.open_storage(storage_path))
+
+
+def test_resume_after_kill_keeps_finished_trials_and_fails_stale_ones(tmp_path):
+    cfg = study_config(n_trials=6, batch=2)
+    journal = tmp_path / "study.journal"
+    killed = CTX.Process(target=_tune_then_die, args=(journal, cfg))
+    killed.start()
+    killed.join(timeout=120)
+    assert killed.exitcode == -signal.SIGKILL
+
+    before = journal_study(journal, cfg).trials
+    assert [t.state.name for t in before] == ["COMPLETE", "COMPLETE", "RUNNING", "RUNNING"]
+
+    resumed = tuning.run_study(cfg, "synthetic", "fa", 0, tuning.open_storage(journal))
+    states = [t.state.name for t in resumed.trials]
+    assert states == ["COMPLETE", "COMPLETE", "FAIL", "FAIL"] + ["COMPLETE"] * 4
+    for old, new in zip(before[:2], resumed.trials[:2]):  # finished trials are untouched
+        assert (new.params, new.value) == (old.params, old.value)
+    assert len(tuning.finished_trials(resumed)) == 6
+
+    # Per-batch seeding: the resumed study asks exactly what an uninterrupted one asks.
+    straight = tuning.run_study(cfg, "synthetic", "fa", 0, tuning.open_storage(tmp_path / "straight.journal"))
+    complete = [t.params["lr"] for t in resumed.trials if t.state.name == "COMPLETE"]
+    assert complete == pytest.approx([t.params["lr"] for t in straight.trials])
+
+
+def test_rerunning_a_finished_study_asks_nothing(tmp_path, monkeypatch):
+    cfg = study_config(n_trials=2, batch=2)
+    tuning.tune_one(cfg, "synthetic", "fa", 0, tmp_path)
+
+    def must_not_train(*args, **kwargs):
+        raise AssertionError("a finished study trained again")
+
+    monkeypatch.setattr(soap.population, "train_population", must_not_train)
+    assert tuning.tune_one(cfg, "synthetic", "fa", 0, tmp_path)["n_trials"] == 2
+
+
+def test_changed_search_range_starts_a_new_study():
+    cfg, other = study_config(), study_config(lr_high=1.0)
+    train = tuning.train_config_values(cfg, "synthetic", "fa", 0)
+    assert tuning.fingerprint(train, cfg["tune"]) != tuning.fingerprint(train, other["tune"])
+    more = study_config(n_trials=50, batch=10)  # a bigger budget continues the same study
+    assert tuning.fingerprint(train, cfg["tune"]) == tuning.fingerprint(train, more["tune"])
+
+
+def test_aggregate_repeats():
+    bests = [{"lr": 0.01, "value": 0.5}, {"lr": 1.0, "value": 0.4}, {"lr": 0.1, "value": 0.6}]
+    assert tuning.aggregate_repeats(bests, "median")["lr"] == pytest.approx(0.1)
+    assert tuning.aggregate_repeats(bests, "best")["lr"] == 1.0
+    # Even count: the geometric mean of the middle two.
+    assert tuning.aggregate_repeats(bests[:2], "median")["lr"] == pytest.approx(math.sqrt(0.01 * 1.0))
+    with pytest.raises(tuning.TuneError):
+        tuning.aggregate_repeats([], "median")
+
+
+@pytest.fixture
+def postgres_url(tmp_path):
+    """A throwaway PostgreSQL server on a Unix socket (tests/run.sh installs PostgreSQL)."""
+    import glob
+    import pwd
+    import shutil
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+    if not bins and not shutil.which("initdb"):
+        pytest.skip("PostgreSQL is not installed (tests/run.sh installs it)")
+    bin_dir = bins[-1] if bins else os.path.dirname(shutil.which("initdb"))
+    # Not under tmp_path: pytest's base folder is private to this user, and the server may run as another.
+    data = Path(tempfile.mkdtemp(prefix="soap-pg-"))
+    run_as = []
+    if os.getuid() == 0:  # the server refuses to run as root
+        user = pwd.getpwnam("postgres")
+        os.chown(data, user.pw_uid, user.pw_gid)
+        run_as = ["runuser", "-u", "postgres", "--"]
+    subprocess.run([*run_as, f"{bin_dir}/initdb", "-D", str(data), "-A", "trust", "-U", "soap"], check=True,
+                   capture_output=True)
+    options = f"-k {data} -c listen_addresses='' -p 54329"
+    # The server inherits pg_ctl's output: send it to a log file, or waiting on a pipe never ends.
+    subprocess.run([*run_as, f"{bin_dir}/pg_ctl", "-D", str(data), "-o", options, "-l", str(data / "log"), "-w",
+                    "start"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+    try:
+        yield f"postgresql+psycopg2://soap@/postgres?host={data}&port=54329"
+    finally:
+        subprocess.run([*run_as, f"{bin_dir}/pg_ctl", "-D", str(data), "-m", "immediate", "stop"],
+                       capture_output=True)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def test_rdb_storage_holds_every_study_and_resumes(tmp_path, postgres_url):
+    cfg = study_config(n_trials=2, batch=2)
+    for method in ("bp", "fa"):
+        tuning.tune_one(cfg, "synthetic", method, 0, tmp_path / method, storage_url=postgres_url)
+    import optuna
+
+    names = sorted(s.study_name for s in optuna.get_all_study_summaries(tuning.open_storage(postgres_url)))
+    assert [n.rsplit("-", 1)[0] for n in names] == ["soap-synthetic-bp-r0", "soap-synthetic-fa-r0"]
+    more = study_config(n_trials=4, batch=2)  # a bigger budget resumes the same study
+    assert tuning.tune_one(more, "synthetic", "fa", 0, tmp_path / "fa", storage_url=postgres_url)["n_trials"] == 4
+    assert len(pd.read_csv(tmp_path / "fa" / "trials.csv")) == 4
+
+
+def test_soap_tune_command_tunes_one_method(tmp_path):
+    import argparse
+
+    import yaml
+
+    base, override = tmp_path / "config.yaml", tmp_path / "small.yaml"
+    base.write_text(yaml.safe_dump({"train": {"hidden": [16], "epochs": 0.25, "eval_subset": 256},
+                                    "tune": {"n_trials": 8, "batch": 4, "epochs": 0.25}, "gpus": 0}))
+    override.write_text(yaml.safe_dump({"tune": {"n_trials": 3}}))  # overrides key by key
+    parser = argparse.ArgumentParser()
+    tuning.add_tune_arguments(parser)
+    args = parser.parse_args(["--method", "sign", "--dataset", "synthetic", "--config", str(base),
+                              "--config", str(override), "--out", str(tmp_path / "out"), "--quiet"])
+    summary = tuning.run_tune_command(args)
+    assert summary["n_trials"] == 3
+    assert json.loads((tmp_path / "out" / "best.json").read_text()) == summary
