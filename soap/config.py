@@ -51,7 +51,7 @@ class TrainConfig:
     phase: str = "grid"  # grid | tuned | tune: recorded in the runs table
     log_every: int = 640  # examples between training-loss log points
     eval_every: int = 10_000  # examples between validation and alignment log points
-    eval_subset: int = 2_000  # validation examples used at intermediate points (all at the end)
+    eval_subset: int = 1_000  # validation examples used at intermediate points (all at the end)
     ema_beta: float = 0.99  # smoothing of the logged training loss (per step)
     target_loss: float | None = None  # EMA training loss for examples_to_target; None: not computed
     divergence_factor: float = 10.0  # diverged when the EMA loss exceeds this x ln(num_classes)

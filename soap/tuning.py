@@ -14,10 +14,21 @@ Choices, and why:
   count towards n_trials, and TPE ranks pruned trials below every complete one, so it learns to avoid
   that region. FAIL is left for trials that never finished (a crash, a killed job) and are redone.
 - Batches use TPE's constant liar, so the k trials of a batch spread out instead of piling up.
-- Resume. Storage is a JournalStorage file per study (no server) or any RDB URL. On restart, RUNNING
-  trials are stale (one job owns a study at a time) and are marked FAIL; finished trials are kept and
-  only the remainder is asked. The sampler is re-seeded from (seed, finished trials) for every batch,
-  so a resumed study asks exactly what an uninterrupted one would have.
+- Resume. Storage is a JournalStorage file per study (no server), a SQLite file, or a PostgreSQL URL.
+  Finished trials are kept and only the remainder is asked; RUNNING trials whose worker has died are
+  marked FAIL and asked again. The sampler is re-seeded from (seed, finished trials) for every batch,
+  so a resumed single-worker study asks exactly what an uninterrupted one would have.
+- Parallel workers (processes, or cluster jobs on a shared PostgreSQL) may run one study together and
+  end with exactly n_trials finished trials. Optuna's MaxTrialsCallback counts and then asks, so two
+  workers can both ask the last slot; here a worker counts and asks while holding a study lock (a
+  flock beside a journal or SQLite file, a PostgreSQL advisory lock), so slots are reserved
+  atomically. Each worker also holds a liveness lock for its whole life (its own flock'd file, or a
+  session advisory lock) and tags its trials with its id: a RUNNING trial is stale exactly when its
+  worker's lock is free, which the kernel or the server guarantees as soon as the worker dies, SIGKILL
+  included. Optuna's heartbeats would need a grace period longer than the longest silent stretch of a
+  live worker (a whole population's training), and JournalStorage has none in optuna 5. Workers that
+  run out of slots wait for their peers' trials, so a peer's death is made good before anyone reports.
+  With several workers the learning rates asked depend on timing: only a single worker is replayable.
 - The study name carries a hash of everything the objective depends on, so changing the training
   setup or the search range starts a fresh study instead of mixing incompatible trials.
 - A method's tuned learning rate over repeats is, by default, the geometric median of the repeats'
@@ -27,10 +38,16 @@ Choices, and why:
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
 import math
+import os
+import secrets
+import socket
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -96,16 +113,168 @@ def open_storage(url: str | Path):
     return JournalStorage(JournalFileBackend(url, lock_obj=JournalFileOpenLock(url)))
 
 
-def fail_stale_trials(study) -> int:
-    """Mark RUNNING trials as FAIL: with one job per study, any left are from a killed process."""
+# --- coordination of the workers of one study ---------------------------------------------------------
+
+WORKER_ATTR = "worker"  # user attr of every trial: the id of the worker that asked it
+POLL_S = 1.0  # how often a worker with no slot left looks again for finished or stale trials
+
+
+class _FileLocks:
+    """Study lock and worker liveness as flock'd files beside a journal or SQLite file.
+
+    flock is released by the kernel when its holder dies, and works across the nodes of an NFS mount
+    (Linux maps it onto NFS byte-range locks).
+    """
+
+    def __init__(self, base: Path):
+        self.study_lock = Path(f"{base}.soap-lock")  # not "<journal>.lock": optuna's own lock file
+        self.worker_dir = Path(f"{base}.soap-workers")
+        self._fd = -1
+        self._path: Path | None = None
+
+    def _worker_path(self, worker: str) -> Path:
+        return self.worker_dir / f"{worker.rsplit(':', 1)[-1]}.lock"
+
+    def register(self, worker: str) -> None:
+        self.worker_dir.mkdir(parents=True, exist_ok=True)
+        self._path = self._worker_path(worker)
+        self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o666)
+        fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a fresh random name: never held
+        os.write(self._fd, f"{worker}\n".encode())
+
+    @contextmanager
+    def exclusive(self, study_name: str):
+        # One lock per file, not per study: a shared journal serialises a few milliseconds per batch.
+        self.study_lock.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.study_lock, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def alive(self, workers: set[str]) -> set[str]:
+        """The workers of `workers` whose liveness lock is held; dead ones' files are removed."""
+        live = set()
+        for worker in workers:
+            path = self._worker_path(worker)
+            try:
+                fd = os.open(path, os.O_RDWR)
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                live.add(worker)
+            else:
+                path.unlink(missing_ok=True)  # under the study lock, so no other reaper races this
+            finally:
+                os.close(fd)
+        return live
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            if self._path is not None:
+                self._path.unlink(missing_ok=True)
+            os.close(self._fd)
+            self._fd = -1
+
+
+class _PostgresLocks:
+    """Study lock and worker liveness as PostgreSQL advisory locks, for workers on many nodes.
+
+    A session advisory lock lives exactly as long as its connection: when a worker dies, its
+    connection drops and the server releases its locks.
+    """
+
+    NAMESPACE = 0x50A9  # first key of soap's two-key study locks; workers use the one-key (bigint) form
+
+    def __init__(self, url: str):
+        import sqlalchemy
+        from sqlalchemy.pool import NullPool
+
+        self._engine = sqlalchemy.create_engine(url, poolclass=NullPool)
+        # Autocommit: session locks are not transactional, and an idle open transaction blocks vacuum.
+        self._conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        self._text = sqlalchemy.text
+
+    @staticmethod
+    def _key(worker: str) -> int:
+        return int(worker.rsplit(":", 1)[-1], 16) >> 1  # 63 bits: a non-negative bigint
+
+    def register(self, worker: str) -> None:
+        self._conn.execute(self._text("SELECT pg_advisory_lock(:k)"), {"k": self._key(worker)})
+
+    @contextmanager
+    def exclusive(self, study_name: str):
+        key = int.from_bytes(hashlib.sha256(study_name.encode()).digest()[:4], "big", signed=True)
+        self._conn.execute(self._text("SELECT pg_advisory_lock(:a, :b)"), {"a": self.NAMESPACE, "b": key})
+        try:
+            yield
+        finally:
+            self._conn.execute(self._text("SELECT pg_advisory_unlock(:a, :b)"), {"a": self.NAMESPACE, "b": key})
+
+    def alive(self, workers: set[str]) -> set[str]:
+        # A bigint lock shows in pg_locks as classid = high 32 bits, objid = low 32 bits, objsubid = 1.
+        held = {row[0] for row in self._conn.execute(self._text(
+            "SELECT (classid::bigint << 32) | objid::bigint FROM pg_locks WHERE locktype = 'advisory' "
+            "AND objsubid = 1 AND granted "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"))}
+        return {w for w in workers if self._key(w) in held}
+
+    def close(self) -> None:
+        self._conn.close()  # releases the liveness lock
+        self._engine.dispose()
+
+
+def _locks_for(storage):
+    """The study lock and liveness locks that go with a storage (JournalStorage or RDBStorage)."""
+    from optuna.storages import JournalStorage, RDBStorage
+
+    if isinstance(storage, JournalStorage):
+        path = getattr(getattr(storage, "_backend", None), "_file_path", None)
+        if path is None:
+            raise TuneError("JournalStorage without a file backend: tuning needs a journal file to lock")
+        return _FileLocks(Path(path))
+    if isinstance(storage, RDBStorage):
+        from sqlalchemy.engine import make_url
+
+        url = make_url(storage.url)
+        if url.get_backend_name() == "postgresql":
+            return _PostgresLocks(storage.url)
+        if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+            return _FileLocks(Path(url.database))
+        raise TuneError(f"tune.storage {url.get_backend_name()}: only a journal file, SQLite or PostgreSQL "
+                        "can coordinate workers")
+    raise TuneError(f"unsupported Optuna storage {type(storage).__name__}")
+
+
+def new_worker_id() -> str:
+    """host:pid:token. The token (64 random bits) names the worker's liveness lock."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(8)}"
+
+
+def fail_stale_trials(study, locks, me: str | None = None) -> int:
+    """Mark FAIL the RUNNING trials whose worker is dead; call it holding the study lock.
+
+    A trial with no worker tag is stale too: tags are written in the same locked section that creates
+    the trial, so an untagged RUNNING trial comes from a worker killed inside that section.
+    """
+    from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
-    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    owners = {t.user_attrs.get(WORKER_ATTR) for t in running} - {None, me}
+    live = locks.alive(owners) | {me}
+    stale = [t for t in running if t.user_attrs.get(WORKER_ATTR) not in live]
     for trial in stale:
-        study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+        try:
+            study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+        except UpdateFinishedTrialError:  # its worker finished it after all
+            pass
     if stale:
-        log.warning("%s: %d stale RUNNING trial(s) from an interrupted run marked FAIL", study.study_name,
-                    len(stale))
+        log.warning("%s: %d stale RUNNING trial(s) of dead worker(s) marked FAIL: %s", study.study_name,
+                    len(stale), sorted(t.number for t in stale))
     return len(stale)
 
 
@@ -116,54 +285,115 @@ def finished_trials(study) -> list:
     return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
 
 
-def _batch_sampler(seed: int, n_finished: int, n_startup: int):
+def _batch_sampler(seed: int, n_finished: int, n_running: int, n_startup: int):
     import optuna
 
     # A fresh sampler per batch, seeded by progress: a resumed study asks what an uninterrupted one would.
-    batch_seed = int(np.random.SeedSequence([seed, n_finished]).generate_state(1)[0])
+    # Peers' running trials enter the seed, so two workers asking at the same progress draw differently.
+    entropy = [seed, n_finished] + ([n_running] if n_running else [])
+    batch_seed = int(np.random.SeedSequence(entropy).generate_state(1)[0])
     return optuna.samplers.TPESampler(seed=batch_seed, n_startup_trials=n_startup, constant_liar=True)
 
 
 def run_study(cfg: dict, dataset: str, method: str, repeat: int, storage, *, data=None,
-              prepared: str | None = None, progress: bool = False):
-    """Run (or resume) the study of one (dataset, method, repeat) until it has tune.n_trials finished
-    trials; return the optuna Study. `cfg`: the study config's train, tune, data and gpus sections."""
+              prepared: str | None = None, progress: bool = False, poll_s: float = POLL_S):
+    """Run (or resume, or join as one more worker) the study of one (dataset, method, repeat) until it
+    has tune.n_trials finished trials; return the optuna Study. `cfg`: the study config's train, tune,
+    data and gpus sections. `storage`: an optuna storage or its URL / journal path."""
     import optuna
     from optuna.distributions import FloatDistribution
+    from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
     from soap import population as trainer  # looked up at call time, so tests can wrap the trainer
 
+    if isinstance(storage, (str, Path)):
+        storage = open_storage(storage)
     tune = cfg["tune"]
     seed = tune["seed"] + repeat
     name = study_name(dataset, method, repeat,
                       fingerprint(train_config_values(cfg, dataset, method, repeat), tune))
-    study = optuna.create_study(study_name=name, storage=storage, direction="minimize", load_if_exists=True)
-    study.set_user_attr("settings", {"dataset": dataset, "method": method, "repeat": repeat, "seed": seed,
-                                     **{k: tune[k] for k in ("lr_low", "lr_high", "epochs")}})
-    fail_stale_trials(study)
     distributions = {"lr": FloatDistribution(tune["lr_low"], tune["lr_high"], log=True)}
-
-    while (done := len(finished_trials(study))) < tune["n_trials"]:
-        k = min(tune["batch"], tune["n_trials"] - done)
-        study.sampler = _batch_sampler(seed, done, n_startup=tune["batch"])
-        trials = [study.ask(distributions) for _ in range(k)]
-        members = [{"method": method, "lr": t.params["lr"], "seed": seed} for t in trials]
-        config = _population(cfg, dataset, members, prepared=prepared)
-        data = data if data is not None else trainer.load_splits(config)  # once, for every batch
-        runs = trainer.train_population(config, data=data, progress=progress).runs
-        # Rows follow the population's order, which is the order the trials were asked in.
-        for trial, row in zip(trials, runs.itertuples()):
-            assert math.isclose(row.lr, trial.params["lr"]), "population order differs from trial order"
-            for key in ("val_acc", "feedback_gain", "final_train_loss"):
-                trial.set_user_attr(key, float(getattr(row, key)))
-            trial.set_user_attr("diverged", bool(row.diverged))
-            if row.diverged or not math.isfinite(row.val_loss):
-                study.tell(trial, state=TrialState.PRUNED)
-            else:
-                study.tell(trial, float(row.val_loss))
-        log.info("%s: %d/%d trials finished", name, len(finished_trials(study)), tune["n_trials"])
+    locks, me = _locks_for(storage), new_worker_id()
+    locks.register(me)
+    try:
+        with locks.exclusive(name):  # two workers creating the same study at once would both insert it
+            study = optuna.create_study(study_name=name, storage=storage, direction="minimize",
+                                        load_if_exists=True)
+            study.set_user_attr("settings", {"dataset": dataset, "method": method, "repeat": repeat,
+                                             "seed": seed,
+                                             **{k: tune[k] for k in ("lr_low", "lr_high", "epochs")}})
+        while True:
+            # Count and ask under the study lock: no two workers reserve the same slot.
+            with locks.exclusive(name):
+                fail_stale_trials(study, locks, me)
+                done = len(finished_trials(study))
+                running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+                k = min(tune["batch"], tune["n_trials"] - done - running)
+                if k > 0:
+                    study.sampler = _batch_sampler(seed, done, running, n_startup=tune["batch"])
+                    trials = [study.ask(distributions) for _ in range(k)]
+                    for trial in trials:
+                        trial.set_user_attr(WORKER_ATTR, me)
+            if k <= 0:
+                if running == 0:
+                    break
+                time.sleep(poll_s)  # peers hold the last slots: wait, and redo them if a peer dies
+                continue
+            members = [{"method": method, "lr": t.params["lr"], "seed": seed} for t in trials]
+            config = _population(cfg, dataset, members, prepared=prepared)
+            data = data if data is not None else trainer.load_splits(config)  # once, for every batch
+            runs = trainer.train_population(config, data=data, progress=progress).runs
+            # Rows follow the population's order, which is the order the trials were asked in.
+            for trial, row in zip(trials, runs.itertuples()):
+                assert math.isclose(row.lr, trial.params["lr"]), "population order differs from trial order"
+                try:
+                    for key in ("val_acc", "feedback_gain", "final_train_loss"):
+                        trial.set_user_attr(key, float(getattr(row, key)))
+                    trial.set_user_attr("diverged", bool(row.diverged))
+                    if row.diverged or not math.isfinite(row.val_loss):
+                        study.tell(trial, state=TrialState.PRUNED)
+                    else:
+                        study.tell(trial, float(row.val_loss))
+                except UpdateFinishedTrialError:
+                    # Only if this worker's liveness lock was lost (a dropped database connection): a
+                    # peer failed the trial and asked its slot again, so this result is surplus.
+                    log.warning("%s: trial %d was failed by a peer; its result is dropped", name, trial.number)
+            log.info("%s: %d/%d trials finished", name, len(finished_trials(study)), tune["n_trials"])
+    finally:
+        locks.close()
     return study
+
+
+def _worker(cfg: dict, dataset: str, method: str, repeat: int, storage_url: str, prepared: str | None) -> None:
+    """One of `soap tune --workers N`'s processes: lease a device, then work on the shared study."""
+    import torch
+
+    from soap.gpu_lease import gpu_lease
+
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s worker {os.getpid()}: %(message)s")
+    torch.set_num_threads(1)  # N workers share the machine's cores
+    with gpu_lease(cfg["gpu_lock_dir"], cfg["gpus"]):
+        run_study(cfg, dataset, method, repeat, storage_url, prepared=prepared)
+
+
+def run_workers(cfg: dict, dataset: str, method: str, repeat: int, storage_url: str, workers: int, *,
+                prepared: str | None = None) -> list[int]:
+    """Run `workers` processes on one study until it is finished; return their exit codes."""
+    import multiprocessing as mp
+
+    # spawn: each worker initialises its own CUDA context and leases its own device.
+    ctx = mp.get_context("spawn")
+    processes = [ctx.Process(target=_worker, args=(cfg, dataset, method, repeat, str(storage_url), prepared))
+                 for _ in range(workers)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join()
+    codes = [process.exitcode for process in processes]
+    if any(codes):
+        log.warning("tuning workers exited with %s; the study is finished by whoever remains", codes)
+    return codes
 
 
 def summarize(study) -> dict:
@@ -186,11 +416,16 @@ def write_study(study, best_path, trials_path) -> dict:
     return summary
 
 
+def storage_location(cfg: dict, out_dir, storage_url=None) -> str:
+    """Where a study lives: the given URL, else tune.storage, else out_dir/study.journal."""
+    return str(storage_url or cfg["tune"]["storage"] or Path(out_dir) / "study.journal")
+
+
 def tune_one(cfg: dict, dataset: str, method: str, repeat: int, out_dir, *, storage_url=None,
              prepared: str | None = None, progress: bool = False) -> dict:
-    """Run or resume one study and write out_dir/best.json and out_dir/trials.csv."""
+    """Run, resume or join one study and write out_dir/best.json and out_dir/trials.csv."""
     out_dir = Path(out_dir)
-    storage = open_storage(storage_url or cfg["tune"]["storage"] or out_dir / "study.journal")
+    storage = open_storage(storage_location(cfg, out_dir, storage_url))
     study = run_study(cfg, dataset, method, repeat, storage, prepared=prepared, progress=progress)
     summary = write_study(study, out_dir / "best.json", out_dir / "trials.csv")
     log.info("%s: best lr %.4g (val loss %.4f, %d trials)", study.study_name, summary["lr"], summary["value"],
@@ -234,7 +469,11 @@ def add_tune_arguments(parser) -> None:
     parser.add_argument("--out", default=None,
                         help="output directory (default: results/tune/{dataset}/{method}/r{repeat})")
     parser.add_argument("--prepared", default=None, help="prepared dataset file (default: load from data.root)")
-    parser.add_argument("--storage", default=None, help="Optuna storage URL or journal file (default: config)")
+    parser.add_argument("--storage", default=None,
+                        help="journal file, sqlite:///FILE or postgresql://... URL (default: config, else "
+                             "OUT/study.journal); concurrent `soap tune` runs on one storage share the study")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="worker processes on this machine sharing the study (each leases its own GPU)")
     parser.add_argument("--gpus", default=None, help="lease a GPU: auto, 0 or a count (default: config)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -248,7 +487,13 @@ def run_tune_command(args) -> dict:
         cfg["gpus"] = 0 if args.gpus == "0" else args.gpus
     if args.method not in cfg["methods"]:
         log.warning("%s is not among the config's methods %s; tuning it anyway", args.method, cfg["methods"])
+    if args.workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {args.workers}")
     out = args.out or f"results/tune/{args.dataset}/{args.method}/r{args.repeat}"
+    if args.workers > 1:  # each worker leases its own device; this process only waits, then reports
+        run_workers(cfg, args.dataset, args.method, args.repeat, storage_location(cfg, out, args.storage),
+                    args.workers, prepared=args.prepared)
+    # After the workers this finds the study finished and writes its files; had they all died, it finishes it.
     with gpu_lease(cfg["gpu_lock_dir"], cfg["gpus"]):
         return tune_one(cfg, args.dataset, args.method, args.repeat, out, storage_url=args.storage,
                         prepared=args.prepared, progress=not args.quiet)
