@@ -29,6 +29,7 @@ class Member:
     method: str
     lr: float
     seed: int
+    refresh_period: int = 6400  # examples between feedback refreshes (sign, sign_scaled, stale_bp)
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,8 @@ class TrainConfig:
     methods: list[str] = field(default_factory=lambda: ["bp", "fa"])
     lrs: list[float] = field(default_factory=lambda: [0.1])  # nominal SGD learning rates
     seeds: list[int] = field(default_factory=lambda: [0])
-    members: list[dict] | None = None  # explicit [{method, lr, seed}]; replaces methods x lrs x seeds
+    # explicit [{method, lr, seed, refresh_period (optional)}]; replaces methods x lrs x seeds
+    members: list[dict] | None = None
     refresh_period: int = 6400  # examples between feedback refreshes (sign, sign_scaled, stale_bp)
     phase: str = "grid"  # grid | tuned | tune: recorded in the runs table
     log_every: int = 640  # examples between training-loss log points
@@ -67,9 +69,10 @@ class TrainConfig:
             raise ConfigError(f"unknown config key(s): {', '.join(unknown)}; known keys: {', '.join(known)}")
         hints = typing.get_type_hints(cls)
         checked = {key: _check_type(key, value, hints[key]) for key, value in values.items()}
-        config = cls(**checked)
-        config.validate()
-        return config
+        return cls(**checked)
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     def validate(self) -> None:
         positive = ("batch_size", "refresh_period", "log_every", "eval_every", "eval_subset", "val_size")
@@ -96,15 +99,19 @@ class TrainConfig:
                 raise ConfigError(f"unknown method {member.method!r}; known methods: {', '.join(RULES)}")
             if not member.lr > 0:
                 raise ConfigError(f"learning rates must be positive, got {member.lr}")
+            if member.refresh_period <= 0:
+                raise ConfigError(f"refresh_period must be positive, got {member.refresh_period}")
 
     def population(self) -> list[Member]:
         """The members to train, in a fixed order (methods x lrs x seeds, or the explicit list)."""
         if self.members is not None:
             try:
-                return [Member(str(m["method"]), float(m["lr"]), int(m["seed"])) for m in self.members]
+                return [Member(str(m["method"]), float(m["lr"]), int(m["seed"]),
+                               int(m.get("refresh_period", self.refresh_period))) for m in self.members]
             except (KeyError, TypeError, ValueError) as err:
                 raise ConfigError(f"members: each entry needs method, lr and seed ({err})") from None
-        return [Member(m, float(lr), int(s)) for m, lr, s in itertools.product(self.methods, self.lrs, self.seeds)]
+        return [Member(m, float(lr), int(s), self.refresh_period)
+                for m, lr, s in itertools.product(self.methods, self.lrs, self.seeds)]
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -178,7 +178,8 @@ class TrainResult:
 
 
 def run_id(config: TrainConfig, member: Member) -> str:
-    return f"{config.dataset}-{config.phase}-{member.method}-lr{member.lr:.6g}-s{member.seed}"
+    period = "" if member.refresh_period == config.refresh_period else f"-T{member.refresh_period}"
+    return f"{config.dataset}-{config.phase}-{member.method}-lr{member.lr:.6g}-s{member.seed}{period}"
 
 
 def versions() -> dict[str, str]:
@@ -215,7 +216,7 @@ def train_population(config: TrainConfig, data: Splits | None = None, progress: 
     sizes = [data.input_dim, *config.hidden, data.num_classes]
     model = PopulationMLP(sizes, members, config.activation, device)
     lr = torch.tensor([m.lr for m in members], device=device, dtype=torch.float32)
-    periods = np.array([config.refresh_period] * pop)
+    periods = np.array([m.refresh_period for m in members])
     divergence_loss = config.divergence_factor * math.log(data.num_classes)
 
     n_train = len(data.train_y)
@@ -333,7 +334,7 @@ def _runs_table(config, members, sizes, finals, diverged_at, seen, eval_log, cur
     else:
         runs["examples_to_target"], runs["reached_target"] = np.nan, False
     runs["target_loss"] = np.nan if config.target_loss is None else config.target_loss
-    runs["refresh_period"] = config.refresh_period
+    runs["refresh_period"] = [m.refresh_period for m in members]
     runs["diverged_at"] = diverged_at
     runs["examples_seen"] = seen
     runs["epochs"] = config.epochs

@@ -142,3 +142,16 @@ def test_examples_to_target_reported_when_a_target_is_given():
     assert runs.loc[0.5, "reached_target"] and not runs.loc[0.001, "reached_target"]
     assert 0 < runs.loc[0.5, "examples_to_target"] <= runs.loc[0.5, "examples_seen"]
     assert math.isnan(runs.loc[0.001, "examples_to_target"])
+
+
+def test_refresh_period_is_per_member(monkeypatch):
+    fired = []
+    original = PopulationMLP.refresh
+    monkeypatch.setattr(PopulationMLP, "refresh", lambda self, due: (fired.append(due.copy()), original(self, due)))
+    result = train(members=[{"method": "sign", "lr": 0.1, "seed": 0},
+                            {"method": "sign", "lr": 0.1, "seed": 0, "refresh_period": 960}])
+    counts = lambda member: [48 * (step + 1) for step, due in enumerate(fired) if due[member]]  # noqa: E731
+    assert counts(0) == [528, 1008, 1536, 2016]  # period 500
+    assert counts(1) == [960, 1920]  # period 960, a multiple of the batch: fires exactly at 960k
+    assert result.runs["refresh_period"].tolist() == [500, 960]
+    assert result.runs["run_id"].nunique() == 2
