@@ -1,4 +1,6 @@
 # One job trains a whole population (all methods x lrs on a chunk of seeds), not one tiny job per run.
+# Resources: mem_mb and runtime (minutes) are what a SLURM job asks for (workflow/profiles/slurm), sized
+# for config.yaml with room to spare; a bigger study raises them there with set-resources.
 
 
 rule train_grid:
@@ -16,6 +18,8 @@ rule train_grid:
     threads: THREADS
     resources:
         gpu=GPU_PER_JOB,
+        mem_mb=8000,
+        runtime=240,
     conda:
         "../envs/soap.yaml"
     script:
@@ -36,9 +40,12 @@ rule train_tuned:
         train=config["train"],
         methods=METHODS,
         seeds=tuned_seeds,
+        epochs=config["tuned"]["epochs"],
     threads: THREADS
     resources:
         gpu=GPU_PER_JOB,
+        mem_mb=8000,
+        runtime=240,
     conda:
         "../envs/soap.yaml"
     script:
@@ -58,6 +65,9 @@ rule gather_runs:
         "logs/gather_runs.log",
     params:
         target=config["target"]["loss"],
+    resources:
+        mem_mb=8000,
+        runtime=30,
     conda:
         "../envs/soap.yaml"
     script:

@@ -23,6 +23,7 @@ config = train_config(
     phase,
     members,
     prepared=snakemake.input.data,
+    epochs=snakemake.params.get("epochs"),  # the tuned phase may train longer than the grid
     device=device_for(gpus),
 )
 with gpu_lease(snakemake.config["gpu_lock_dir"], gpus):
