@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from soap.config import ConfigError
+
 
 def resolve_device(spec: str = "auto") -> torch.device:
     """'auto' -> the first visible CUDA device, else CPU; 'cpu', 'cuda', 'cuda:N' taken as given."""
@@ -12,11 +14,11 @@ def resolve_device(spec: str = "auto") -> torch.device:
     try:
         device = torch.device(spec)
     except RuntimeError:
-        raise ValueError(f"unknown device {spec!r}; use auto, cpu, cuda or cuda:N") from None
+        raise ConfigError(f"unknown device {spec!r}; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {spec!r} requested but CUDA is not available on this machine")
+        raise ConfigError(f"device {spec!r} requested but CUDA is not available on this machine")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ValueError(f"device {spec!r} requested but only {torch.cuda.device_count()} CUDA device(s) are visible")
+        raise ConfigError(f"device {spec!r} requested but only {torch.cuda.device_count()} CUDA device(s) are visible")
     return device
 
 

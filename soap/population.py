@@ -26,7 +26,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 import soap
-from soap.config import Member, TrainConfig
+from soap.config import ConfigError, Member, TrainConfig
 from soap.data import Splits, load_dataset, load_prepared
 from soap.devices import describe, resolve_device
 from soap.metrics import angle_degrees, examples_to_target, feedback_gain, signal_agreement
@@ -223,7 +223,7 @@ def train_population(config: TrainConfig, data: Splits | None = None, progress: 
     steps_per_epoch = n_train // batch  # the last partial batch is dropped: every step has `batch` examples
     total_steps = int(config.epochs * n_train) // batch
     if total_steps < 1:
-        raise ValueError(f"epochs={config.epochs} gives no full batch of {batch} from {n_train} examples")
+        raise ConfigError(f"epochs={config.epochs} gives no full batch of {batch} from {n_train} examples")
     orders = _epoch_orders(members, n_train, device)
     eval_x, eval_y = data.val_x[:config.eval_subset], data.val_y[:config.eval_subset]
 
