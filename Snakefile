@@ -4,6 +4,7 @@
 #   snakemake --cores 2 --configfile config/quick.yaml   # a 3-minute smoke test
 #   snakemake --cores 2 tune_all                     # phase 1 only: every method's tuned lr
 #   snakemake --cores 16 --resources gpu=4           # 4 training jobs at once, one GPU each
+#   snakemake --workflow-profile workflow/profiles/slurm  # every job an sbatch job, one GPU each
 #   snakemake --report results/report.zip            # Snakemake's own report, with captions
 #
 # Stages live in workflow/rules/*.smk; every computation lives in the soap package.

@@ -51,7 +51,12 @@ def load_study_config(path: str | Path | list | None = None, values: dict | None
     try:
         validate(values, str(SCHEMA))
     except Exception as err:  # snakemake wraps jsonschema's error, which names the key
-        raise ConfigError(f"{path or 'study config'}: {err}") from None
+        cause, label = err.__context__, path or "study config"
+        label = ", ".join(map(str, label)) if isinstance(label, (list, tuple)) else label
+        if hasattr(cause, "absolute_path") and hasattr(cause, "message"):  # jsonschema: one line, key first
+            key = ".".join(str(part) for part in cause.absolute_path) or "(top level)"
+            raise ConfigError(f"{label}: {key}: {cause.message}") from None
+        raise ConfigError(f"{label}: {err}") from None
     check_study_config(values)
     return values
 

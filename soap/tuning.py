@@ -485,6 +485,10 @@ def run_tune_command(args) -> dict:
     cfg = load_study_config(args.config or ["config.yaml"])
     if args.gpus is not None:
         cfg["gpus"] = 0 if args.gpus == "0" else args.gpus
+    from soap.rules import RULES
+
+    if args.method not in RULES:
+        raise ConfigError(f"--method {args.method!r}: unknown method; known: {', '.join(RULES)}")
     if args.method not in cfg["methods"]:
         log.warning("%s is not among the config's methods %s; tuning it anyway", args.method, cfg["methods"])
     if args.workers < 1:

@@ -26,3 +26,61 @@ def data_root() -> Path:
     if not (root / "MNIST" / "raw").is_dir():
         raise FileNotFoundError(f"real data not found at {root}; set SOAP_DATA_ROOT to the folder holding MNIST/raw")
     return root
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory):
+    """A throwaway PostgreSQL server on a free localhost port, for the whole session (~3 s to start).
+
+    Not a mock: tuning's shared-study locks are PostgreSQL advisory locks. tests/run.sh installs the
+    server; a missing one is an error, not a skip.
+    """
+    import glob
+    import pwd
+    import shutil
+    import socket
+    import subprocess
+    import tempfile
+
+    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+    if not bins and not shutil.which("initdb"):
+        raise FileNotFoundError("PostgreSQL server binaries (initdb, pg_ctl) not found: apt-get install postgresql")
+    bin_dir = bins[-1] if bins else os.path.dirname(shutil.which("initdb"))
+    # Not under pytest's base folder: it is private to this user, and the server may run as another.
+    data = Path(tempfile.mkdtemp(prefix="soap-pg-"))
+    run_as = []
+    if os.getuid() == 0:  # the server refuses to run as root
+        user = pwd.getpwnam("postgres")
+        os.chown(data, user.pw_uid, user.pw_gid)
+        run_as = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as probe:  # a free port; the tiny race with another binder is acceptable in tests
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    subprocess.run([*run_as, f"{bin_dir}/initdb", "-D", str(data), "-A", "trust", "-U", "soap"], check=True,
+                   capture_output=True)
+    options = f"-k {data} -c listen_addresses=127.0.0.1 -p {port}"
+    # The server inherits pg_ctl's output: send it to a log file, or waiting on a pipe never ends.
+    subprocess.run([*run_as, f"{bin_dir}/pg_ctl", "-D", str(data), "-o", options, "-l", str(data / "log"), "-w",
+                    "start"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+    try:
+        yield f"postgresql+psycopg2://soap@127.0.0.1:{port}"
+    finally:
+        subprocess.run([*run_as, f"{bin_dir}/pg_ctl", "-D", str(data), "-m", "immediate", "stop"],
+                       capture_output=True)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_server, request):
+    """A fresh, empty database on the session's PostgreSQL server."""
+    import re
+
+    import sqlalchemy
+
+    name = "t_" + re.sub(r"[^a-z0-9_]", "_", request.node.name.lower())[:50]
+    engine = sqlalchemy.create_engine(f"{postgres_server}/postgres", isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}"'))
+        conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+    return f"{postgres_server}/{name}"

@@ -55,9 +55,12 @@ def test_effective_lr_recovers_direct_effects_on_loss_and_accuracy(result):
     for method in NON_BP:
         assert_near(loss.loc[method], SPEC.direct_effect[method])
         assert_near(acc.loc[method], -SPEC.acc_per_loss * SPEC.direct_effect[method])
-    # Diverged runs were excluded and counted, not dropped silently.
-    assert loss.loc["fa", "n"] == (SPEC.grid_seeds * len(SPEC.grid_lrs) * 4
-                                   - result.summary["excluded_diverged"]["effective_lr"])
+    # Diverged runs, runs of partly diverged cells and runs outside bp's support were excluded and
+    # counted, not dropped silently.
+    support = result.summary["effective_lr_model"]["synthetic"]["support"]
+    assert loss.loc["fa", "n"] == sum(support["n_used"].values()) == (
+        SPEC.grid_seeds * len(SPEC.grid_lrs) * 4 - result.summary["excluded_diverged"]["effective_lr"]
+        - sum(support["n_unhealthy_cell"].values()) - sum(support["n_dropped"].values()))
     assert result.summary["excluded_diverged"]["effective_lr"] > 0
 
 

@@ -114,3 +114,17 @@ def test_command_wrapper_runs_on_the_leased_device_and_holds_it(tmp_path):
          probe], env=env, capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.split() == ["5", "True"]  # the command saw device 5, and its lock was held
     assert try_acquire(["5"], tmp_path) is not None  # released when the command exited
+
+
+def test_waiting_for_a_held_device_times_out_with_a_clear_error(tmp_path):
+    from soap.gpu_lease import acquire
+
+    held = try_acquire(["0"], tmp_path)
+    started = time.monotonic()
+    with pytest.raises(LeaseError, match=f"no device of \\['0'\\] freed within 0.3 s \\(locks in {tmp_path}\\)"):
+        acquire(["0"], tmp_path, poll_s=0.05, timeout_s=0.3)
+    assert 0.3 <= time.monotonic() - started < 5
+    held.release()
+    lease = acquire(["0"], tmp_path, timeout_s=0.3)  # free again: leased at once
+    assert lease.device == "0"
+    lease.release()

@@ -142,41 +142,6 @@ def test_aggregate_repeats():
         tuning.aggregate_repeats([], "median")
 
 
-@pytest.fixture
-def postgres_url(tmp_path):
-    """A throwaway PostgreSQL server on a Unix socket (tests/run.sh installs PostgreSQL)."""
-    import glob
-    import pwd
-    import shutil
-    import subprocess
-    import tempfile
-    from pathlib import Path
-
-    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
-    if not bins and not shutil.which("initdb"):
-        pytest.skip("PostgreSQL is not installed (tests/run.sh installs it)")
-    bin_dir = bins[-1] if bins else os.path.dirname(shutil.which("initdb"))
-    # Not under tmp_path: pytest's base folder is private to this user, and the server may run as another.
-    data = Path(tempfile.mkdtemp(prefix="soap-pg-"))
-    run_as = []
-    if os.getuid() == 0:  # the server refuses to run as root
-        user = pwd.getpwnam("postgres")
-        os.chown(data, user.pw_uid, user.pw_gid)
-        run_as = ["runuser", "-u", "postgres", "--"]
-    subprocess.run([*run_as, f"{bin_dir}/initdb", "-D", str(data), "-A", "trust", "-U", "soap"], check=True,
-                   capture_output=True)
-    options = f"-k {data} -c listen_addresses='' -p 54329"
-    # The server inherits pg_ctl's output: send it to a log file, or waiting on a pipe never ends.
-    subprocess.run([*run_as, f"{bin_dir}/pg_ctl", "-D", str(data), "-o", options, "-l", str(data / "log"), "-w",
-                    "start"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
-    try:
-        yield f"postgresql+psycopg2://soap@/postgres?host={data}&port=54329"
-    finally:
-        subprocess.run([*run_as, f"{bin_dir}/pg_ctl", "-D", str(data), "-m", "immediate", "stop"],
-                       capture_output=True)
-        shutil.rmtree(data, ignore_errors=True)
-
-
 def test_rdb_storage_holds_every_study_and_resumes(tmp_path, postgres_url):
     cfg = study_config(n_trials=2, batch=2)
     for method in ("bp", "fa"):

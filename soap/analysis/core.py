@@ -19,7 +19,7 @@ from soap.analysis import effective_lr, mediation, paired, time_to_target
 from soap.analysis.errors import AnalysisError
 from soap.analysis.inputs import REFERENCE, at_lr, choose_fixed_lr, prepare_runs, tuned_lrs
 from soap.analysis.multiplicity import holm_adjust
-from soap.tables import read_table, write_table, write_text
+from soap.tables import read_table, validate_runs, write_table, write_text
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +52,19 @@ def _ordered_methods(rows: pd.DataFrame) -> list[str]:
 
 def analyze(runs: pd.DataFrame, *, fixed_lr: float | None = None,
             outcomes: tuple[str, ...] = ("test_loss", "test_acc"), seed: int = 0,
-            n_boot: int = 2000) -> AnalysisResult:
+            n_boot: int = 2000, mediation_design: str = mediation.DEFAULT_DESIGN) -> AnalysisResult:
     """Estimate every method-vs-bp estimand of STUDY.md from a runs table.
 
     The first outcome is primary: summary.json's numbers and the time-to-target Holm family refer to
-    it. `fixed_lr` overrides bp's tuned learning rate as the shared rate of the `fixed_lr` estimand and
-    of the mediation analysis (snapped to the nearest grid value on a log scale). `n_boot` is the number
-    of bootstrap resamples (and of mediation simulations, at most MAX_MEDIATION_SIMS). The Holm family
-    is described in soap.analysis.multiplicity. Raises AnalysisError on unusable input.
+    it. `fixed_lr` overrides bp's tuned learning rate as the shared rate of the `fixed_lr` estimand (and
+    of the mediation analysis in its "fixed_lr" design), snapped to the nearest grid value on a log scale. `n_boot` is the number
+    of bootstrap resamples (and of mediation simulations, at most MAX_MEDIATION_SIMS).
+    `mediation_design` is "pooled" (every grid lr where sign and sign_scaled are both healthy, the
+    default) or "fixed_lr" (the shared lr only); see soap.analysis.mediation. The Holm family is
+    described in soap.analysis.multiplicity. Raises AnalysisError on unusable input.
     """
+    if mediation_design not in mediation.DESIGNS:
+        raise AnalysisError(f"mediation_design must be one of {mediation.DESIGNS}, got {mediation_design!r}")
     runs = prepare_runs(runs)
     outcomes = tuple(outcomes)
     if not outcomes:
@@ -104,7 +108,8 @@ def analyze(runs: pd.DataFrame, *, fixed_lr: float | None = None,
         excluded["fixed_lr"] += int(grid_at_lr["diverged"].sum())
         excluded["tuned"] += int(tuned["diverged"].sum())
         excluded["effective_lr"] += int(grid["diverged"].sum())
-        excluded["mediation"] += int(grid_at_lr.loc[grid_at_lr["method"].isin(
+        med_grid = grid_at_lr if mediation_design == "fixed_lr" else grid
+        excluded["mediation"] += int(med_grid.loc[med_grid["method"].isin(
             [mediation.EXPOSURE, mediation.CONTROL]), "diverged"].sum())
 
         for outcome in outcomes:
@@ -112,8 +117,8 @@ def analyze(runs: pd.DataFrame, *, fixed_lr: float | None = None,
             rows += _paired_rows("fixed_lr", grid_at_lr, dataset, methods, outcome, n_boot, seed)
             rows += _paired_rows("tuned", tuned, dataset, methods, outcome, n_boot, seed)
             rows += _effective_lr_rows(grid, dataset, outcome, summary if is_primary else None, model_texts)
-            rows += _mediation_rows(grid_at_lr, dataset, shared_lr, outcome, n_boot, seed,
-                                    summary if is_primary else None, model_texts)
+            rows += _mediation_rows(grid, grid_at_lr, dataset, shared_lr, outcome, n_boot, seed,
+                                    summary if is_primary else None, model_texts, mediation_design)
         ttt_rows = tuned if not tuned.empty else grid_at_lr
         rows += _time_to_target_rows(ttt_rows, ds_runs, dataset, n_boot, seed, summary, model_texts, km_tables)
 
@@ -146,7 +151,7 @@ def _paired_rows(estimand, phase_rows, dataset, methods, outcome, n_boot, seed) 
 
 
 def _effective_lr_rows(grid, dataset, outcome, summary, model_texts) -> list[dict]:
-    fit = effective_lr.fit_lr_model(grid, outcome, "log_elr")
+    fit = effective_lr.fit_lr_model(grid, outcome, "log_elr", sensitivity=summary is not None)
     if fit is None:
         return []
     nominal = effective_lr.fit_lr_model(grid, outcome, "log_lr")
@@ -156,20 +161,23 @@ def _effective_lr_rows(grid, dataset, outcome, summary, model_texts) -> list[dic
     if summary is not None:
         summary["effective_lr_model"][dataset] = {
             "formula": fit.formula, "r2": fit.r2, "n": fit.n, "n_clusters": fit.n_clusters,
-            "coef": fit.coef, "nominal_formula": nominal.formula if nominal else None,
+            "coef": fit.coef, "support": fit.support, "spline_sensitivity": fit.sensitivity,
+            "nominal_formula": nominal.formula if nominal else None,
             "nominal_coef": nominal.coef if nominal else {},
+            "nominal_support": nominal.support if nominal else {},
         }
     return [_row("effective_lr", dataset, m, REFERENCE, outcome, c, fit.n) for m, c in fit.coef.items()]
 
 
-def _mediation_rows(grid_at_lr, dataset, shared_lr, outcome, n_boot, seed, summary, model_texts) -> list[dict]:
-    present = set(grid_at_lr["method"])
-    if not {mediation.EXPOSURE, mediation.CONTROL} <= present:
-        reason = f"no {mediation.EXPOSURE} and {mediation.CONTROL} grid runs at the shared learning rate"
-        fit = reason
+def _mediation_rows(grid, grid_at_lr, dataset, shared_lr, outcome, n_boot, seed, summary, model_texts,
+                    design) -> list[dict]:
+    rows = grid if design == "pooled" else grid_at_lr
+    where = "grid runs" if design == "pooled" else "grid runs at the shared learning rate"
+    if not {mediation.EXPOSURE, mediation.CONTROL} <= set(rows["method"]):
+        fit = f"no {mediation.EXPOSURE} and {mediation.CONTROL} {where}"
     else:
-        fit = mediation.fit_mediation(grid_at_lr, outcome, min(n_boot, MAX_MEDIATION_SIMS),
-                                      _rng(seed, "mediation", dataset, outcome))
+        fitter = mediation.fit_pooled_mediation if design == "pooled" else mediation.fit_mediation
+        fit = fitter(rows, outcome, min(n_boot, MAX_MEDIATION_SIMS), _rng(seed, "mediation", dataset, outcome))
     if isinstance(fit, str):
         if summary is not None:
             summary["mediation_skipped"][dataset] = fit
@@ -178,8 +186,10 @@ def _mediation_rows(grid_at_lr, dataset, shared_lr, outcome, n_boot, seed, summa
     model_texts[f"mediation/{dataset}/{outcome}"] = fit.text
     if summary is not None:
         summary["mediation"][dataset] = {
-            "exposure": mediation.EXPOSURE, "control": mediation.CONTROL, "lr": shared_lr,
-            "design": "fixed_lr", "outcome_model": fit.outcome_formula, **fit.effects, "n": fit.n,
+            "exposure": mediation.EXPOSURE, "control": mediation.CONTROL,
+            "lr": shared_lr if fit.design == "fixed_lr" else None, "lrs": list(fit.lrs),
+            "design": fit.design, "outcome_model": fit.outcome_formula,
+            "mediator_model": fit.mediator_formula, **fit.effects, "n": fit.n,
         }
     return [_row(f"mediation_{key}", dataset, mediation.EXPOSURE, mediation.CONTROL, outcome, effect, fit.n)
             for key, effect in fit.effects.items()]
@@ -205,6 +215,8 @@ def _time_to_target_rows(rows, ds_runs, dataset, n_boot, seed, summary, model_te
         "ratio": ratios,
         "hazard_ratio": cox.hazard_ratio if cox else {},
         "n_censored": {m: int((1 - surv.loc[surv["method"] == m, "event"]).sum()) for m in methods},
+        "n_runs": {m: int((surv["method"] == m).sum()) for m in methods},
+        "hazard_ratio_not_estimable": list(cox.not_estimable) if cox else [],
     }
     return [
         _row("time_to_target_ratio", dataset, m, REFERENCE, TIME_OUTCOME,
@@ -237,11 +249,11 @@ def models_text(model_texts: dict[str, str]) -> str:
 
 
 def run_analysis(runs_path, out_dir, *, fixed_lr: float | None = None, seed: int = 0,
-                 n_boot: int = 2000) -> AnalysisResult:
+                 n_boot: int = 2000, mediation_design: str = mediation.DEFAULT_DESIGN) -> AnalysisResult:
     """Read a runs table (parquet or CSV), analyse it and write into out_dir, each file atomically:
     estimates.csv, summary.json, models.txt and km.csv."""
-    runs = read_table(runs_path)
-    result = analyze(runs, fixed_lr=fixed_lr, seed=seed, n_boot=n_boot)
+    runs = validate_runs(read_table(runs_path), source=str(runs_path))  # the error names the file
+    result = analyze(runs, fixed_lr=fixed_lr, seed=seed, n_boot=n_boot, mediation_design=mediation_design)
     out_dir = Path(out_dir)
     write_table(result.estimates, out_dir / "estimates.csv")
     write_table(result.km, out_dir / "km.csv")

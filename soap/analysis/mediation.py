@@ -1,16 +1,35 @@
 """Mediation of sign-tracking's effect through its feedback gain (statsmodels `Mediation`).
 
-Design (`design: "fixed_lr"` in summary.json): grid runs of `sign` (exposure = 1) and `sign_scaled`
-(exposure = 0) at the one shared nominal learning rate of the `fixed_lr` estimand, so the nominal
-learning rate is held fixed by design rather than modelled. Mediator: log(feedback_gain). Mediator
-model: OLS of log gain on exposure. Outcome model: OLS of the outcome on exposure, log gain and
-log gain squared: the outcome is U-shaped in log effective learning rate, and the two arms sit at
-log gains about 3 apart, so a straight line in the mediator would be a poor extrapolation. (When the
-square cannot be estimated the outcome model falls back to linear in the mediator; when the gain
-does not vary within arms the mediator and exposure are confounded and mediation is skipped.)
+Exposure `sign` (1) vs `sign_scaled` (0), mediator log(feedback_gain), outcome a test metric. Two
+designs; summary.json's `mediation[dataset]["design"]` says which one produced the numbers.
 
-ACME, ADE and proportion mediated are the averages of the control and treated versions; intervals
-and p-values are from statsmodels' parametric simulation, seeded through its `rng`.
+`pooled` (the default): the grid runs of both arms at every grid learning rate where both arms' cells
+are healthy (no seed diverged: the rule of soap.analysis.effective_lr, for the same reason). The
+nominal lr is then balanced between arms by design and enters both models as a covariate:
+
+- mediator model: log_gain ~ exposure * C(log_lr) (saturated: the gain's dependence on lr differs by
+  arm; sign's gain falls from ~50 to ~12 across MNIST's grid while sign_scaled's stays near 0.7);
+- outcome model: outcome ~ exposure + C(log_lr) + log_gain + (log_lr + log_gain - c)**2, i.e. a free
+  effect of the nominal lr (the output layer takes the nominal step whatever the gain) plus a U in
+  log effective lr = log_lr + log_gain, shared by both arms (c centres it; it does not change the fit).
+
+ACME, ADE and total are averages over the pooled runs, i.e. over the pooled grid lrs with equal weight
+per run: the estimand is "averaged over the healthy grid range", not "at one lr". `fixed_lr`: the runs of
+both arms at the one shared nominal lr of the `fixed_lr` estimand, mediator model log_gain ~ exposure,
+outcome model outcome ~ exposure + log_gain + log_gain**2.
+
+Why pooled is the default: within one arm at one lr the gain barely varies (8 seeds; sd of log gain
+~0.02-0.3), so at a single lr exposure and mediator are almost collinear and the ACME/ADE split rests
+on a curvature fitted to a few points. On the default MNIST study the fixed-lr design gave ACME 0.27
+[-0.75, 1.34] and proportion mediated 4.5 [-80, 70]; pooling four lrs (4x the runs, and the gain
+moving with lr inside each arm) gives intervals of width ~0.3 on ACME and ADE. The price is
+model dependence, which a reader should know: the two arms' effective lrs do not overlap (sign's
+effective lr is 20-50 x its lr), so the split relies on the parametric outcome model (a U in log
+effective lr shared by both arms) rather than on overlapping data. Formula models are used so that
+statsmodels rebuilds the interaction and the square from the counterfactual exposure and mediator.
+
+Intervals and p-values are from statsmodels' parametric simulation, seeded through its `rng`. ACME,
+ADE and proportion mediated are the averages of the control and treated versions.
 """
 
 from __future__ import annotations
@@ -19,10 +38,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import statsmodels.api as sm
 from statsmodels.regression.linear_model import OLS
 from statsmodels.stats.mediation import Mediation
 
+from soap.analysis.effective_lr import healthy_cells
+
 EXPOSURE, CONTROL = "sign", "sign_scaled"
+DESIGNS = ("pooled", "fixed_lr")
+DEFAULT_DESIGN = "pooled"
 MIN_RUNS_PER_ARM = 3
 _SUMMARY_ROWS = {
     "acme": "ACME (average)",
@@ -52,25 +76,60 @@ class MediationFit:
     n: int
     outcome_formula: str
     text: str  # model summaries and the mediation table
+    design: str = "fixed_lr"
+    mediator_formula: str = "log_gain ~ exposure"
+    lrs: tuple[float, ...] = ()  # the nominal learning rates the runs were at
 
 
 def mediation_rows(grid_at_lr: pd.DataFrame, outcome: str) -> pd.DataFrame:
-    """The exposure and control runs usable for mediation, with `exposure` 0/1 and `log_gain`."""
+    """The exposure and control runs usable for mediation, with `exposure` 0/1, `log_gain`, `log_lr`."""
     rows = grid_at_lr[grid_at_lr["method"].isin([EXPOSURE, CONTROL]) & ~grid_at_lr["diverged"]
-                      & grid_at_lr[outcome].notna() & (grid_at_lr["feedback_gain"] > 0)].copy()
+                      & np.isfinite(grid_at_lr[outcome]) & (grid_at_lr["feedback_gain"] > 0)].copy()
     rows["exposure"] = (rows["method"] == EXPOSURE).astype(float)
     rows["log_gain"] = np.log(rows["feedback_gain"])
+    rows["log_lr"] = np.log(rows["lr"])
     return rows
 
 
-def fit_mediation(grid_at_lr: pd.DataFrame, outcome: str, n_sims: int,
-                  rng: np.random.Generator) -> MediationFit | str:
-    """Mediation analysis at one nominal learning rate; a string saying why when it cannot be done."""
-    rows = mediation_rows(grid_at_lr, outcome)
+def pooled_rows(grid: pd.DataFrame, outcome: str) -> pd.DataFrame:
+    """The pooled design's runs: both arms, at grid lrs where both arms' (method, lr) cells are healthy."""
+    arms = grid[grid["method"].isin([EXPOSURE, CONTROL])]
+    arms = arms[healthy_cells(arms)]
+    n_arms = arms.groupby("lr")["method"].nunique()
+    both = n_arms.index[n_arms == 2]
+    return mediation_rows(arms[arms["lr"].isin(both)], outcome)
+
+
+def _arm_counts_reason(rows: pd.DataFrame) -> str | None:
     counts = rows["method"].value_counts()
     if min(counts.get(EXPOSURE, 0), counts.get(CONTROL, 0)) < MIN_RUNS_PER_ARM:
         return (f"fewer than {MIN_RUNS_PER_ARM} non-diverged runs per arm "
                 f"({EXPOSURE}: {counts.get(EXPOSURE, 0)}, {CONTROL}: {counts.get(CONTROL, 0)})")
+    return None
+
+
+def _effects(result) -> tuple[dict, pd.DataFrame]:
+    table = result.summary()
+    effects = {
+        key: {
+            "estimate": float(table.loc[label, "Estimate"]),
+            "ci_low": float(table.loc[label, "Lower CI bound"]),
+            "ci_high": float(table.loc[label, "Upper CI bound"]),
+            "p_value": float(table.loc[label, "P-value"]),
+        }
+        for key, label in _SUMMARY_ROWS.items()
+    }
+    return effects, table
+
+
+def fit_mediation(grid_at_lr: pd.DataFrame, outcome: str, n_sims: int,
+                  rng: np.random.Generator) -> MediationFit | str:
+    """Mediation analysis at one nominal learning rate (the `fixed_lr` design); a string saying why
+    when it cannot be done."""
+    rows = mediation_rows(grid_at_lr, outcome)
+    reason = _arm_counts_reason(rows)
+    if reason:
+        return reason
     exog = pd.DataFrame({
         "const": 1.0,
         "exposure": rows["exposure"],
@@ -88,17 +147,9 @@ def fit_mediation(grid_at_lr: pd.DataFrame, outcome: str, n_sims: int,
         return "feedback gain does not vary within arms: mediator and exposure are confounded"
     mediator_model = OLS(rows["log_gain"], exog[["const", "exposure"]])
     result = Mediation(outcome_model, mediator_model, "exposure", "log_gain").fit(n_rep=n_sims, rng=rng)
-    table = result.summary()
-    effects = {
-        key: {
-            "estimate": float(table.loc[label, "Estimate"]),
-            "ci_low": float(table.loc[label, "Lower CI bound"]),
-            "ci_high": float(table.loc[label, "Upper CI bound"]),
-            "p_value": float(table.loc[label, "P-value"]),
-        }
-        for key, label in _SUMMARY_ROWS.items()
-    }
+    effects, table = _effects(result)
     text = "\n\n".join([
+        "Design: fixed_lr",
         f"Outcome model: {outcome_formula}",
         str(outcome_model.fit().summary()),
         "Mediator model: log_gain ~ exposure",
@@ -106,4 +157,44 @@ def fit_mediation(grid_at_lr: pd.DataFrame, outcome: str, n_sims: int,
         f"Mediation ({EXPOSURE} = 1 vs {CONTROL} = 0, {n_sims} simulations)",
         table.to_string(),
     ])
-    return MediationFit(effects=effects, n=len(rows), outcome_formula=outcome_formula, text=text)
+    return MediationFit(effects=effects, n=len(rows), outcome_formula=outcome_formula, text=text,
+                        design="fixed_lr", lrs=tuple(float(x) for x in sorted(rows["lr"].unique())))
+
+
+def fit_pooled_mediation(grid: pd.DataFrame, outcome: str, n_sims: int,
+                         rng: np.random.Generator) -> MediationFit | str:
+    """Mediation over every grid lr where both arms are healthy (the `pooled` design); a string saying
+    why when it cannot be done."""
+    rows = pooled_rows(grid, outcome).reset_index(drop=True)
+    reason = _arm_counts_reason(rows)
+    if reason:
+        return reason
+    n_lrs = rows["lr"].nunique()
+    centre = float(np.mean(rows["log_lr"] + rows["log_gain"]))
+    u_term = f"I((log_lr + log_gain {'-' if centre >= 0 else '+'} {abs(centre):.6g})**2)"
+    lr_term = "C(log_lr)" if n_lrs > 1 else None
+    outcome_terms = ["exposure", lr_term, "log_gain", u_term]
+    mediator_formula = "log_gain ~ exposure * C(log_lr)" if n_lrs > 1 else "log_gain ~ exposure"
+    outcome_formula = f"{outcome} ~ " + " + ".join(t for t in outcome_terms if t)
+    data = rows[[outcome, "exposure", "log_gain", "log_lr", "seed", "lr"]]
+    outcome_model = sm.OLS.from_formula(outcome_formula, data)
+    mediator_model = sm.OLS.from_formula(mediator_formula, data)
+    if np.linalg.matrix_rank(outcome_model.exog) < outcome_model.exog.shape[1]:
+        outcome_formula = outcome_formula.replace(f" + {u_term}", "")
+        outcome_model = sm.OLS.from_formula(outcome_formula, data)
+        if np.linalg.matrix_rank(outcome_model.exog) < outcome_model.exog.shape[1]:
+            return "feedback gain does not vary within arms: mediator and exposure are confounded"
+    result = Mediation(outcome_model, mediator_model, "exposure", "log_gain").fit(n_rep=n_sims, rng=rng)
+    effects, table = _effects(result)
+    lrs = tuple(float(x) for x in sorted(rows["lr"].unique()))
+    text = "\n\n".join([
+        f"Design: pooled over grid lrs {list(lrs)} (both arms healthy)",
+        f"Outcome model: {outcome_formula}",
+        str(outcome_model.fit().summary()),
+        f"Mediator model: {mediator_formula}",
+        str(mediator_model.fit().summary()),
+        f"Mediation ({EXPOSURE} = 1 vs {CONTROL} = 0, {n_sims} simulations)",
+        table.to_string(),
+    ])
+    return MediationFit(effects=effects, n=len(rows), outcome_formula=outcome_formula, text=text,
+                        design="pooled", mediator_formula=mediator_formula, lrs=lrs)

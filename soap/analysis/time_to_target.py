@@ -11,6 +11,15 @@ with a percentile interval from a bootstrap over seeds (paired: one resample of 
 methods), and a Cox proportional-hazards model on method with standard errors clustered by seed.
 A hazard ratio above 1 means the method reaches the target sooner than bp. A KM median is undefined
 (null) when at least half of a method's runs are censored before it.
+
+Arms without events: when a method's runs (or bp's) never reach the target, the Cox partial likelihood
+has no finite maximum (the log hazard ratio runs off to -inf and its Wald standard error is meaningless:
+on MNIST it printed a hazard ratio of 8e-12 with a tight interval and p = 0). Such a method's hazard
+ratio is reported as not estimable (null estimate and interval) and its p-value comes from a log-rank
+test against bp, which stays valid with zero events; the Cox model is fitted on the other arms only.
+Likewise a bootstrap replicate whose method median is undefined is a right-censored ratio: it counts
+as infinite for the upper limit but at its lower bound (the arm's largest observed time over bp's
+median) for the lower limit, so an interval reads "at least x" instead of [inf, inf].
 """
 
 from __future__ import annotations
@@ -21,7 +30,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 from statsmodels.duration.hazard_regression import PHReg
-from statsmodels.duration.survfunc import SurvfuncRight
+from statsmodels.duration.survfunc import SurvfuncRight, survdiff
 
 from soap.analysis.inputs import REFERENCE
 
@@ -89,23 +98,27 @@ def median_ratio(surv: pd.DataFrame, method: str, n_boot: int, rng: np.random.Ge
     by_seed = {m: {s: (g["time"].to_numpy(), g["event"].to_numpy()) for s, g in rows.groupby("seed")}
                for m, rows in arms.items()}
     seeds = np.array(sorted(set(by_seed[method]) & set(by_seed[REFERENCE])))
-    ratios = []
+    ratios, bounds = [], []  # bounds: the ratio, or for a right-censored one its lower bound
     for _ in range(n_boot):
         sample = rng.choice(seeds, len(seeds), replace=True)
-        medians = []
+        medians, max_times = [], []
         for m in (method, REFERENCE):
             time = np.concatenate([by_seed[m][s][0] for s in sample])
             event = np.concatenate([by_seed[m][s][1] for s in sample])
             median = km_median(time, event)
             medians.append(np.inf if np.isnan(median) else median)
+            max_times.append(time.max())
         if np.isfinite(medians[0]) or np.isfinite(medians[1]):
             ratios.append(medians[0] / medians[1])
+            # An undefined method median is beyond its arm's largest time: the ratio is at least this.
+            bounds.append(ratios[-1] if np.isfinite(medians[0]) else max_times[0] / medians[1])
     tail = (1 - level) / 2
     if len(ratios) < 2:
         low, high = np.nan, np.nan
     else:
         # No interpolation: an infinite replicate must give an infinite bound, not inf - inf.
-        low, high = np.quantile(np.array(ratios), [tail, 1 - tail], method="inverted_cdf")
+        low = np.quantile(np.array(bounds), tail, method="inverted_cdf")
+        high = np.quantile(np.array(ratios), 1 - tail, method="inverted_cdf")
     return {"estimate": float(estimate), "ci_low": float(low), "ci_high": float(high)}
 
 
@@ -113,19 +126,41 @@ def median_ratio(surv: pd.DataFrame, method: str, n_boot: int, rng: np.random.Ge
 class CoxFit:
     hazard_ratio: dict[str, dict[str, float]]  # method -> estimate, ci_low, ci_high, p_value
     text: str
+    not_estimable: tuple[str, ...] = ()  # methods whose hazard ratio has no finite estimate
+
+
+def logrank_p(surv: pd.DataFrame, method: str) -> float:
+    """Log-rank test p-value of method vs bp (valid when an arm has no events)."""
+    pair = surv[surv["method"].isin([method, REFERENCE])]
+    if pair["event"].sum() == 0:
+        return np.nan
+    _, p_value = survdiff(pair["time"].to_numpy(), pair["event"].to_numpy(), pair["method"].to_numpy())
+    return float(p_value)
 
 
 def fit_cox(surv: pd.DataFrame) -> CoxFit | None:
-    """Cox PH model time ~ method (vs bp), censored runs kept, SEs clustered by seed; None if no events."""
+    """Cox PH model time ~ method (vs bp), censored runs kept, SEs clustered by seed; None if no events.
+
+    Methods with no events, or all methods when bp has none, get a null hazard ratio and a log-rank p.
+    """
     methods = sorted(m for m in surv["method"].unique() if m != REFERENCE)
     if not methods or surv["event"].sum() == 0 or REFERENCE not in set(surv["method"]):
         return None
+    events = surv.groupby("method")["event"].sum()
+    degenerate = [m for m in methods if events[m] == 0 or events[REFERENCE] == 0]
+    hazard_ratio = {m: {"estimate": np.nan, "ci_low": np.nan, "ci_high": np.nan, "p_value": logrank_p(surv, m)}
+                    for m in degenerate}
+    fitted = [m for m in methods if m not in degenerate]
+    note = (f"Hazard ratio not estimable (no events in the arm or in {REFERENCE}): {', '.join(degenerate)}; "
+            "p-values from log-rank tests.\n" if degenerate else "")
+    if not fitted:
+        return CoxFit(hazard_ratio=hazard_ratio, text=note, not_estimable=tuple(degenerate))
+    surv = surv[surv["method"].isin([REFERENCE, *fitted])]
     model = PHReg.from_formula(f"time ~ {METHOD_TERM}", surv, status=surv["event"].to_numpy())
     results = model.fit(groups=surv["seed"].to_numpy())
     names = list(model.exog_names)
     log_ci = results.conf_int()
-    hazard_ratio = {}
-    for method in methods:
+    for method in fitted:
         i = names.index(f"{METHOD_TERM}[T.{method}]")
         hazard_ratio[method] = {
             "estimate": float(np.exp(results.params[i])),
@@ -133,4 +168,5 @@ def fit_cox(surv: pd.DataFrame) -> CoxFit | None:
             "ci_high": float(np.exp(log_ci[i, 1])),
             "p_value": float(results.pvalues[i]),
         }
-    return CoxFit(hazard_ratio=hazard_ratio, text=str(results.summary()))
+    return CoxFit(hazard_ratio=dict(sorted(hazard_ratio.items())), text=note + str(results.summary()),
+                  not_estimable=tuple(degenerate))

@@ -10,6 +10,9 @@ rule analyze:
         fixed_lr=config["analysis"]["fixed_lr"],
         n_boot=config["analysis"]["n_boot"],
         seed=config["analysis"]["seed"],
+    resources:
+        mem_mb=8000,
+        runtime=120,
     conda:
         "../envs/soap.yaml"
     script:

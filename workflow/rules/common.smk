@@ -13,9 +13,6 @@ if (_REPO / "soap" / "__init__.py").is_file():
 
 # Stops the workflow before any job runs; the message names the offending key. Fills in defaults.
 validate(config, schema="../schemas/config.schema.yaml")
-# Machines without internet keep their copy of MNIST elsewhere: SOAP_DATA_ROOT points at it.
-if os.environ.get("SOAP_DATA_ROOT"):
-    config["data"]["root"] = os.environ["SOAP_DATA_ROOT"]
 
 from soap import pipeline  # noqa: E402  (needs the path set above)
 

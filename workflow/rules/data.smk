@@ -8,6 +8,9 @@ rule prepare_data:
         download=config["data"]["download"],
         val_size=config["train"]["val_size"],
         split_seed=config["train"]["split_seed"],
+    resources:
+        mem_mb=4000,
+        runtime=30,
     conda:
         "../envs/soap.yaml"
     script:

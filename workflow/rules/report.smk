@@ -24,6 +24,9 @@ rule report:
         results_dir=lambda wildcards, input: Path(input.runs).parent,
         figures_dir=lambda wildcards, output: Path(output.html).parent / "figures",
         tables_dir=lambda wildcards, output: Path(output.html).parent / "tables",
+    resources:
+        mem_mb=4000,
+        runtime=60,
     conda:
         "../envs/soap.yaml"
     script:

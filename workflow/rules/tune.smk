@@ -12,6 +12,8 @@ rule tune_study:
     threads: THREADS
     resources:
         gpu=GPU_PER_JOB,
+        mem_mb=4000,
+        runtime=120,
     conda:
         "../envs/soap.yaml"
     script:
@@ -28,6 +30,9 @@ rule tuned_lrs:
     params:
         methods=METHODS,
         aggregate=config["tune"]["aggregate"],
+    resources:
+        mem_mb=1000,
+        runtime=10,
     conda:
         "../envs/soap.yaml"
     script:

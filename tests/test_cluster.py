@@ -1,0 +1,85 @@
+"""The SLURM profile (workflow/profiles/slurm) with the real snakemake-executor-plugin-slurm, no cluster.
+
+A dry run plans the whole study; then stand-in SLURM commands on PATH record the sbatch call the plugin
+makes for a training job, so the resources it asks for (GPU, memory, time, CPUs) are checked as SLURM
+would receive them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PROFILE = ("--workflow-profile", "workflow/profiles/slurm")
+
+
+def snakemake(workdir: Path, *args: str, path_prefix: str | None = None, **kwargs):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    if path_prefix:
+        env["PATH"] = f"{path_prefix}{os.pathsep}{env['PATH']}"
+    command = [sys.executable, "-m", "snakemake", *args]
+    if kwargs.pop("background", False):
+        return subprocess.Popen(command, cwd=workdir, env=env, start_new_session=True, **kwargs)
+    return subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=300, **kwargs)
+
+
+def test_dry_run_with_the_slurm_profile_plans_every_job_with_resources():
+    dry = snakemake(REPO, "-n", *PROFILE)
+    out = dry.stdout + dry.stderr
+    assert dry.returncode == 0, out[-3000:]
+    assert "Using workflow specific profile workflow/profiles/slurm" in out
+    jobs = re.findall(r"^rule (\w+):\n(?:    .*\n)*?    resources: (.*)$", out, flags=re.MULTILINE)
+    assert {rule for rule, _ in jobs} >= {"prepare_data", "tune_study", "train_grid", "train_tuned", "gather_runs",
+                                          "analyze", "report"}
+    for rule, resources in jobs:
+        assert "mem_mb=" in resources and "runtime=" in resources, rule
+        # The profile sets gpus=1: the login node sees no GPU, the compute nodes do.
+        assert ("gpu=1" in resources) == (rule in {"tune_study", "train_grid", "train_tuned"}), (rule, resources)
+
+
+FAKE = """#!/bin/sh
+echo "$(basename "$0") $*" >> "{log}"
+[ "$(basename "$0")" = sbatch ] && echo 4242
+exit 0
+"""
+
+
+def test_training_job_is_submitted_with_a_gpu_memory_time_and_cpus(tmp_path):
+    bin_dir, work = tmp_path / "bin", tmp_path / "work"
+    bin_dir.mkdir()
+    work.mkdir()
+    calls = tmp_path / "calls.log"
+    for name in ("sbatch", "sacct", "squeue", "sinfo", "scontrol", "sacctmgr", "sshare", "scancel"):
+        (bin_dir / name).write_text(FAKE.format(log=calls))
+        (bin_dir / name).chmod(0o755)
+    for name in ("Snakefile", "config.yaml", "workflow", "config", "profiles"):
+        source = REPO / name
+        (shutil.copytree if source.is_dir() else shutil.copy)(source, work / name)
+    (work / "results" / "data").mkdir(parents=True)
+    (work / "results" / "data" / "mnist.pt").touch()  # its job is not the one under test
+
+    with open(tmp_path / "snakemake.log", "w") as log:
+        process = snakemake(work, *PROFILE, "results/train/grid/mnist/chunk0/runs.parquet",
+                            "--default-resources", "slurm_account=soap", "slurm_partition=gpu",
+                            path_prefix=str(bin_dir), background=True, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 120
+            while not (calls.exists() and "sbatch " in calls.read_text()):
+                assert process.poll() is None, (tmp_path / "snakemake.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, "no sbatch call"
+                time.sleep(0.2)
+        finally:
+            # The stand-in sacct never reports the job done: stop Snakemake once it has submitted.
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=60)
+    sbatch = next(line for line in calls.read_text().splitlines() if line.startswith("sbatch "))
+    for flag in ("--gpus=1", "--mem 16000", "-t 480", "--cpus-per-task=4", "-A soap", "-p gpu",
+                 "--config 'gpus=1'", "--target-jobs 'train_grid:dataset=mnist,chunk=0'"):
+        assert flag in sbatch, (flag, sbatch)
