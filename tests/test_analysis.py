@@ -16,7 +16,7 @@ import pytest
 from soap.analysis import analyze
 from soap.analysis.effective_lr import fit_lr_model
 from soap.analysis.inputs import at_lr
-from soap.analysis.mediation import fit_mediation
+from soap.analysis.mediation import fit_mediation, fit_pooled_mediation
 from soap.analysis.paired import paired_contrast
 from soap.analysis.time_to_target import km_median, survival_data
 from soap.synthetic import SyntheticSpec, generate_runs
@@ -143,15 +143,87 @@ def test_mediation_attributes_the_small_lr_advantage_to_the_gain():
         assert fit.effects["prop"]["estimate"] > 0.5
 
 
+def pooled_truth(spec, lrs, kind):
+    """True pooled-design ACME / total: the per-lr truths averaged with equal weight per lr."""
+    if kind == "acme":
+        return float(np.mean([spec.mediated_effect(lr) for lr in lrs]))
+    return float(np.mean([spec.expected_loss("sign", lr) - spec.expected_loss("sign_scaled", lr) for lr in lrs]))
+
+
 def test_mediation_rows_and_summary(result):
     med = result.summary["mediation"]["synthetic"]
-    assert med["lr"] == pytest.approx(SMALL_LR) and med["design"] == "fixed_lr"
+    # Default design: pooled over the grid lrs where sign and sign_scaled are both healthy (sign
+    # diverges from lr 0.1 up: effective lr 2 > 1.5).
+    assert med["design"] == "pooled" and med["lr"] is None
+    np.testing.assert_allclose(med["lrs"], [lr for lr in SPEC.grid_lrs if lr < 0.1])
     est = result.estimates[result.estimates["estimand"].str.startswith("mediation")]
     assert set(est["estimand"]) == {"mediation_acme", "mediation_ade", "mediation_total", "mediation_prop"}
     assert (est["method"] == "sign").all() and (est["reference"] == "sign_scaled").all()
-    total = rows(result, "mediation_total").loc["sign"]
+    assert_near(rows(result, "mediation_total").loc["sign"], pooled_truth(SPEC, med["lrs"], "total"))
+    assert_near(rows(result, "mediation_acme").loc["sign"], pooled_truth(SPEC, med["lrs"], "acme"))
+
+
+def test_fixed_lr_mediation_design_is_still_available():
+    fixed = analyze(generate_runs(GRID_ONLY, seed=11), fixed_lr=SMALL_LR, seed=0, n_boot=200,
+                    outcomes=("test_loss",), mediation_design="fixed_lr")
+    med = fixed.summary["mediation"]["synthetic"]
+    assert med["design"] == "fixed_lr" and med["lr"] == pytest.approx(SMALL_LR) and med["lrs"] == [SMALL_LR]
     true_total = SPEC.expected_loss("sign", SMALL_LR) - SPEC.expected_loss("sign_scaled", SMALL_LR)
-    assert_near(total, true_total)
+    assert_near(rows(fixed, "mediation_total").loc["sign"], true_total)
+
+
+def test_pooled_mediation_recovers_the_known_split_with_few_seeds():
+    # 8 seeds, as in the default study: the pooled design recovers ACME and ADE (the fixed-lr design
+    # needs ~30 seeds for that, see the test above), with intervals that cover the truth.
+    spec = replace(SPEC, grid_seeds=8, tuned_seeds=2)
+    true_ade = spec.direct_effect["sign"] - spec.direct_effect["sign_scaled"]
+    for seed in range(3):
+        runs = generate_runs(spec, seed=seed)
+        fit = fit_pooled_mediation(runs[runs["phase"] == "grid"], "test_loss", 300, np.random.default_rng(seed))
+        assert fit.design == "pooled" and len(fit.lrs) == 6
+        true_acme = pooled_truth(spec, fit.lrs, "acme")
+        assert fit.effects["acme"]["ci_low"] <= true_acme <= fit.effects["acme"]["ci_high"]
+        assert fit.effects["ade"]["ci_low"] <= true_ade <= fit.effects["ade"]["ci_high"]
+        # Narrower than the fixed-lr design on the same runs.
+        fixed = fit_mediation(at_lr(runs[runs["phase"] == "grid"], SMALL_LR), "test_loss", 300,
+                              np.random.default_rng(seed))
+        width = {k: f.effects["acme"]["ci_high"] - f.effects["acme"]["ci_low"] for k, f in
+                 (("pooled", fit), ("fixed", fixed))}
+        assert width["pooled"] < width["fixed"] / 2, width
+
+
+# sign's gain of 200 puts its effective lr at 0.02..6 on a grid where bp's healthy range is
+# 1e-4..0.1: the supports only partly overlap. sign's lr 0.01 cell straddles the divergence edge.
+PARTIAL = replace(SPEC, grid_lrs=tuple(np.logspace(-4, -1, 7)), gain={**SPEC.gain, "sign": (200.0, 0.15)},
+                  diverge_elr=2.0, tuned_seeds=2)
+
+
+def test_effective_lr_is_restricted_to_bp_support_and_recovers_the_truth_there():
+    runs = generate_runs(PARTIAL, seed=5)
+    grid = runs[runs["phase"] == "grid"]
+    fit = fit_lr_model(grid, "test_loss")
+    support = fit.support
+    assert support["low"] == pytest.approx(1e-4) and support["high"] == pytest.approx(0.1)
+    sign = grid[grid["method"] == "sign"]
+    healthy = sign.groupby("lr")["diverged"].transform("any") == 0
+    outside = healthy & ~sign["effective_lr"].between(1e-4, 0.1)
+    assert support["n_dropped"]["sign"] == outside.sum() > 0
+    assert support["n_unhealthy_cell"]["sign"] == ((~healthy) & ~sign["diverged"]).sum() > 0
+    assert support["n_used"]["sign"] == (healthy & ~outside).sum() > 0
+    lo, hi = support["used_range"]["sign"]
+    assert 1e-4 <= lo <= hi <= 0.1
+    for method in NON_BP:
+        assert_near(fit.coef[method], PARTIAL.direct_effect[method])
+
+
+def test_effective_lr_coverage_with_partial_overlap():
+    hits, n_datasets = 0, 60
+    for seed in range(n_datasets):
+        runs = generate_runs(PARTIAL, seed=3000 + seed)
+        coef = fit_lr_model(runs[runs["phase"] == "grid"], "test_loss").coef["sign"]
+        hits += coef["ci_low"] <= PARTIAL.direct_effect["sign"] <= coef["ci_high"]
+    # 60 intervals at 95%: P(hits < 52) ~ 0.005.
+    assert 52 <= hits <= 60, hits
 
 
 def test_time_to_target_recovers_median_ratios(result):
@@ -188,6 +260,22 @@ def test_time_to_target_handles_heavy_censoring_without_bias():
     # dropping censored runs takes the median of a truncated sample and lands ~0.25 low.
     assert abs(np.mean(km_logs) - truth) < 0.1
     assert np.mean(dropped_logs) < truth - 0.15
+
+
+def test_arm_that_never_reaches_the_target_gets_no_cox_estimate_but_a_logrank_p():
+    runs = generate_runs(CENSORED, seed=1)
+    never = (runs["method"] == "fa") & (runs["phase"] == "tuned")
+    runs.loc[never, "reached_target"] = False
+    runs.loc[never, "examples_to_target"] = np.nan
+    ttt = analyze(runs, seed=0, n_boot=200).summary["time_to_target"]["synthetic"]
+    assert ttt["hazard_ratio_not_estimable"] == ["fa"]
+    hr = ttt["hazard_ratio"]["fa"]
+    assert hr["estimate"] is None and hr["ci_low"] is None
+    assert 0 < hr["p_value"] < 1e-6  # 60 vs 0 events: overwhelming, but not the Wald p of 0
+    ratio = ttt["ratio"]["fa"]
+    # The median ratio is censored: at least the budget over bp's median, unbounded above.
+    assert ratio["estimate"] is None and ratio["ci_high"] is None
+    assert ratio["ci_low"] == pytest.approx(CENSORED.budget_examples / ttt["median_examples"]["bp"], rel=0.3)
 
 
 def test_time_to_target_interval_under_heavy_censoring():

@@ -144,7 +144,8 @@ def test_run_analysis_writes_contract_files_from_csv(tmp_path):
         assert key in summary
     assert summary["n_runs"] == len(runs)
     assert summary["excluded_diverged"]["effective_lr"] == int(runs.query("phase == 'grid'")["diverged"].sum())
-    assert summary["mediation"]["synthetic"]["design"] == "fixed_lr"
+    assert summary["mediation"]["synthetic"]["design"] == "pooled"
+    assert summary["mediation"]["synthetic"]["lr"] is None and len(summary["mediation"]["synthetic"]["lrs"]) > 1
     km = pd.read_csv(out / "km.csv")
     assert list(km.columns) == ["dataset", "method", "examples", "survival", "ci_low", "ci_high"]
     assert km["survival"].between(0, 1).all()
@@ -175,9 +176,17 @@ def test_method_diverged_everywhere_at_the_shared_lr_is_reported_not_fatal():
     runs = generate_runs(spec, seed=0)
     at_shared = runs[(runs["phase"] == "grid") & np.isclose(runs["lr"], 0.1)]
     assert at_shared.loc[at_shared["method"] == "sign", "diverged"].all()
-    result = analyze(runs, fixed_lr=0.1, n_boot=100)
+    result = analyze(runs, fixed_lr=0.1, n_boot=100, mediation_design="fixed_lr")
     sign = result.estimates.query("estimand == 'fixed_lr' and method == 'sign' and outcome == 'test_loss'")
     assert sign["n"].item() == 0 and np.isnan(sign["estimate"].item())
     assert result.summary["excluded_diverged"]["fixed_lr"] == int(at_shared["diverged"].sum())
     assert "synthetic" in result.summary["mediation_skipped"]
     json.dumps(result.summary, allow_nan=False)  # still strict JSON
+    # The pooled design uses the lrs where both arms are healthy, so it still runs, without lr 0.1.
+    pooled = analyze(runs, fixed_lr=0.1, n_boot=100).summary["mediation"]["synthetic"]
+    assert pooled["design"] == "pooled" and all(lr < 0.1 for lr in pooled["lrs"])
+
+
+def test_unknown_mediation_design_is_an_error():
+    with pytest.raises(AnalysisError, match="mediation_design"):
+        analyze(TOY, mediation_design="nope")

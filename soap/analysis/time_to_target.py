@@ -134,8 +134,8 @@ def logrank_p(surv: pd.DataFrame, method: str) -> float:
     pair = surv[surv["method"].isin([method, REFERENCE])]
     if pair["event"].sum() == 0:
         return np.nan
-    _, p_value = survdiff(pair["time"].to_numpy(), pair["event"].to_numpy(), pair["method"].to_numpy())
-    return float(p_value)
+    chi2, _ = survdiff(pair["time"].to_numpy(), pair["event"].to_numpy(), pair["method"].to_numpy())
+    return float(stats.chi2.sf(chi2, df=1))  # survdiff's own p is 1 - cdf, which underflows to 0
 
 
 def fit_cox(surv: pd.DataFrame) -> CoxFit | None:
