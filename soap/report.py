@@ -374,7 +374,10 @@ def _mediation_context(block: Mapping | None) -> dict | None:
     if not block:
         return None
     return {"exposure": str(block.get("exposure", "sign")), "control": str(block.get("control", "sign_scaled")),
-            "lr": fmt_num(block.get("lr")), "design": str(block.get("design", "")), "n": fmt_int(block.get("n")),
+            # one shared lr (fixed_lr design), or every grid lr where both arms are healthy (pooled)
+            "lr": fmt_num(block["lr"]) if block.get("lr") is not None
+            else ", ".join(fmt_num(lr) for lr in block.get("lrs") or []) or "n/a",
+            "design": str(block.get("design", "")), "n": fmt_int(block.get("n")),
             **{part: fmt_interval(block.get(part)) for part in ("acme", "ade", "total", "prop")}}
 
 
