@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from soap.tables import write_table, write_text
+from soap.tuning import add_tune_arguments
 
 log = logging.getLogger("soap")
 
@@ -84,12 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.set_defaults(func=prepare_data_command)
 
     tune = commands.add_parser("tune", help="tune one method's learning rate with Optuna")
-    try:
-        from soap.tuning import add_tune_arguments
-    except ImportError:  # tuning is optional for the core library's users
-        add_tune_arguments = None
-    if add_tune_arguments is not None:
-        add_tune_arguments(tune)
+    add_tune_arguments(tune)
     tune.set_defaults(func=tune_command)
 
     analyze = commands.add_parser("analyze", help="estimate the study's estimands from a runs table")

@@ -2,20 +2,9 @@
 
 from __future__ import annotations
 
-from soap.config import ConfigError
+from soap.analysis.errors import AnalysisError
+from soap.config import ConfigError  # TuneError and study-config errors derive from it
 from soap.data import DataError
 from soap.tables import TableError
 
-
-def _user_errors() -> tuple[type[Exception], ...]:
-    errors: list[type[Exception]] = [ConfigError, DataError, TableError]
-    try:  # the analysis defines its own input errors
-        from soap.analysis.errors import AnalysisError
-    except ImportError:
-        pass
-    else:
-        errors.append(AnalysisError)
-    return tuple(errors)
-
-
-USER_ERRORS = _user_errors()
+USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, DataError, TableError, AnalysisError)
