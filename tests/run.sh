@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything the test suite needs on a fresh Debian machine, then run it.
-#   SOAP_DATA_ROOT: folder holding MNIST/raw and FashionMNIST/raw (default ../shared/data)
+#   SOAP_DATA_ROOT: folder holding MNIST/raw and FashionMNIST/raw (default: ../shared/data if it
+#   exists, else data/, downloaded through torchvision on first use; see tests/conftest.py)
 #   extra arguments go to pytest
 set -euo pipefail
 cd "$(dirname "$0")/.."
