@@ -117,7 +117,7 @@ def test_population_call_equals_per_member_calls():
 def test_refresh_due_at_multiples_of_the_period():
     period, batch = 100, 48  # 48 does not divide 100
     seen, fired = 0, []
-    for step in range(1, 13):
+    for _ in range(12):
         if refresh_due(seen, seen + batch, period):
             fired.append(seen + batch)
         seen += batch
