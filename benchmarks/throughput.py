@@ -3,7 +3,7 @@
 Prints run-examples/s of the population trainer for P = 1, 4, 16 (default 784-256-256-10 tanh MLP,
 batch 64, `fa`), of a conventional loop (torchvision Dataset + DataLoader + nn.Module with the FA
 autograd Function, one run at a time), their ratio, the fraction of this machine's measured float32
-matmul FLOP/s that training reaches, and the cost of logging (default intervals vs almost none).
+matmul FLOP/s that training reaches, with logging at its default intervals and with almost none.
 
     python benchmarks/throughput.py --data-root ../shared/data [--device cpu] [--pops 1,4,16,64]
 """
@@ -37,7 +37,7 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def matmul_flops(device: torch.device, n: int = 2048, repeats: int = 10) -> float:
+def matmul_flops(device: torch.device, n: int = 2048, repeats: int = 5) -> float:
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     a @ b
     times = []
@@ -93,25 +93,30 @@ def main() -> None:
     args = parser.parse_args()
     device = resolve_device(args.device)
     data = load_dataset("mnist", args.data_root, download=False)
-    median = lambda measure: statistics.median(measure() for _ in range(args.repeats))  # noqa: E731
-    peak = max(matmul_flops(device, n) for n in (1024, 2048))
     per_example = flops_per_example(SIZES)
-    conventional = median(lambda: conventional_rate(args.data_root, args.examples // 4, device))
-    print(f"device {device}, {torch.get_num_threads()} threads; float32 matmul peak {peak / 1e9:.1f} GFLOP/s; "
-          f"median of {args.repeats}")
+    conventional = statistics.median(
+        conventional_rate(args.data_root, args.examples // 4, device) for _ in range(args.repeats))
+    print(f"device {device}, {torch.get_num_threads()} threads; medians of {args.repeats}; the matmul peak "
+          f"(float32, 2048x2048) is measured right before each training measurement and each fraction "
+          f"is taken against its own peak, so drift in the machine's speed cancels")
     print(f"conventional loop (DataLoader + nn.Module, fa): {conventional:,.0f} examples/s")
-    print(f"{'P':>4} {'run-examples/s':>15} {'vs conventional':>16} {'of matmul peak':>15}")
+    print(f"{'P':>4} {'logging':>8} {'run-examples/s':>15} {'vs conventional':>16} {'of matmul peak':>15} "
+          f"{'peak GFLOP/s':>13}")
     for pop in map(int, args.pops.split(",")):
-        rate = median(lambda: population_rate(data, pop, args.examples, device))
-        print(f"{pop:>4} {rate:>15,.0f} {rate / conventional:>15.1f}x {rate * per_example / peak:>14.0%}")
-    # Logging on and off alternate, so drift in the machine's speed hits both alike.
-    pop, logged, quiet = 16, [], []
-    for _ in range(args.repeats):
-        logged.append(population_rate(data, pop, args.examples, device, logging=True))
-        quiet.append(population_rate(data, pop, args.examples, device, logging=False))
-    logged, quiet = statistics.median(logged), statistics.median(quiet)
-    print(f"logging at default intervals, P={pop}: {logged:,.0f} vs {quiet:,.0f} run-examples/s with "
-          f"almost none ({1 - logged / quiet:.1%} of training time)")
+        # logging on and off alternate, so drift hits both alike
+        measured = {True: [], False: []}
+        for _ in range(args.repeats):
+            for logging in (True, False):
+                peak = matmul_flops(device)
+                measured[logging].append((population_rate(data, pop, args.examples, device, logging), peak))
+        for logging, pairs in measured.items():
+            rate = statistics.median(r for r, _ in pairs)
+            fraction = statistics.median(r * per_example / p for r, p in pairs)
+            peak = statistics.median(p for _, p in pairs)
+            print(f"{pop:>4} {'default' if logging else 'off':>8} {rate:>15,.0f} {rate / conventional:>15.1f}x "
+                  f"{fraction:>14.0%} {peak / 1e9:>13.1f}")
+        logged, quiet = (statistics.median(r for r, _ in measured[flag]) for flag in (True, False))
+        print(f"{'':>4} logging at default intervals: {1 - logged / quiet:.1%} of training time")
 
 
 if __name__ == "__main__":

@@ -14,11 +14,15 @@ from torch import Tensor
 
 
 def angle_degrees(a: Tensor, b: Tensor) -> Tensor:
-    """Angle between a[p] and b[p] seen as flat vectors, per member: (pop, ...) x2 -> (pop,)."""
-    # float64: arccos near 1 turns float32 rounding into spurious hundredths of a degree
-    a, b = a.flatten(1).double(), b.flatten(1).double()
-    cos = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-30)
-    return torch.rad2deg(torch.arccos(cos.clamp(-1.0, 1.0))).float()
+    """Angle between a[p] and b[p] seen as flat vectors, per member: (pop, ...) x2 -> (pop,).
+
+    As 2 atan2(|a/|a| - b/|b||, |a/|a| + b/|b||) (Kahan): exact at 0 and 180 degrees in float32, where
+    arccos of the cosine turns rounding into spurious hundredths of a degree. A zero vector gives 90.
+    """
+    a, b = a.flatten(1), b.flatten(1)
+    a = a / a.norm(dim=1, keepdim=True).clamp_min(1e-30)
+    b = b / b.norm(dim=1, keepdim=True).clamp_min(1e-30)
+    return torch.rad2deg(2 * torch.atan2((a - b).norm(dim=1), (a + b).norm(dim=1)))
 
 
 def signal_agreement(rule_delta: Tensor, bp_delta: Tensor) -> tuple[Tensor, Tensor]:

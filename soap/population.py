@@ -21,7 +21,6 @@ from datetime import datetime, timezone
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -75,30 +74,25 @@ class PopulationMLP:
         acts = [x]
         for layer, (w, b) in enumerate(zip(self.weights, self.biases)):
             a = linear_forward(acts[-1], w, b)  # (pop, batch, out)
-            acts.append(self.activation.forward(a) if layer < len(self.weights) - 1 else a)
+            acts.append(self.activation.forward_(a) if layer < len(self.weights) - 1 else a)
         return acts
 
-    def error_signals(self, acts: list[Tensor], y: Tensor, feedback: list[Tensor],
-                      lr: Tensor | None = None) -> list[Tensor]:
-        """delta_l = dL/da_l at every layer's pre-activation, sent down through `feedback`.
+    def error_signals(self, acts: list[Tensor], output_error: Tensor, feedback: list[Tensor],
+                      apply_sgd: bool = False) -> list[Tensor]:
+        """delta_l = dL/da_l at every layer's pre-activation, sent down from the logits through `feedback`.
 
-        L is each member's mean cross-entropy over its batch. With lr (pop,), the signals are scaled by
-        each member's learning rate and SGD is applied in place on the way down (W_l is updated only
-        after its own feedback product is taken, so every gradient sees the pre-step weights).
+        With apply_sgd, `output_error` must already be scaled by each member's learning rate, and SGD is
+        applied in place on the way down (W_l is updated only after its own feedback product is taken,
+        so every gradient sees the pre-step weights).
         """
-        logits = acts[-1]
-        delta = torch.softmax(logits, dim=-1)  # dL/dlogits = (softmax - onehot) / batch
-        delta.scatter_add_(-1, y.unsqueeze(-1), torch.full(y.shape + (1,), -1.0, device=delta.device))
-        delta /= logits.shape[-2]
-        if lr is not None:
-            delta *= lr.view(-1, 1, 1)
+        delta = output_error
         deltas = [delta]
         for layer in reversed(range(len(self.weights))):
             upstream = feedback_grad_input(delta, feedback[layer]) if layer else None  # (pop, batch, in)
-            if lr is not None:
+            if apply_sgd:
                 sgd_update_(self.weights[layer], self.biases[layer], delta, acts[layer])
             if layer:
-                delta = upstream * self.activation.grad_from_output(acts[layer])
+                delta = self.activation.backward(upstream, acts[layer])
                 deltas.insert(0, delta)
         return deltas
 
@@ -107,8 +101,9 @@ class PopulationMLP:
         """One SGD step of every member on its own batch: x (pop, batch, in), y (pop, batch), lr (pop,).
         Returns the per-member loss before the step."""
         acts = self.forward(x)
-        loss = _cross_entropy(acts[-1], y)
-        self.error_signals(acts, y, self.feedback, lr=lr)
+        loss, log_probs = _cross_entropy(acts[-1], y)
+        scaled_error = _output_error_(log_probs, y).mul_(lr.view(-1, 1, 1))
+        self.error_signals(acts, scaled_error, self.feedback, apply_sgd=True)
         self._sync_tracking()
         return loss
 
@@ -144,7 +139,7 @@ class PopulationMLP:
         for start in range(0, len(y), chunk):
             xs, ys = x[start:start + chunk], y[start:start + chunk]
             logits = self.forward(xs)[-1]
-            total_loss += _cross_entropy(logits, ys) * len(ys)
+            total_loss += _cross_entropy(logits, ys)[0] * len(ys)
             correct += (logits.argmax(-1) == ys).sum(1)
         return total_loss / len(y), correct / len(y)
 
@@ -153,8 +148,9 @@ class PopulationMLP:
         """Per layer: angle(B, W); per hidden layer: cosine and norm ratio of the rule's error signal
         against BP's on the same batch and weights."""
         acts = self.forward(x)
-        rule = self.error_signals(acts, y, self.feedback)
-        bp = self.error_signals(acts, y, self.weights)
+        output_error = _output_error_(_cross_entropy(acts[-1], y)[1], y)
+        rule = self.error_signals(acts, output_error, self.feedback)
+        bp = self.error_signals(acts, output_error, self.weights)
         out = {}
         for layer, (w, fb) in enumerate(zip(self.weights, self.feedback)):
             out[f"angle_l{layer}"] = angle_degrees(fb, w)
@@ -163,11 +159,25 @@ class PopulationMLP:
         return out
 
 
-def _cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
-    """Mean cross-entropy per member: logits (pop, batch, classes), y (pop, batch) or (batch,) -> (pop,)."""
-    pop, batch = logits.shape[:2]
-    targets = y.expand(pop, batch) if y.dim() == 1 else y
-    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view(pop, batch).mean(1)
+def _cross_entropy(logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean cross-entropy per member (pop,) and the log-probabilities it came from.
+
+    logits (pop, batch, classes); y (pop, batch), or (batch,) shared by every member.
+    """
+    log_probs = torch.log_softmax(logits, dim=-1)
+    return -log_probs.gather(-1, _targets(y, logits)).mean((-2, -1)), log_probs
+
+
+def _output_error_(log_probs: Tensor, y: Tensor) -> Tensor:
+    """dL/dlogits of each member's mean cross-entropy, (softmax - onehot) / batch, overwriting log_probs."""
+    targets = _targets(y, log_probs)
+    delta = log_probs.exp_()
+    delta.scatter_add_(-1, targets, torch.full(targets.shape, -1.0, dtype=delta.dtype, device=delta.device))
+    return delta.div_(log_probs.shape[-2])
+
+
+def _targets(y: Tensor, logits: Tensor) -> Tensor:
+    return y.expand(logits.shape[:-1]).unsqueeze(-1)  # (pop, batch, 1), for gather and scatter
 
 
 @dataclass
@@ -229,7 +239,7 @@ def train_population(config: TrainConfig, data: Splits | None = None, progress: 
 
     alive = torch.ones(pop, dtype=torch.bool, device=device)
     diverged_at = np.full(pop, np.nan)
-    ema = torch.full((pop,), math.nan, device=device)
+    ema = torch.full((pop,), math.nan, device=device)  # before the first step
     train_log: list[tuple[int, Tensor, Tensor]] = []  # (examples, loss, ema) on device
     eval_log: list[tuple[int, dict[str, Tensor]]] = []
 
@@ -257,7 +267,8 @@ def train_population(config: TrainConfig, data: Splits | None = None, progress: 
 
         before, seen = seen, seen + batch
         model.refresh(refresh_due(before, seen, periods))
-        ema = torch.where(torch.isnan(ema), loss, config.ema_beta * ema + (1 - config.ema_beta) * loss)
+        # NaN stays NaN: a member whose loss was ever non-finite is caught at the next log point
+        ema = loss.clone() if step == 0 else ema.mul_(config.ema_beta).add_(loss, alpha=1 - config.ema_beta)
 
         if refresh_due(before, seen, config.log_every) or step == total_steps - 1:
             bad = alive & ~(torch.isfinite(ema) & (ema < divergence_loss))

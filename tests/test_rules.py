@@ -137,11 +137,15 @@ def test_mlp_builds_the_architecture():
 
 
 @pytest.mark.parametrize("name", sorted(ACTIVATIONS))
-def test_activation_derivative_from_output_matches_autograd(name):
-    a = torch.linspace(-3, 3, 61, dtype=torch.float64).requires_grad_()
-    h = ACTIVATIONS[name].forward(a)
-    (expected,) = torch.autograd.grad(h.sum(), a)
-    torch.testing.assert_close(ACTIVATIONS[name].grad_from_output(h.detach()), expected)
+def test_activation_matches_its_torch_module_under_autograd(name):
+    activation = ACTIVATIONS[name]
+    a = torch.linspace(-6, 6, 241).requires_grad_()  # float32, the trainer's dtype; includes 0
+    expected_h = activation.module()(a)
+    grad_h = torch.randn(241, generator=torch.Generator().manual_seed(0))
+    (expected_grad_a,) = torch.autograd.grad(expected_h, a, grad_h)
+    h = activation.forward_(a.detach().clone())
+    torch.testing.assert_close(h, expected_h.detach(), atol=2e-7, rtol=0)
+    torch.testing.assert_close(activation.backward(grad_h, h), expected_grad_a, atol=1e-6, rtol=1e-5)
 
 
 def test_fused_sgd_update_equals_subtracting_the_gradients():
