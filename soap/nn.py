@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from soap.rules import get_rule
@@ -47,11 +48,20 @@ ACTIVATIONS = {
 
 
 def linear_forward(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """y = x W^T + b for (batch, in) x (out, in), or (pop, batch, in) x (pop, out, in)."""
-    out = x @ weight.transpose(-1, -2)  # (pop, batch, out) or (batch, out)
-    if bias is not None:
-        out = out + bias.unsqueeze(-2)  # (pop, 1, out) broadcasts over the batch
-    return out
+    """y = x W^T + b for (batch, in) x (out, in), or (pop, batch, in) x (pop, out, in).
+
+    A stacked weight also takes a (batch, in) input shared by every member.
+    """
+    if weight.dim() == 2:
+        return F.linear(x, weight, bias)  # exactly nn.Linear's forward
+    if x.dim() == 2:
+        x = x.expand(weight.shape[0], -1, -1)
+    # The bias rides in the GEMM (baddbmm), saving a pass over the output. A layer narrower than the
+    # batch (the 10 logits) is computed as (W x^T)^T: the same product, about twice as fast on CPU.
+    if weight.shape[-2] < x.shape[-2]:
+        out = torch.bmm(weight, x.mT) if bias is None else torch.baddbmm(bias.unsqueeze(-1), weight, x.mT)
+        return out.mT
+    return torch.bmm(x, weight.mT) if bias is None else torch.baddbmm(bias.unsqueeze(-2), x, weight.mT)
 
 
 def feedback_grad_input(grad_out: Tensor, feedback: Tensor) -> Tensor:
