@@ -96,19 +96,20 @@ def main() -> None:
     per_example = flops_per_example(SIZES)
     conventional = statistics.median(
         conventional_rate(args.data_root, args.examples // 4, device) for _ in range(args.repeats))
-    print(f"device {device}, {torch.get_num_threads()} threads; medians of {args.repeats}; the matmul peak "
-          f"(float32, 2048x2048) is measured right before each training measurement and each fraction "
-          f"is taken against its own peak, so drift in the machine's speed cancels")
+    print(f"device {device}, {torch.get_num_threads()} threads; medians of {args.repeats}. The float32 matmul "
+          f"peak (2048x2048) is measured just before and just after each training measurement, and each "
+          f"fraction is taken against the mean of those two, so drift in the machine's speed cancels.")
     print(f"conventional loop (DataLoader + nn.Module, fa): {conventional:,.0f} examples/s")
     print(f"{'P':>4} {'logging':>8} {'run-examples/s':>15} {'vs conventional':>16} {'of matmul peak':>15} "
           f"{'peak GFLOP/s':>13}")
     for pop in map(int, args.pops.split(",")):
         # logging on and off alternate, so drift hits both alike
-        measured = {True: [], False: []}
+        measured, peak_before = {True: [], False: []}, matmul_flops(device)
         for _ in range(args.repeats):
             for logging in (True, False):
-                peak = matmul_flops(device)
-                measured[logging].append((population_rate(data, pop, args.examples, device, logging), peak))
+                rate, peak_after = population_rate(data, pop, args.examples, device, logging), matmul_flops(device)
+                measured[logging].append((rate, (peak_before + peak_after) / 2))
+                peak_before = peak_after
         for logging, pairs in measured.items():
             rate = statistics.median(r for r, _ in pairs)
             fraction = statistics.median(r * per_example / p for r, p in pairs)
