@@ -1,6 +1,6 @@
 """Throughput of the population trainer against a conventional training loop, measured side by side.
 
-Prints run-examples/s of the population trainer for P = 1, 4, 16 (default 784-256-256-10 tanh MLP,
+Prints run-examples/s of the population trainer for P = 1, 4, 16, 64 (default 784-256-256-10 tanh MLP,
 batch 64, `fa`), of a conventional loop (torchvision Dataset + DataLoader + nn.Module with the FA
 autograd Function, one run at a time), their ratio, the fraction of this machine's measured float32
 matmul FLOP/s that training reaches, with logging at its default intervals and with almost none.
