@@ -10,6 +10,7 @@ means, so a member's gradients are exactly those it would get trained alone.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import platform
@@ -57,9 +58,8 @@ class PopulationMLP:
         self.weights = [stack("weight", l) for l in layers]  # (pop, out, in)
         self.biases = [stack("bias", l) for l in layers]  # (pop, out)
         self.feedback = [stack("feedback", l) for l in layers]  # (pop, out, in)
-        # Members whose backward uses W itself keep B = W by a copy after every update.
-        self.tracking = torch.tensor([i for i, r in enumerate(self.rules) if r.uses_weight], device=device,
-                                     dtype=torch.long)
+        # Members whose backward uses W itself keep B = W by a copy after every update (_sync_tracking).
+        self.tracking = _contiguous_runs([i for i, r in enumerate(self.rules) if r.uses_weight])
         self._sync_tracking()
         refreshing = sorted({r.name for r in self.rules if r.refresh is not None})
         self.refresh_groups = {
@@ -104,7 +104,9 @@ class PopulationMLP:
         loss, log_probs = _cross_entropy(acts[-1], y)
         scaled_error = _output_error_(log_probs, y).mul_(lr.view(-1, 1, 1))
         self.error_signals(acts, scaled_error, self.feedback, apply_sgd=True)
-        self._sync_tracking()
+        # The first layer's B sends nothing down (no gradient goes to the data): only alignment() reads
+        # it, and syncs it then, which spares copying the largest weight every step.
+        self._sync_tracking(first_layer=1)
         return loss
 
     @torch.no_grad()
@@ -118,10 +120,10 @@ class PopulationMLP:
                     fb[index] = get_rule(name).refresh(w[index])
 
     @torch.no_grad()
-    def _sync_tracking(self) -> None:
-        if self.tracking.numel():
-            for w, fb in zip(self.weights, self.feedback):
-                fb[self.tracking] = w[self.tracking]
+    def _sync_tracking(self, first_layer: int = 0) -> None:
+        for w, fb in zip(self.weights[first_layer:], self.feedback[first_layer:]):
+            for members in self.tracking:
+                fb[members] = w[members]
 
     @torch.no_grad()
     def freeze(self, members: Tensor) -> None:
@@ -147,6 +149,7 @@ class PopulationMLP:
     def alignment(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         """Per layer: angle(B, W); per hidden layer: cosine and norm ratio of the rule's error signal
         against BP's on the same batch and weights."""
+        self._sync_tracking()
         acts = self.forward(x)
         output_error = _output_error_(_cross_entropy(acts[-1], y)[1], y)
         rule = self.error_signals(acts, output_error, self.feedback)
@@ -157,6 +160,16 @@ class PopulationMLP:
         for layer in range(len(self.weights) - 1):  # hidden layers: the output layer's signal is exact
             out[f"cos_l{layer}"], out[f"norm_ratio_l{layer}"] = signal_agreement(rule[layer], bp[layer])
         return out
+
+
+def _contiguous_runs(indices: list[int]) -> list[slice]:
+    """[0, 1, 2, 5, 6] -> [slice(0, 3), slice(5, 7)]: a copy through a slice is one pass, through an
+    index tensor a gather and a scatter."""
+    runs = []
+    for _, group in itertools.groupby(enumerate(indices), key=lambda pair: pair[1] - pair[0]):
+        members = [index for _, index in group]
+        runs.append(slice(members[0], members[-1] + 1))
+    return runs
 
 
 def _cross_entropy(logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
@@ -239,7 +252,6 @@ def train_population(config: TrainConfig, data: Splits | None = None, progress: 
 
     alive = torch.ones(pop, dtype=torch.bool, device=device)
     diverged_at = np.full(pop, np.nan)
-    ema = torch.full((pop,), math.nan, device=device)  # before the first step
     train_log: list[tuple[int, Tensor, Tensor]] = []  # (examples, loss, ema) on device
     eval_log: list[tuple[int, dict[str, Tensor]]] = []
 

@@ -80,6 +80,18 @@ def test_a_member_does_not_depend_on_its_population():
         assert member[column] == pytest.approx(alone[column], rel=1e-4), column
 
 
+def test_bp_members_apart_in_a_population_train_as_alone_and_stay_aligned():
+    # bp members at positions 0 and 2 keep B = W through two separate copies each step
+    members = [{"method": "bp", "lr": 0.3, "seed": 1}, {"method": "fa", "lr": 0.3, "seed": 1},
+               {"method": "bp", "lr": 0.1, "seed": 2}]
+    crowd = train(members=members)
+    for position in (0, 2):
+        alone = train(members=[members[position]]).runs.iloc[0]
+        assert crowd.runs.iloc[position]["val_loss"] == pytest.approx(alone["val_loss"], rel=1e-4)
+    bp = crowd.curves[crowd.curves.run_id.isin(crowd.runs.run_id[[0, 2]])].dropna(subset=["angle_l0"])
+    assert (bp[["angle_l0", "angle_l1", "angle_l2"]] == 0).all().all()
+
+
 def test_same_seed_same_numbers_different_seed_different_numbers():
     first = train(methods=["fa", "sign"], lrs=[0.1], seeds=[0, 1])
     again = train(methods=["fa", "sign"], lrs=[0.1], seeds=[0, 1])
