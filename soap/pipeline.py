@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from soap.config import ConfigError, TrainConfig
-from soap.tables import validate_runs, write_table, write_text
+from soap.tables import validate_curves, validate_runs, write_table, write_text
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +193,8 @@ def gather(runs_paths: Iterable, curves_paths: Iterable, meta_paths: Iterable, t
     """Concatenate the jobs' tables, fill the time-to-target columns (target: "auto" or a loss) and
     build the provenance record (config: the study config it records)."""
     runs = pd.concat([pd.read_parquet(p) for p in runs_paths], ignore_index=True)
-    curves = pd.concat([pd.read_parquet(p) for p in curves_paths], ignore_index=True)
+    curves = validate_curves(pd.concat([pd.read_parquet(p) for p in curves_paths], ignore_index=True),
+                             source="gathered curves")
     runs = validate_runs(fill_targets(runs, curves, target), source="gathered runs")
     metas = [json.loads(Path(p).read_text()) for p in meta_paths]
     provenance = {

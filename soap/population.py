@@ -252,6 +252,7 @@ def train_population(config: TrainConfig, data: Splits | None = None, progress: 
 
     alive = torch.ones(pop, dtype=torch.bool, device=device)
     diverged_at = np.full(pop, np.nan)
+    ema: Tensor | None = None  # smoothed training loss, from the first step's loss on
     train_log: list[tuple[int, Tensor, Tensor]] = []  # (examples, loss, ema) on device
     eval_log: list[tuple[int, dict[str, Tensor]]] = []
 
@@ -280,7 +281,7 @@ def train_population(config: TrainConfig, data: Splits | None = None, progress: 
         before, seen = seen, seen + batch
         model.refresh(refresh_due(before, seen, periods))
         # NaN stays NaN: a member whose loss was ever non-finite is caught at the next log point
-        ema = loss.clone() if step == 0 else ema.mul_(config.ema_beta).add_(loss, alpha=1 - config.ema_beta)
+        ema = loss.clone() if ema is None else ema.mul_(config.ema_beta).add_(loss, alpha=1 - config.ema_beta)
 
         if refresh_due(before, seen, config.log_every) or step == total_steps - 1:
             bad = alive & ~(torch.isfinite(ema) & (ema < divergence_loss))

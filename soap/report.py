@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from soap import figures as F
-from soap.tables import read_table, validate_runs, write_table, write_text
+from soap.tables import read_table, validate_curves, validate_runs, write_table, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +121,8 @@ def load_inputs(results_dir: str | Path) -> Inputs:
     runs = validate_runs(read_table(results / "runs.parquet"), source=str(results / "runs.parquet"))
     if "effective_lr" not in runs:  # an extra column (tables.RUNS_EXTRA_COLUMNS); derivable by definition
         runs["effective_lr"] = runs["lr"] * runs["feedback_gain"]
-    inputs = Inputs(runs=runs, curves=read_table(results / "curves.parquet"),
+    curves = validate_curves(read_table(results / "curves.parquet"), source=str(results / "curves.parquet"))
+    inputs = Inputs(runs=runs, curves=curves,
                     summary=json.loads(summary_path.read_text()))
     inputs.estimates = _optional_table(results / "analysis" / "estimates.csv", inputs.missing)
     if inputs.estimates is None and inputs.summary.get("estimates"):

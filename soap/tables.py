@@ -45,9 +45,9 @@ RUNS_EXTRA_COLUMNS = (
 )
 
 CURVES_KEY = ("run_id", "examples")
-# Logged quantities; per-layer ones are suffixed with the layer index: angle_l0, cos_l1, ...
+# Logged quantities (NaN between their logging points). Per-layer ones come besides, suffixed with the
+# layer index: angle_l0, ...; cos_l0, norm_ratio_l0, ... for hidden layers.
 CURVES_COLUMNS = ("train_loss", "train_loss_ema", "val_loss", "val_acc")
-CURVES_LAYER_PREFIXES = ("angle", "cos", "norm_ratio")
 
 
 class TableError(ValueError):
@@ -91,6 +91,19 @@ def validate_runs(runs: pd.DataFrame, source: str = "runs table") -> pd.DataFram
         dupes = out.loc[out["run_id"].duplicated(), "run_id"].unique()[:5]
         raise TableError(f"{source}: run_id must be unique; repeated: {', '.join(dupes)}")
     return out
+
+
+def validate_curves(curves: pd.DataFrame, source: str = "curves table") -> pd.DataFrame:
+    """Check a curves table against the contract: its key and logged columns, one row per key."""
+    missing = [c for c in (*CURVES_KEY, *CURVES_COLUMNS) if c not in curves.columns]
+    if missing:
+        raise TableError(f"{source} is missing required column(s): {', '.join(missing)}")
+    repeated = curves.duplicated(list(CURVES_KEY))
+    if repeated.any():
+        first = curves.loc[repeated, list(CURVES_KEY)].iloc[0]
+        raise TableError(f"{source}: (run_id, examples) must be unique; repeated: "
+                         f"({first['run_id']}, {first['examples']})")
+    return curves
 
 
 def _as_bool(column: pd.Series) -> pd.Series:

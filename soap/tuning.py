@@ -65,11 +65,6 @@ class TuneError(ConfigError):
     """A study that cannot give a learning rate (e.g. every trial diverged: the range is too high)."""
 
 
-def search_space(trial, low: float, high: float) -> dict:
-    """The whole search space: one log-uniform learning rate, identical for every method."""
-    return {"lr": trial.suggest_float("lr", low, high, log=True)}
-
-
 def _population(cfg: dict, dataset: str, members: list[dict], prepared: str | None = None):
     """The TrainConfig of one batch of trials: the study's training setup at the tuning budget."""
     from soap.pipeline import device_for, train_config
@@ -313,6 +308,7 @@ def run_study(cfg: dict, dataset: str, method: str, repeat: int, storage, *, dat
     seed = tune["seed"] + repeat
     name = study_name(dataset, method, repeat,
                       fingerprint(train_config_values(cfg, dataset, method, repeat), tune))
+    # the whole search space: one log-uniform learning rate, identical for every method
     distributions = {"lr": FloatDistribution(tune["lr_low"], tune["lr_high"], log=True)}
     locks, me = _locks_for(storage), new_worker_id()
     locks.register(me)
@@ -502,5 +498,3 @@ def run_tune_command(args) -> dict:
         return tune_one(cfg, args.dataset, args.method, args.repeat, out, storage_url=args.storage,
                         prepared=args.prepared, progress=not args.quiet)
 
-
-main_tune = run_tune_command

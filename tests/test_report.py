@@ -21,6 +21,7 @@ import pytest
 from soap import report
 from soap.analysis.core import run_analysis
 from soap.synthetic import SyntheticSpec, generate_runs
+from soap.tables import TableError
 
 # The analysis's models on a handful of synthetic runs warn (Cox convergence, normality tests on few
 # residuals); they are the analysis tests' concern, not the report's.
@@ -241,6 +242,17 @@ def test_required_input_missing_names_the_file(tmp_path):
     results = make_results(tmp_path / "results", tuning=False)
     (results / "analysis" / "summary.json").unlink()
     with pytest.raises(FileNotFoundError, match="summary.json"):
+        build(results)
+
+
+def test_curves_table_breaking_the_contract_is_named(tmp_path):
+    results = make_results(tmp_path / "results", tuning=False)
+    curves = pd.read_parquet(results / "curves.parquet")
+    curves.drop(columns=["val_loss"]).to_parquet(results / "curves.parquet", index=False)
+    with pytest.raises(TableError, match=r"curves.parquet is missing required column\(s\): val_loss"):
+        build(results)
+    pd.concat([curves, curves.iloc[:1]]).to_parquet(results / "curves.parquet", index=False)
+    with pytest.raises(TableError, match=r"\(run_id, examples\) must be unique"):
         build(results)
 
 
