@@ -8,6 +8,11 @@ It is built from three functions, `linear_forward`, `feedback_grad_input` and `w
 single layer (W: (out, in), x: (batch, in)) or a stacked population (W: (pop, out, in),
 x: (pop, batch, in)). `FeedbackLinear` calls them through autograd; the population trainer calls them
 directly in its hand-written backward pass (soap.population), with the SGD step fused into grad_W.
+
+Members may share their input: x (groups, batch, in) with pop = groups * size feeds each run of `size`
+consecutive members one input (members trained on the same data order). Their weights then sit side
+by side in one GEMM per group: the forward X W^T is (batch x in) x (in x size*out) and grad_W is
+(size*out x batch) x (batch x in), instead of `size` small products each.
 """
 
 from __future__ import annotations
@@ -48,19 +53,25 @@ ACTIVATIONS = {
 
 
 def linear_forward(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """y = x W^T + b for (batch, in) x (out, in), or (pop, batch, in) x (pop, out, in).
+    """y = x W^T + b for (batch, in) x (out, in), or (groups, batch, in) x (pop, out, in) -> (pop, batch, out).
 
-    A stacked weight also takes a (batch, in) input shared by every member.
+    A stacked weight takes one input per member (groups = pop), one per group of members that share
+    it, or a (batch, in) input shared by every member.
     """
     if weight.dim() == 2:
         return F.linear(x, weight, bias)  # exactly nn.Linear's forward
-    if x.dim() == 2:
-        x = x.expand(weight.shape[0], -1, -1)
+    x = x if x.dim() == 3 else x.unsqueeze(0)
+    pop, out = weight.shape[:2]
+    groups, batch = x.shape[:2]
+    if groups < pop:  # the members of a group side by side: one wide GEMM per group
+        wide = torch.bmm(x, _side_by_side(weight, groups).mT) if bias is None else torch.baddbmm(
+            bias.view(groups, 1, -1), x, _side_by_side(weight, groups).mT)
+        return wide.view(groups, batch, pop // groups, out).transpose(1, 2).reshape(pop, batch, out)
     # The bias rides in the GEMM (baddbmm), saving a pass over the output. A layer narrower than the
     # batch (the 10 logits) is computed as (W x^T)^T: the same product, about twice as fast on CPU.
-    if weight.shape[-2] < x.shape[-2]:
-        out = torch.bmm(weight, x.mT) if bias is None else torch.baddbmm(bias.unsqueeze(-1), weight, x.mT)
-        return out.mT
+    if out < batch:
+        y = torch.bmm(weight, x.mT) if bias is None else torch.baddbmm(bias.unsqueeze(-1), weight, x.mT)
+        return y.mT
     return torch.bmm(x, weight.mT) if bias is None else torch.baddbmm(bias.unsqueeze(-2), x, weight.mT)
 
 
@@ -70,8 +81,9 @@ def feedback_grad_input(grad_out: Tensor, feedback: Tensor) -> Tensor:
 
 
 def weight_grad(grad_out: Tensor, x: Tensor) -> Tensor:
-    """grad_W = grad_y^T x, summed over the batch: (pop, batch, out), (pop, batch, in) -> (pop, out, in)."""
-    return grad_out.transpose(-1, -2) @ x
+    """grad_W = grad_y^T x, summed over the batch: (pop, batch, out), (groups, batch, in) -> (pop, out, in)."""
+    rows, x = _weight_grad_factors(grad_out, x)
+    return (rows @ x).view(*grad_out.shape[:-2], grad_out.shape[-1], x.shape[-1])
 
 
 @torch.no_grad()
@@ -81,9 +93,31 @@ def sgd_update_(weight: Tensor, bias: Tensor | None, scaled_grad_out: Tensor, x:
     Equal to subtracting weight_grad(scaled_grad_out, x), fused into one batched GEMM so the weight
     gradient is never materialised (the update is memory-bound otherwise).
     """
-    weight.baddbmm_(scaled_grad_out.transpose(-1, -2), x, alpha=-1.0)
+    rows, x = _weight_grad_factors(scaled_grad_out, x)
+    if weight.dim() == 2:
+        weight.addmm_(rows, x, alpha=-1.0)
+    else:
+        _side_by_side(weight, x.shape[0]).baddbmm_(rows, x, alpha=-1.0)
     if bias is not None:
         bias.sub_(scaled_grad_out.sum(-2))
+
+
+def _side_by_side(weight: Tensor, groups: int) -> Tensor:
+    """(pop, out, in) -> (groups, size*out, in): each group's members' weights stacked row-wise (a view)."""
+    if weight.shape[0] % groups:
+        raise ValueError(f"{weight.shape[0]} members do not split into {groups} equal groups")
+    return weight.view(groups, -1, weight.shape[-1])
+
+
+def _weight_grad_factors(grad_out: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+    """grad_W = rows @ x: rows is each member's grad_y^T, stacked per group when members share x."""
+    if grad_out.dim() == 3:
+        x = x if x.dim() == 3 else x.unsqueeze(0)
+        pop, batch, out = grad_out.shape
+        groups = x.shape[0]
+        if groups < pop:
+            return grad_out.view(groups, pop // groups, batch, out).transpose(-1, -2).reshape(groups, -1, batch), x
+    return grad_out.transpose(-1, -2), x
 
 
 class FeedbackLinearFunction(torch.autograd.Function):
@@ -103,6 +137,8 @@ class FeedbackLinearFunction(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor):
         x, feedback = ctx.saved_tensors
         grad_x = feedback_grad_input(grad_out, feedback) if ctx.needs_input_grad[0] else None
+        if grad_x is not None and x.dim() == 3 and x.shape[0] < grad_x.shape[0]:  # a shared input
+            grad_x = grad_x.view(x.shape[0], -1, *grad_x.shape[1:]).sum(1)
         grad_w = weight_grad(grad_out, x) if ctx.needs_input_grad[1] else None
         grad_b = grad_out.sum(-2) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return grad_x, grad_w, grad_b, None

@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from soap.config import TrainConfig
+from soap.config import Member, TrainConfig
 from soap.data import synthetic_dataset
 from soap.nn import FeedbackLinear, mlp
-from soap.population import PopulationMLP, train_population
+from soap.population import PopulationMLP, by_data_order, train_population
 from soap.rules import RULES
 from soap.seeding import generator
 from soap.tables import validate_runs
@@ -208,3 +208,32 @@ def test_refresh_period_is_per_member(monkeypatch):
     assert counts(1) == [960, 1920]  # period 960, a multiple of the batch: fires exactly at 960k
     assert result.runs["refresh_period"].tolist() == [500, 960]
     assert result.runs["run_id"].nunique() == 2
+
+
+def test_members_sharing_a_seed_share_first_layer_gemms():
+    # configured out of order; trained seed by seed, groups of equal size in one batched GEMM
+    members = [Member(m, lr, s) for s, lrs in [(3, [0.1]), (1, [0.1, 0.2]), (2, [0.1, 0.2]), (5, [0.3])]
+               for m in ("bp", "fa") for lr in lrs]
+    placed = [members[i] for i in by_data_order(members)]
+    assert [m.seed for m in placed] == [3, 3, 5, 5, 1, 1, 1, 1, 2, 2, 2, 2]
+    model = PopulationMLP([12, 16, 16, 3], placed, "tanh", torch.device("cpu"))
+    assert model.group_seeds == [3, 5, 1, 2]
+    assert model.blocks == [(slice(0, 4), slice(0, 2)), (slice(4, 12), slice(2, 4))]
+    # the forward pass on one batch per group equals each member's own layers on its group's batch
+    x = torch.randn(4, 6, 12)
+    logits = model.forward(x)[-1]
+    for p, member in enumerate(placed):
+        single = mlp([12, 16, 16, 3], member.method, seed=member.seed)
+        torch.testing.assert_close(logits[p], single(x[model.group_seeds.index(member.seed)]), atol=1e-6, rtol=1e-5)
+
+
+def test_a_captured_step_trains_exactly_as_an_uncaptured_one():
+    # CPU keeps a CUDA graph's contract (fixed inputs and output buffers): whatever capture breaks shows
+    members = [{"method": "bp", "lr": 0.2, "seed": 0}, {"method": "sign", "lr": 50.0, "seed": 0},
+               {"method": "fa", "lr": 0.1, "seed": 1}]
+    config = TrainConfig.from_dict({**BASE, "members": members})
+    plain = train_population(config, DATA, progress=False)
+    captured = train_population(config, DATA, progress=False, capture=True)
+    assert plain.runs["diverged"].tolist() == [False, True, False]
+    pd.testing.assert_frame_equal(captured.runs, plain.runs)
+    pd.testing.assert_frame_equal(captured.curves, plain.curves)

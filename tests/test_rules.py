@@ -157,3 +157,26 @@ def test_fused_sgd_update_equals_subtracting_the_gradients():
     sgd_update_(w, b, grad_out, x)
     torch.testing.assert_close(w, expected_w)
     torch.testing.assert_close(b, expected_b)
+
+
+def test_members_sharing_an_input_equal_per_member_calls():
+    # 6 members in 2 groups of 3; each group feeds its 3 members one input (one wide GEMM per group)
+    torch.manual_seed(4)
+    x, w, b, fb = torch.randn(2, 5, 4), torch.randn(6, 7, 4), torch.randn(6, 7), torch.randn(6, 7, 4)
+    upstream = torch.randn(6, 5, 7)
+    leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+    out = FeedbackLinearFunction.apply(*leaves, fb)
+    out.backward(upstream)
+    expected_grad_x = torch.zeros_like(x)
+    for p in range(6):
+        g = p // 3
+        torch.testing.assert_close(out[p], x[g] @ w[p].T + b[p])
+        torch.testing.assert_close(leaves[1].grad[p], upstream[p].T @ x[g])
+        torch.testing.assert_close(leaves[2].grad[p], upstream[p].sum(0))
+        expected_grad_x[g] += upstream[p] @ fb[p]  # a shared input collects every member's error
+    torch.testing.assert_close(leaves[0].grad, expected_grad_x)
+    # the fused update takes the same grouped input
+    expected_w, expected_b = w - leaves[1].grad, b - leaves[2].grad
+    sgd_update_(w, b, upstream, x)
+    torch.testing.assert_close(w, expected_w)
+    torch.testing.assert_close(b, expected_b)
