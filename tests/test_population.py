@@ -74,11 +74,13 @@ def test_refresh_fires_when_the_example_count_crosses_a_multiple_of_the_period(m
 
 
 def test_every_rule_trains_in_a_crowd_exactly_as_alone():
-    # Every registered rule, three members each: two share a seed (so a data order and initial weights)
-    # at different lrs, one has its own seed. Members of one rule are refreshed together, as one stack,
-    # so a refresh that mixed members (a mean over the stack, say) shows up here.
+    # Every registered rule, five members each at different lrs: two on seed 1, two on seed 4, one on
+    # seed 6. Members sharing a seed share a data order and initial weights, so the trainer shares
+    # their first layer's GEMMs: seeds 1 and 4 (equal groups) in one batched GEMM, seed 6 in another.
+    # Members of one rule are refreshed together, as one stack, so a refresh that mixed members (a mean
+    # over the stack, say) shows up here.
     members = [{"method": rule, "lr": lr, "seed": seed}
-               for rule in RULES for lr, seed in [(0.3, 1), (0.1, 1), (0.2, 4)]]
+               for rule in RULES for lr, seed in [(0.3, 1), (0.1, 1), (0.2, 4), (0.05, 4), (0.15, 6)]]
     crowd = train(members=members[::-1]).runs.set_index("run_id")  # reversed: order must not matter
     for member in members:
         alone = train(members=[member]).runs.iloc[0]
