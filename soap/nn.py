@@ -2,7 +2,11 @@
 
 `FeedbackLinearFunction` is the one implementation of the backward maths (STUDY.md conventions):
 
-    grad_x = grad_y B        grad_W = grad_y^T x        grad_b = sum_batch grad_y
+    grad_x = alpha grad_y B        grad_W = grad_y^T x        grad_b = sum_batch grad_y
+
+alpha is the feedback scale (default 1), a factor on every rule's B (bp's too: B = alpha W). It sets
+the size of the error a rule sends down apart from its direction, the knob behind the question whether
+a rule's advantage is only a larger effective learning rate.
 
 It is built from three functions, `linear_forward`, `feedback_grad_input` and `weight_grad`, that accept a
 single layer (W: (out, in), x: (batch, in)) or a stacked population (W: (pop, out, in),
@@ -75,9 +79,13 @@ def linear_forward(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return torch.bmm(x, weight.mT) if bias is None else torch.baddbmm(bias.unsqueeze(-2), x, weight.mT)
 
 
-def feedback_grad_input(grad_out: Tensor, feedback: Tensor) -> Tensor:
-    """grad_x = grad_y B: the only place where a feedback rule enters learning."""
-    return grad_out @ feedback
+def feedback_grad_input(grad_out: Tensor, feedback: Tensor, scale: float | Tensor = 1.0) -> Tensor:
+    """grad_x = scale * grad_y B: the only place where a feedback rule enters learning.
+
+    scale: the feedback scale alpha, a number or one per member, (pop, 1, 1).
+    """
+    grad_x = grad_out @ feedback
+    return grad_x if isinstance(scale, float) and scale == 1.0 else grad_x.mul_(scale)
 
 
 def weight_grad(grad_out: Tensor, x: Tensor) -> Tensor:
@@ -121,31 +129,31 @@ def _weight_grad_factors(grad_out: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class FeedbackLinearFunction(torch.autograd.Function):
-    """y = x W^T + b, with grad_x = grad_y B. Leading population dimension optional."""
+    """y = x W^T + b, with grad_x = scale * grad_y B. Leading population dimension optional."""
 
     @staticmethod
-    def forward(x: Tensor, weight: Tensor, bias: Tensor | None, feedback: Tensor) -> Tensor:
+    def forward(x: Tensor, weight: Tensor, bias: Tensor | None, feedback: Tensor, scale: float = 1.0) -> Tensor:
         return linear_forward(x, weight, bias)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, _, bias, feedback = inputs
+        x, _, bias, feedback, *scale = inputs
         ctx.save_for_backward(x, feedback)
-        ctx.has_bias = bias is not None
+        ctx.has_bias, ctx.scale = bias is not None, float(scale[0]) if scale else 1.0
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
         x, feedback = ctx.saved_tensors
-        grad_x = feedback_grad_input(grad_out, feedback) if ctx.needs_input_grad[0] else None
+        grad_x = feedback_grad_input(grad_out, feedback, ctx.scale) if ctx.needs_input_grad[0] else None
         if grad_x is not None and x.dim() == 3 and x.shape[0] < grad_x.shape[0]:  # a shared input
             grad_x = grad_x.view(x.shape[0], -1, *grad_x.shape[1:]).sum(1)
         grad_w = weight_grad(grad_out, x) if ctx.needs_input_grad[1] else None
         grad_b = grad_out.sum(-2) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return grad_x, grad_w, grad_b, None
+        return grad_x, grad_w, grad_b, None, None
 
 
-def feedback_linear(x: Tensor, weight: Tensor, bias: Tensor | None, feedback: Tensor) -> Tensor:
-    return FeedbackLinearFunction.apply(x, weight, bias, feedback)
+def feedback_linear(x: Tensor, weight: Tensor, bias: Tensor | None, feedback: Tensor, scale: float = 1.0) -> Tensor:
+    return FeedbackLinearFunction.apply(x, weight, bias, feedback, scale)
 
 
 @dataclass
@@ -176,20 +184,24 @@ class FeedbackLinear(nn.Linear):
     """Drop-in for torch.nn.Linear (same weight, bias, initialisation, forward) with a feedback rule.
 
     `feedback` is a buffer (saved in the state dict, never trained). For `bp` the backward uses the
-    weight itself; other rules use the buffer, which `refresh_feedback()` updates by the rule.
+    weight itself; other rules use the buffer, which `refresh_feedback()` updates by the rule. Errors
+    go down as feedback_scale * grad_y B.
     """
 
     def __init__(self, in_features: int, out_features: int, rule: str = "fa", bias: bool = True,
-                 device=None, dtype=None):
+                 device=None, dtype=None, feedback_scale: float = 1.0):
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.rule = get_rule(rule)
+        if not (math.isfinite(feedback_scale) and feedback_scale > 0):
+            raise ValueError(f"feedback_scale must be a positive number, got {feedback_scale}")
+        self.feedback_scale = float(feedback_scale)
         bound = 1.0 / math.sqrt(in_features)
         self.register_buffer("feedback", torch.empty_like(self.weight).uniform_(-bound, bound))
 
     def forward(self, x: Tensor) -> Tensor:
         feedback = self.weight.detach() if self.rule.uses_weight else self.feedback
         leading = x.shape[:-1]
-        out = feedback_linear(x.reshape(-1, self.in_features), self.weight, self.bias, feedback)
+        out = feedback_linear(x.reshape(-1, self.in_features), self.weight, self.bias, feedback, self.feedback_scale)
         return out.reshape(*leading, self.out_features)
 
     @torch.no_grad()
@@ -199,11 +211,11 @@ class FeedbackLinear(nn.Linear):
             self.feedback.copy_(self.rule.refresh(self.weight))
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, rule={self.rule.name}"
+        return f"{super().extra_repr()}, rule={self.rule.name}, feedback_scale={self.feedback_scale:g}"
 
 
 def mlp(sizes: Sequence[int], rule: str, activation: str = "tanh", bias: bool = True,
-        seed: int | None = None) -> nn.Sequential:
+        seed: int | None = None, feedback_scale: float = 1.0) -> nn.Sequential:
     """An MLP of FeedbackLinear layers, e.g. mlp([784, 256, 256, 10], "fa").
 
     With `seed`, parameters and the FA matrix come from soap's seed streams (identical to the population
@@ -215,7 +227,7 @@ def mlp(sizes: Sequence[int], rule: str, activation: str = "tanh", bias: bool = 
         raise ValueError(f"an MLP needs at least input and output sizes, got {list(sizes)}")
     modules: list[nn.Module] = []
     for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        modules.append(FeedbackLinear(fan_in, fan_out, rule=rule, bias=bias))
+        modules.append(FeedbackLinear(fan_in, fan_out, rule=rule, bias=bias, feedback_scale=feedback_scale))
         if i < len(sizes) - 2:
             modules.append(ACTIVATIONS[activation].module())
     model = nn.Sequential(*modules)

@@ -33,7 +33,8 @@ from soap.config import ConfigError, Member, TrainConfig
 from soap.data import Splits, load_dataset, load_prepared
 from soap.devices import describe, resolve_device
 from soap.metrics import angle_degrees, examples_to_target, feedback_gain, signal_agreement
-from soap.nn import ACTIVATIONS, feedback_grad_input, initial_parameters, linear_forward, sgd_update_
+from soap.nn import ACTIVATIONS, feedback_grad_input, initial_parameters, linear_forward, sgd_update_, weight_grad
+from soap.optim import StackedOptimizer
 from soap.rules import get_rule, refresh_due
 from soap.seeding import generator
 from soap.step_graph import StepGraph
@@ -51,10 +52,18 @@ class PopulationMLP:
     Consecutive members with one seed form a data-order group: the training input is one batch per
     group, x (groups, batch, in). Consecutive groups of one size form a block, whose first layer is
     one batched GEMM. Any order of members is correct; `by_data_order` gives the fastest.
+
+    optimizer: "sgd" (fused into the weight-gradient GEMM) or one of soap.optim's, with its
+    hyperparameters as keywords (momentum, betas, eps).
     """
 
-    def __init__(self, sizes: list[int], members: list[Member], activation: str, device: torch.device):
+    def __init__(self, sizes: list[int], members: list[Member], activation: str, device: torch.device,
+                 optimizer: str = "sgd", **hyperparameters):
         self.sizes, self.members, self.device = sizes, members, device
+        self.optimizer = None if optimizer == "sgd" else StackedOptimizer(optimizer, **hyperparameters)
+        scales = [m.feedback_scale for m in members]
+        # alpha per member, (pop, 1, 1); a plain 1.0 when no member scales, which skips the product
+        self.feedback_scale = 1.0 if set(scales) == {1.0} else torch.tensor(scales, device=device).view(-1, 1, 1)
         self.activation = ACTIVATIONS[activation]
         self.group_seeds = [seed for seed, _ in itertools.groupby(m.seed for m in members)]
         group_sizes = [len(list(run)) for _, run in itertools.groupby(m.seed for m in members)]
@@ -96,27 +105,36 @@ class PopulationMLP:
         return acts
 
     def error_signals(self, acts: list[Tensor], output_error: Tensor, feedback: list[Tensor],
-                      apply_sgd: bool = False) -> list[Tensor]:
-        """delta_l = dL/da_l at every layer's pre-activation, sent down from the logits through `feedback`.
+                      scale: float | Tensor = 1.0, lr: Tensor | None = None) -> list[Tensor]:
+        """delta_l = dL/da_l at every layer's pre-activation, sent down from the logits as
+        scale * delta B through `feedback`.
 
-        With apply_sgd, `output_error` must already be scaled by each member's learning rate, and SGD is
-        applied in place on the way down (W_l is updated only after its own feedback product is taken,
-        so every gradient sees the pre-step weights).
+        With lr (pop,), every member takes its optimizer step in place on the way down (W_l is updated
+        only after its own feedback product is taken, so every gradient sees the pre-step weights).
+        Under sgd, `output_error` must already be scaled by lr: the step fuses into the gradient GEMM.
         """
         delta = output_error
         deltas = [delta]
         for layer in reversed(range(len(self.weights))):
-            upstream = feedback_grad_input(delta, feedback[layer]) if layer else None  # (pop, batch, in)
-            if apply_sgd and layer:
-                sgd_update_(self.weights[layer], self.biases[layer], delta, acts[layer])
-            elif apply_sgd:  # the first layer's input is one batch per data-order group
-                w, b = self.weights[0], self.biases[0]
-                for members, groups in self.blocks:
-                    sgd_update_(w[members], b[members], delta[members], acts[0][groups])
+            upstream = feedback_grad_input(delta, feedback[layer], scale) if layer else None  # (pop, batch, in)
+            if lr is not None:
+                self._update(layer, delta, acts[layer], lr)
             if layer:
                 delta = self.activation.backward(upstream, acts[layer])
                 deltas.insert(0, delta)
         return deltas
+
+    def _update(self, layer: int, delta: Tensor, x: Tensor, lr: Tensor) -> None:
+        w, b = self.weights[layer], self.biases[layer]
+        # the first layer's input is one batch per data-order group
+        blocks = self.blocks if layer == 0 else [(slice(None), slice(None))]
+        if self.optimizer is None:  # sgd: delta is already lr * dL/da
+            for members, groups in blocks:
+                sgd_update_(w[members], b[members], delta[members], x[groups])
+            return
+        grads = [weight_grad(delta[members], x[groups]) for members, groups in blocks]
+        self.optimizer.step_(2 * layer, w, grads[0] if len(grads) == 1 else torch.cat(grads), lr)
+        self.optimizer.step_(2 * layer + 1, b, delta.sum(-2), lr)
 
     @torch.no_grad()
     def train_step(self, x: Tensor, y: Tensor, lr: Tensor) -> Tensor:
@@ -125,8 +143,10 @@ class PopulationMLP:
         y = y.index_select(0, self.member_group)  # (pop, batch)
         acts = self.forward(x)
         loss, log_probs = _cross_entropy(acts[-1], y)
-        scaled_error = _output_error_(log_probs, y).mul_(lr.view(-1, 1, 1))
-        self.error_signals(acts, scaled_error, self.feedback, apply_sgd=True)
+        output_error = _output_error_(log_probs, y)
+        if self.optimizer is None:
+            output_error.mul_(lr.view(-1, 1, 1))  # sgd's step rides in the gradient GEMMs
+        self.error_signals(acts, output_error, self.feedback, self.feedback_scale, lr)
         # The first layer's B sends nothing down (no gradient goes to the data): only alignment() reads
         # it, and syncs it then, which spares copying the largest weight every step.
         self._sync_tracking(range(1, len(self.weights)))
@@ -153,6 +173,8 @@ class PopulationMLP:
         """Zero the parameters of diverged members so non-finite values never reach later arithmetic."""
         for tensor in [*self.weights, *self.biases, *self.feedback]:
             tensor[members] = 0.0
+        if self.optimizer is not None:
+            self.optimizer.freeze(members)
 
     @torch.no_grad()
     def evaluate(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
@@ -176,7 +198,7 @@ class PopulationMLP:
         y = y.index_select(0, self.member_group)
         acts = self.forward(x)
         output_error = _output_error_(_cross_entropy(acts[-1], y)[1], y)
-        rule = self.error_signals(acts, output_error, self.feedback)
+        rule = self.error_signals(acts, output_error, self.feedback, self.feedback_scale)
         bp = self.error_signals(acts, output_error, self.weights)
         out = {}
         for layer, (w, fb) in enumerate(zip(self.weights, self.feedback)):
@@ -244,7 +266,14 @@ class TrainResult:
 
 def run_id(config: TrainConfig, member: Member) -> str:
     period = "" if member.refresh_period == config.refresh_period else f"-T{member.refresh_period}"
-    return f"{config.dataset}-{config.phase}-{member.method}-lr{member.lr:.6g}-s{member.seed}{period}"
+    scale = "" if member.feedback_scale == 1.0 else f"-a{member.feedback_scale:.6g}"
+    optimizer = "" if config.optimizer == "sgd" else f"-{config.optimizer}"
+    return f"{config.dataset}-{config.phase}-{member.method}-lr{member.lr:.6g}-s{member.seed}{period}{scale}{optimizer}"
+
+
+def _hyperparameters(config: TrainConfig) -> dict:
+    return {"momentum": {"momentum": config.momentum},
+            "adam": {"betas": tuple(config.adam_betas), "eps": config.adam_eps}}.get(config.optimizer, {})
 
 
 def versions() -> dict[str, str]:
@@ -286,7 +315,7 @@ def train_population(config: TrainConfig, data: Splits | None = None, progress: 
     members = [configured[i] for i in placement]
     pop, batch = len(members), config.batch_size
     sizes = [data.input_dim, *config.hidden, data.num_classes]
-    model = PopulationMLP(sizes, members, config.activation, device)
+    model = PopulationMLP(sizes, members, config.activation, device, config.optimizer, **_hyperparameters(config))
     lr = torch.tensor([m.lr for m in members], device=device, dtype=torch.float32)
     periods = np.array([m.refresh_period for m in members])
     divergence_loss = config.divergence_factor * math.log(data.num_classes)
@@ -420,6 +449,8 @@ def _runs_table(config, members, sizes, finals, diverged_at, seen, eval_log, cur
         runs["examples_to_target"], runs["reached_target"] = np.nan, False
     runs["target_loss"] = np.nan if config.target_loss is None else config.target_loss
     runs["refresh_period"] = [m.refresh_period for m in members]
+    runs["feedback_scale"] = [m.feedback_scale for m in members]
+    runs["optimizer"] = config.optimizer
     runs["diverged_at"] = diverged_at
     runs["examples_seen"] = seen
     runs["epochs"] = config.epochs
