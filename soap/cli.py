@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from soap.tables import write_table, write_text
-from soap.tuning import add_tune_arguments
+from soap.tuning.cli import add_tune_arguments
 
 log = logging.getLogger("soap")
 
@@ -43,7 +43,7 @@ def prepare_data_command(args: argparse.Namespace) -> None:
 
 
 def tune_command(args: argparse.Namespace) -> None:
-    from soap.tuning import run_tune_command
+    from soap.tuning.cli import run_tune_command
 
     run_tune_command(args)
 

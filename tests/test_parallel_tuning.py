@@ -30,7 +30,8 @@ TRAIN = {"hidden": [16], "epochs": 0.25, "log_every": 128, "eval_every": 256, "e
 
 def study_config(**tune) -> dict:
     values = {"datasets": ["synthetic"], "train": TRAIN, "gpus": 0,
-              "tune": {"n_trials": 8, "batch": 2, "lr_low": 1e-3, "lr_high": 3.0, "epochs": 0.25, **tune}}
+              "tune": {"n_trials": 8, "batch": 2, "lr_low": 1e-3, "lr_high": 3.0, "epochs": 0.25,
+                       "heartbeat_interval": 1, "grace_period": 2, **tune}}
     return load_study_config(values=values)
 
 
@@ -62,7 +63,7 @@ def _worker(storage, cfg, hang: bool, train_s: float):
         return train(config, **kwargs)
 
     soap.population.train_population = slow
-    tuning.run_study(cfg, "synthetic", "fa", 0, str(storage), poll_s=0.2)
+    tuning.run_study(cfg, "synthetic", "fa", 0, storage, poll_s=0.2)
 
 
 def _wait_for(condition, what: str, timeout_s: float = 120):

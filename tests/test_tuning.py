@@ -16,6 +16,7 @@ import pytest
 
 import soap.population
 from soap import tuning
+from soap.tuning.cli import add_tune_arguments, run_tune_command
 from soap.pipeline import load_study_config
 
 # spawn, not fork: a forked child of a process that has run torch can deadlock in its thread pool.
@@ -67,7 +68,7 @@ def test_batches_train_as_one_population_and_finish_the_requested_trials(tmp_pat
 def test_diverged_trials_are_pruned_and_use_the_budget(tmp_path):
     # Learning rates this large make the loss explode within a few steps.
     cfg = study_config(lr_low=1e4, lr_high=1e6, n_trials=3, batch=3)
-    study = tuning.run_study(cfg, "synthetic", "bp", 0, tuning.open_storage(tmp_path / "s.journal"))
+    study = tuning.run_study(cfg, "synthetic", "bp", 0, tmp_path / "s.journal")
     assert [t.state.name for t in study.trials] == ["PRUNED"] * 3
     assert all(t.user_attrs["diverged"] for t in study.trials)
     with pytest.raises(tuning.TuneError, match="every trial diverged"):
@@ -86,7 +87,7 @@ def _tune_then_die(storage_path, cfg):
         return train(config, **kwargs)
 
     soap.population.train_population = dying
-    tuning.run_study(cfg, "synthetic", "fa", 0, tuning.open_storage(storage_path))
+    tuning.run_study(cfg, "synthetic", "fa", 0, storage_path)
 
 
 def test_resume_after_kill_keeps_finished_trials_and_fails_stale_ones(tmp_path):
@@ -100,7 +101,7 @@ def test_resume_after_kill_keeps_finished_trials_and_fails_stale_ones(tmp_path):
     before = journal_study(journal, cfg).trials
     assert [t.state.name for t in before] == ["COMPLETE", "COMPLETE", "RUNNING", "RUNNING"]
 
-    resumed = tuning.run_study(cfg, "synthetic", "fa", 0, tuning.open_storage(journal))
+    resumed = tuning.run_study(cfg, "synthetic", "fa", 0, journal)
     states = [t.state.name for t in resumed.trials]
     assert states == ["COMPLETE", "COMPLETE", "FAIL", "FAIL"] + ["COMPLETE"] * 4
     for old, new in zip(before[:2], resumed.trials[:2]):  # finished trials are untouched
@@ -108,7 +109,7 @@ def test_resume_after_kill_keeps_finished_trials_and_fails_stale_ones(tmp_path):
     assert len(tuning.finished_trials(resumed)) == 6
 
     # Per-batch seeding: the resumed study asks exactly what an uninterrupted one asks.
-    straight = tuning.run_study(cfg, "synthetic", "fa", 0, tuning.open_storage(tmp_path / "straight.journal"))
+    straight = tuning.run_study(cfg, "synthetic", "fa", 0, tmp_path / "straight.journal")
     complete = [t.params["lr"] for t in resumed.trials if t.state.name == "COMPLETE"]
     assert complete == pytest.approx([t.params["lr"] for t in straight.trials])
 
@@ -165,9 +166,9 @@ def test_soap_tune_command_tunes_one_method(tmp_path):
                                     "tune": {"n_trials": 8, "batch": 4, "epochs": 0.25}, "gpus": 0}))
     override.write_text(yaml.safe_dump({"tune": {"n_trials": 3}}))  # overrides key by key
     parser = argparse.ArgumentParser()
-    tuning.add_tune_arguments(parser)
+    add_tune_arguments(parser)
     args = parser.parse_args(["--method", "sign", "--dataset", "synthetic", "--config", str(base),
                               "--config", str(override), "--out", str(tmp_path / "out"), "--quiet"])
-    summary = tuning.run_tune_command(args)
+    summary = run_tune_command(args)
     assert summary["n_trials"] == 3
     assert json.loads((tmp_path / "out" / "best.json").read_text()) == summary
