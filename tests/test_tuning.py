@@ -11,6 +11,7 @@ import multiprocessing as mp
 import os
 import signal
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -107,6 +108,10 @@ def test_resume_after_kill_keeps_finished_trials_and_fails_stale_ones(tmp_path):
     for old, new in zip(before[:2], resumed.trials[:2]):  # finished trials are untouched
         assert (new.params, new.value) == (old.params, old.value)
     assert len(tuning.finished_trials(resumed)) == 6
+    # The dead worker's trials were enqueued again: the next two trials redo their lrs, same origin.
+    for failed, retried in zip(resumed.trials[2:4], resumed.trials[4:6]):
+        assert retried.params == failed.params
+        assert retried.user_attrs[tuning.ORIGIN_ATTR] == failed.user_attrs[tuning.ORIGIN_ATTR]
 
     # Per-batch seeding: the resumed study asks exactly what an uninterrupted one asks.
     straight = tuning.run_study(cfg, "synthetic", "fa", 0, tmp_path / "straight.journal")
@@ -172,3 +177,53 @@ def test_soap_tune_command_tunes_one_method(tmp_path):
     summary = run_tune_command(args)
     assert summary["n_trials"] == 3
     assert json.loads((tmp_path / "out" / "best.json").read_text()) == summary
+
+
+class _Objective:
+    """Stands in for the trainer: a run's validation loss is a known function of its lr (no training)."""
+
+    def __init__(self, best_log_lr: float):
+        self.best = best_log_lr
+
+    def __call__(self, config, **kwargs):
+        lrs = [m.lr for m in config.population()]
+        loss = [(math.log10(lr) - self.best) ** 2 for lr in lrs]
+        runs = pd.DataFrame({"lr": lrs, "val_loss": loss, "diverged": False, "val_acc": 0.5,
+                             "feedback_gain": 1.0, "final_train_loss": loss})
+        return type("Result", (), {"runs": runs})()
+
+
+def _lrs(tmp_path, monkeypatch, name, sampler, best_log_lr, n_trials=24):
+    monkeypatch.setattr(soap.population, "train_population", _Objective(best_log_lr))
+    cfg = study_config(n_trials=n_trials, batch=4, sampler=sampler)
+    tuning.tune_one(cfg, "synthetic", "fa", 0, tmp_path / name)
+    trials = pd.read_csv(tmp_path / name / "trials.csv")
+    return trials["params_lr"].to_numpy(), trials["origin"].tolist()
+
+
+def test_random_sampler_draws_independently_of_results_and_records_its_origin(tmp_path, monkeypatch):
+    """tune.sampler=random: the same lrs whatever the objective (drawn without looking at results),
+    log-uniform over the range; tpe: its first batch is random, later batches follow the objective."""
+    from scipy import stats
+
+    low, high = study_config()["tune"]["lr_low"], study_config()["tune"]["lr_high"]
+    rand_a, origin_a = _lrs(tmp_path, monkeypatch, "ra", "random", best_log_lr=-2.5, n_trials=200)
+    rand_b, origin_b = _lrs(tmp_path, monkeypatch, "rb", "random", best_log_lr=0.3, n_trials=200)
+    assert rand_a == pytest.approx(rand_b) and set(origin_a) == set(origin_b) == {"random"}
+    u = (np.log(rand_a) - np.log(low)) / (np.log(high) - np.log(low))
+    assert stats.kstest(u, "uniform").pvalue > 0.01  # log-uniform
+    # Independent draws: no dependence between consecutive trials (a TPE study would fail this).
+    assert abs(stats.spearmanr(u[:-1], u[1:]).statistic) < 0.2
+
+    tpe_a, origin = _lrs(tmp_path, monkeypatch, "ta", "tpe", best_log_lr=-2.5)
+    tpe_b, _ = _lrs(tmp_path, monkeypatch, "tb", "tpe", best_log_lr=0.3)
+    assert origin == ["random"] * 4 + ["tpe"] * 20  # TPE's startup batch is marked random
+    assert tpe_a[:4] == pytest.approx(tpe_b[:4]) and tpe_a[4:] != pytest.approx(tpe_b[4:])
+    # TPE concentrates near each objective's optimum.
+    assert abs(np.median(np.log10(tpe_a[4:])) + 2.5) < abs(np.median(np.log10(tpe_b[4:])) + 2.5)
+
+
+def test_sampler_choice_starts_a_new_study():
+    cfg, other = study_config(sampler="tpe"), study_config(sampler="random")
+    train = tuning.train_config_values(cfg, "synthetic", "fa", 0)
+    assert tuning.fingerprint(train, cfg["tune"]) != tuning.fingerprint(train, other["tune"])
