@@ -53,11 +53,17 @@ def prepared_data(wildcards):
 
 def tune_bests(wildcards):
     """best.json of every (method, repeat) study of one dataset."""
+    return tune_outputs("best.json", [wildcards.dataset])
+
+
+def tune_outputs(name, datasets=DATASETS):
+    """One file (best.json, trials.csv) of every tuning study."""
     return expand(
-        "results/tune/{dataset}/{method}/r{repeat}/best.json",
-        dataset=wildcards.dataset,
+        "results/tune/{dataset}/{method}/r{repeat}/{name}",
+        dataset=datasets,
         method=METHODS,
         repeat=REPEATS,
+        name=name,
     )
 
 
@@ -105,7 +111,7 @@ def tuned_seeds(wildcards):
 
 
 def tune_settings(wildcards=None):
-    keys = ("n_trials", "batch", "lr_low", "lr_high", "epochs", "seed", "storage")
+    keys = ("n_trials", "batch", "lr_low", "lr_high", "epochs", "seed", "sampler", "storage")
     return {key: config["tune"][key] for key in keys}
 
 
