@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import time
 
 import pandas as pd
 import pytest
-from workflows import QUICK, REPO, Workflow, run_snakemake
+from workflows import QUICK, REPO, Workflow, environment, run_snakemake
 
 from soap.pipeline import bp_reference_loss, fill_targets, grid_lrs, grid_members, load_study_config
 from soap.tables import validate_runs
@@ -70,8 +71,35 @@ def test_rerun_after_kill_completes_and_reuses_finished_outputs(killed_and_rerun
         assert best["n_trials"] == QUICK["tune"]["n_trials"]
     nothing = flow.snakemake("-n", "--cores", "2", "--configfile", "config/test.yaml")
     assert "Nothing to be done" in nothing.stdout + nothing.stderr
-    report = flow.snakemake("--report", "report.zip", "--configfile", "config/test.yaml")
-    assert report.returncode == 0 and (work / "report.zip").stat().st_size > 0, report.stderr[-3000:]
+
+
+def _readme_report_command() -> list[str]:
+    (command,) = re.findall(r"`(snakemake --report \S+)`", (REPO / "README.md").read_text())
+    return command.split()[1:]
+
+
+def test_readme_report_command_builds_the_report_and_needs_pygments(killed_and_rerun, tmp_path):
+    """The README's `snakemake --report ...` on the finished quick study, in the test venv.
+
+    Honest about the environment: this venv also holds the test extras, so on its own this would pass
+    even if soap did not depend on pygments (pytest brings it). So the same command is run once more
+    with pygments made unimportable, and must fail with Snakemake's "pygments must be installed": the
+    dependency is needed, and tests/test_install.py checks that soap's metadata pulls it in with the
+    README's plain `pip install -e .` (soap -> snakemake[reports] -> pygments). A fresh venv installed
+    exactly as the README says would need the network, which CI does not have for this.
+    """
+    flow, args = killed_and_rerun["flow"], _readme_report_command()
+    report = flow.snakemake(*args, "--configfile", "config/test.yaml")
+    html = flow.root / args[-1]
+    assert report.returncode == 0 and html.stat().st_size > 10_000, report.stderr[-3000:]
+    assert "results/report.html" in html.read_text(errors="replace")
+
+    blocker = tmp_path / "sitecustomize.py"
+    blocker.write_text("import sys\nsys.modules['pygments'] = None  # as if it were not installed\n")
+    env = environment()
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env["PYTHONPATH"]])
+    without = flow.snakemake(*args[:-1], "results/without-pygments.html", "--configfile", "config/test.yaml", env=env)
+    assert without.returncode != 0 and "pygments must be installed" in without.stdout + without.stderr
 
 
 def test_runs_table_follows_the_contract(killed_and_rerun):
@@ -165,3 +193,18 @@ def test_refresh_periods_are_a_grid_axis_for_the_rules_that_refresh():
     # The default period keeps the plain run id (no refresh_period key); the others carry theirs.
     assert not any("refresh_period" in x for x in members if x.get("refresh_period", 6400) == 6400)
     assert grid_members(["sign"], [0.1], [0], None, 6400) == [{"method": "sign", "lr": 0.1, "seed": 0}]
+
+
+def test_report_reruns_when_a_tuning_file_it_reads_changes(killed_and_rerun):
+    """The report reads every study's trials.csv and best.json (soap.report), so they are its declared
+    inputs: a changed one makes Snakemake plan the report again, and nothing upstream."""
+    flow = killed_and_rerun["flow"]
+    trials = flow.root / "results/tune/mnist/sign/r0/trials.csv"
+    stat = trials.stat()
+    try:
+        os.utime(trials, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+        plan = flow.snakemake("-n", "--cores", "2", "--configfile", "config/test.yaml", "--rerun-triggers", "mtime")
+        jobs = set(re.findall(r"^rule (\w+):", plan.stdout + plan.stderr, flags=re.MULTILINE))
+        assert jobs == {"report"}, plan.stdout[-3000:]
+    finally:
+        os.utime(trials, ns=(stat.st_atime_ns, stat.st_mtime_ns))
