@@ -218,8 +218,9 @@ class DatabaseCoordinator:
 
         with _quiet_experimental():
             fail_stale_trials(study)  # FAILs trials past the grace period; the storage's callback retries them
-        still = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-        return [t.number for t in running if t.number not in still]
+        # Peers may have finished some of `running` meanwhile (they tell without the lock): FAIL ones only.
+        failed = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
+        return [t.number for t in running if t.number in failed]
 
     @contextmanager
     def keep_alive(self, study, trials):
