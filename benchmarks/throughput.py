@@ -145,7 +145,8 @@ PARTS = {
     "GEMM": ("aten::bmm", "aten::baddbmm", "aten::baddbmm_", "aten::mm", "aten::addmm", "aten::addmm_"),
     "batch gather": ("aten::index_select",),
     "activation (tanh forward and backward)": ("aten::sigmoid", "aten::tanh", "aten::tanh_", "aten::tanh_backward"),
-    "layout copies (shared-order GEMM operands)": ("aten::copy_", "aten::clone", "aten::_reshape_alias"),
+    # baddbmm copies the broadcast bias into its output before the GEMM; shared orders reshape operands
+    "copies (bias into GEMM outputs, shared-order operand layout)": ("aten::copy_", "aten::clone"),
     "loss and output error": ("aten::_log_softmax", "aten::gather", "aten::exp_", "aten::scatter_add_",
                               "aten::mean", "aten::full", "aten::fill_"),
     "bias sums": ("aten::sum",),
