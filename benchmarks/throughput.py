@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from soap.config import TrainConfig
+from soap.config import OPTIMIZERS, TrainConfig
 from soap.data import load_dataset
 from soap.devices import resolve_device
 from soap.nn import feedback_grad_input, linear_forward, mlp, sgd_update_
@@ -99,17 +99,18 @@ def step_gemm_flops(pop: int, shape: str, device: torch.device, repeats: int = 5
     return pop * BATCH * flops_per_example(SIZES) / timed(step, device, repeats)
 
 
-def population_config(data, pop: int, shape: str, examples: int, device: torch.device, logging: bool) -> TrainConfig:
+def population_config(data, pop: int, shape: str, examples: int, device: torch.device, logging: bool,
+                      optimizer: str = "sgd") -> TrainConfig:
     quiet = {} if logging else {"log_every": 10**9, "eval_every": 10**9}
     members = (dict(lrs=[0.05], seeds=list(range(pop))) if shape == "independent"
                else dict(lrs=np.geomspace(0.01, 0.1, pop).tolist(), seeds=[0]))
-    return TrainConfig.from_dict(dict(dataset="mnist", methods=["fa"], device=str(device),
+    return TrainConfig.from_dict(dict(dataset="mnist", methods=["fa"], device=str(device), optimizer=optimizer,
                                       epochs=examples / len(data.train_y), **members, **quiet))
 
 
 def population_rate(data, pop: int, shape: str, examples: int, device: torch.device, logging: bool = True,
-                    capture: bool = False) -> float:
-    config = population_config(data, pop, shape, examples, device, logging)
+                    capture: bool = False, optimizer: str = "sgd") -> float:
+    config = population_config(data, pop, shape, examples, device, logging, optimizer)
     meta = train_population(config, data, progress=False, capture=capture).meta
     return meta["run_examples_per_s"] if clock is CLOCK["wall"] else meta["run_examples_per_s"] * (
         meta["train_loop_s"] / meta["train_loop_cpu_s"])
@@ -178,6 +179,8 @@ def main() -> None:
     parser.add_argument("--pops", default="1,4,16,64", help="population sizes to measure")
     parser.add_argument("--repeats", type=int, default=3, help="measurements per figure (median reported)")
     parser.add_argument("--profile", action="store_true", help="also break a P = 16 step down by operator")
+    parser.add_argument("--optimizers", action="store_true",
+                        help="also each optimizer's cost against sgd's (P = 16, independent, no logging)")
     parser.add_argument("--capture", action="store_true", help="replay steps from a CUDA graph (CUDA only)")
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     parser.add_argument("--clock", choices=sorted(CLOCK), default="wall",
@@ -230,6 +233,17 @@ def main() -> None:
             ratios = [s / i for s, i in zip(quiet_rates["shared order", pop], quiet_rates["independent", pop])]
             print(f"{'':>17} shared order / independent, paired by repeat: median {statistics.median(ratios):.2f}x "
                   f"(range {min(ratios):.2f}-{max(ratios):.2f})")
+    if args.optimizers:
+        print("\noptimizers, P = 16, independent, no logging (each repeat runs every optimizer in turn):")
+        rates = defaultdict(list)
+        for _ in range(args.repeats):
+            for optimizer in OPTIMIZERS:
+                rates[optimizer].append(population_rate(data, 16, "independent", args.examples, device, False,
+                                                        args.capture, optimizer))
+        for optimizer, measured in rates.items():
+            ratios = [r / s for r, s in zip(measured, rates["sgd"])]
+            print(f"  {optimizer:>9} {statistics.median(measured):>10,.0f} run-examples/s, "
+                  f"{statistics.median(ratios):.2f}x sgd's (paired by repeat)")
     if args.profile:
         for shape in SHAPES:
             print(f"\nwhere the time of a quiet P = 16 run goes, {shape} (operator self time):")
