@@ -138,7 +138,7 @@ class PopulationMLP:
 
     @torch.no_grad()
     def train_step(self, x: Tensor, y: Tensor, lr: Tensor) -> Tensor:
-        """One SGD step of every member on its group's batch: x (groups, batch, in), y (groups, batch),
+        """One optimizer step of every member on its group's batch: x (groups, batch, in), y (groups, batch),
         lr (pop,). Returns the per-member loss before the step."""
         y = y.index_select(0, self.member_group)  # (pop, batch)
         acts = self.forward(x)
