@@ -145,10 +145,13 @@ class SyntheticSpec:
     def tuned_contrast(self, method: str, reference: str = "bp") -> float:
         return self.expected_contrast(method, self.tuned_lr(method), self.tuned_lr(reference), reference)
 
-    def mediated_effect(self, lr: float, exposure: str = "sign", control: str = "sign_scaled") -> float:
-        """True ACME at nominal lr: the loss change from moving the gain alone from control's to exposure's."""
+    def mediated_effect(self, lr: float, exposure: str = "sign", control: str = "sign_scaled",
+                        given_survival: bool = False) -> float:
+        """True ACME at nominal lr: the loss change from moving the gain alone from control's to exposure's
+        (among runs that did not diverge, if given_survival: what an analysis of surviving runs sees)."""
         direct = self.direct_effect[exposure] - self.direct_effect[control]
-        return self.expected_loss(exposure, lr) - self.expected_loss(control, lr) - direct
+        return (self.expected_loss(exposure, lr, given_survival) - self.expected_loss(control, lr, given_survival)
+                - direct)
 
     def median_ratio(self, method: str, reference: str = "bp") -> float:
         return self.median_examples[method] / self.median_examples[reference]

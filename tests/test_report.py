@@ -7,6 +7,7 @@ on the same contract the pipeline fills.
 
 from __future__ import annotations
 
+import html as html_lib
 import json
 import os
 import re
@@ -161,7 +162,8 @@ def test_html_is_self_contained(built):
 
 def _narrative(html: str) -> str:
     sections = re.findall(r'<section class="narrative".*?</section>', html, flags=re.DOTALL)
-    return re.sub(r"<[^>]+>", " ", " ".join(sections))
+    # Entities unescaped: "&#39;" (an escaped quote in a formula) holds no number of the study's.
+    return html_lib.unescape(re.sub(r"<[^>]+>", " ", " ".join(sections)))
 
 
 NUMBER = re.compile(r"\d+(?:,\d{3})*(?:\.\d+)?(?:e[+-]?\d+)?")

@@ -148,7 +148,7 @@ def analyze(runs: pd.DataFrame, *, fixed_lr: float | None = None,
                     out.skip(estimand, dataset, f"no {'tuned' if estimand == 'tuned' else 'grid'} runs")
                     continue
                 out.guard(estimand, dataset, lambda e=estimand, r=rows, o=outcome: _paired_rows(
-                    out, e, r, dataset, methods, o, n_boot, seed))
+                    out, e, r, dataset, methods, o, n_boot, seed, count=o == primary))
             out.guard("grid_lr", dataset, lambda o=outcome: _grid_lr_rows(out, grid, dataset, methods, o))
             out.guard("effective_lr", dataset, lambda o=outcome: _effective_lr_rows(
                 out, grid, dataset, o, summary if o == primary else None, model_texts))
@@ -168,10 +168,15 @@ def analyze(runs: pd.DataFrame, *, fixed_lr: float | None = None,
     summary.exclusions, summary.skipped = out.exclusions, out.skipped
     summary.estimates = [load(EstimateRow, json_safe(r)) for r in estimates.to_dict(orient="records")]
     km = pd.concat(km_tables, ignore_index=True) if km_tables else pd.DataFrame(columns=list(KM_COLUMNS))
-    return AnalysisResult(estimates=estimates, summary=summary, model_texts=model_texts, km=km[list(KM_COLUMNS)])
+    # Round-tripped through JSON, so the summary in memory is exactly what summary.json gives the report
+    # (NaN and infinities as None).
+    return AnalysisResult(estimates=estimates, summary=Summary.from_json(summary.to_json()),
+                          model_texts=model_texts, km=km[list(KM_COLUMNS)])
 
 
-def _paired_rows(out: _Collector, estimand, rows, dataset, methods, outcome, n_boot, seed) -> None:
+def _paired_rows(out: _Collector, estimand, rows, dataset, methods, outcome, n_boot, seed, count: bool) -> None:
+    """Paired contrast and probability of improvement per method; exclusions counted when `count`
+    (once, for the primary outcome: the other outcomes drop the same diverged runs)."""
     lr = float(rows["lr"].iloc[0]) if estimand != "tuned" else None
     for method in methods:
         if not (rows["method"] == method).any():
@@ -179,7 +184,9 @@ def _paired_rows(out: _Collector, estimand, rows, dataset, methods, outcome, n_b
                     note=f"no {method} runs here")
             continue
         contrast = paired.paired_contrast(rows, method, outcome)
-        out.exclude(estimand, dataset, method, contrast.pop("excluded"))
+        excluded = contrast.pop("excluded")
+        if count:
+            out.exclude(estimand, dataset, method, excluded)
         out.row(estimand, dataset, method, REFERENCE, outcome, contrast, contrast["n"], "pairs", paired.INTERVAL, lr)
         # Probability of improvement over the same runs (every non-diverged run with a finite outcome).
         arms = rows[~rows["diverged"] & np.isfinite(rows[outcome])]
@@ -242,6 +249,11 @@ def _effective_lr_rows(out: _Collector, grid, dataset, outcome, summary, model_t
 
 def _mediation_rows(out: _Collector, grid, grid_at_lr, dataset, shared_lr, outcome, n_sims, seed, summary,
                     model_texts, design) -> None:
+    where = "grid runs" if design == "pooled" else "grid runs at the shared learning rate"
+    if not {mediation.EXPOSURE, mediation.CONTROL} <= set((grid if design == "pooled" else grid_at_lr)["method"]):
+        if summary is not None:
+            out.skip("mediation", dataset, f"no {mediation.EXPOSURE} and {mediation.CONTROL} {where}")
+        return
     if design == "pooled":
         rows, excluded = mediation.pooled_rows(grid, outcome)
     else:

@@ -140,17 +140,6 @@ class Divergence:
 
 
 @dataclass
-class BudgetCurve:
-    """Expected best validation loss after k i.i.d. tuning trials (Dodge et al. 2019), per method."""
-
-    method: str
-    trials: str  # which trials: "random sampler" or "TPE startup trials"
-    n_trials: int
-    budget: list[int] = field(default_factory=list)
-    expected_best: list[float] = field(default_factory=list)
-
-
-@dataclass
 class EstimateRow:
     estimand: str
     dataset: str
@@ -182,7 +171,6 @@ class Summary:
     fixed_lr: dict[str, float | None] = field(default_factory=dict)  # bp's tuned lr snapped to the grid
     small_lr: dict[str, float | None] = field(default_factory=dict)  # the smallest grid lr
     tuned_lr: dict[str, dict[str, float]] = field(default_factory=dict)
-    tuned_lr_at_edge: dict[str, dict[str, str]] = field(default_factory=dict)  # method -> "low" / "high"
     exclusions: list[Exclusion] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
     holm_families: dict[str, str] = field(default_factory=dict)  # family label -> its members, in words
@@ -191,7 +179,6 @@ class Summary:
     mediation: dict[str, MediationSummary] = field(default_factory=dict)
     time_to_target: dict[str, TimeToTarget] = field(default_factory=dict)
     divergence: dict[str, Divergence] = field(default_factory=dict)
-    tuning_budget: dict[str, list[BudgetCurve]] = field(default_factory=dict)
     estimates: list[EstimateRow] = field(default_factory=list)
 
     def to_json(self) -> str:

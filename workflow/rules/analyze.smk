@@ -10,6 +10,7 @@ rule analyze:
         fixed_lr=config["analysis"]["fixed_lr"],
         n_boot=config["analysis"]["n_boot"],
         seed=config["analysis"]["seed"],
+        mediation_design=config["analysis"]["mediation_design"],
     resources:
         mem_mb=8000,
         runtime=120,

@@ -1,7 +1,7 @@
 """Snakemake script: the analysis stage (soap.analysis.run_analysis) on the runs table.
 
 input: runs; output: the analysis directory, or named files in it (estimates=.../estimates.csv,
-summary=..., models=..., km=...); params (all optional): fixed_lr, seed, n_boot; log: one file.
+summary=..., models=..., km=...); params (all optional): fixed_lr, seed, n_boot, mediation_design; log: one file.
 """
 
 import logging
@@ -23,4 +23,5 @@ run_analysis(
     fixed_lr=params.get("fixed_lr"),
     seed=int(params.get("seed", 0)),
     n_boot=int(params.get("n_boot", 2000)),
+    mediation_design=params.get("mediation_design", "pooled"),
 )
