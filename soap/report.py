@@ -415,6 +415,9 @@ def dataset_context(inputs: Inputs, dataset: str) -> dict:
         "mediation_skipped": s.skipped_reason("mediation", dataset),
         "time_to_target": _ttt_context(ttt) if ttt else None,
         "skipped": [{"estimand": k.estimand, "reason": k.reason} for k in s.skipped if k.dataset == dataset],
+        "refresh_sensitivity": [{"refresh_period": fmt_int(r["refresh_period"]), "estimand": r["estimand"],
+                                 "method": r["method"], **fmt_interval(r)}
+                                for r in s.refresh_sensitivity.get(dataset, [])],
         "exclusions": [{"estimand": e.estimand, "method": e.method, "reason": e.reason, "n": fmt_int(e.n)}
                        for e in s.exclusions if e.dataset == dataset],
     }
@@ -481,6 +484,8 @@ def _ttt_context(ttt) -> dict:
             "hazard_ratio": {m: fmt_interval(v, null=1.0) for m, v in ttt.hazard_ratio.items()},
             "hazard_ratio_note": ttt.hazard_ratio_note,
             "ph": {m: fmt_p(t.p_value) for m, t in ttt.proportional_hazards.items() if _finite(t.p_value)},
+            "sensitivity": [{"target_loss": fmt_num(r["target_loss"]), "method": r["method"],
+                             **fmt_interval(r, null=1.0)} for r in ttt.target_sensitivity],
             "n_censored": {m: fmt_int(v) for m, v in ttt.n_censored.items()}}
 
 
@@ -522,6 +527,7 @@ def report_context(inputs: Inputs, figure_images: Mapping[str, str], tables: Map
         "methods": list(s.methods or F.order_methods(inputs.runs["method"].unique())),
         "n_runs": fmt_int(s.n_runs),
         "min_pairs": fmt_int(s.min_pairs),
+        "refresh_period": fmt_int(s.refresh_period) if s.refresh_period is not None else None,
         "holm_families": dict(s.holm_families),
         "datasets": [dataset_context(inputs, d) for d in datasets],
         "budget_trials": which,

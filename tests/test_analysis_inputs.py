@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from soap import cli
@@ -133,3 +134,41 @@ def test_run_analysis_names_the_file_of_a_bad_table(tmp_path):
     generate_runs(SMALL, seed=0).drop(columns="lr").to_csv(path, index=False)
     with pytest.raises(TableError, match=r"runs.csv is missing required column\(s\): lr"):
         run_analysis(path, tmp_path / "out")
+
+
+def test_refresh_period_axis_gives_the_estimands_at_one_period_and_a_sensitivity_table():
+    # sign run at two refresh periods; at T = 64000 its direct effect is 0.1 worse (bp, fa at one T).
+    runs = generate_runs(replace(SMALL, grid_seeds=6, tuned_seeds=6), seed=3).assign(refresh_period=6400.0)
+    slow = runs[runs["method"] == "sign"].assign(refresh_period=64000.0)
+    slow = slow.assign(run_id=slow["run_id"] + "-T64000", test_loss=slow["test_loss"] + 0.1)
+    both = pd.concat([runs, slow], ignore_index=True)
+    result = analyze(both, n_boot=50, outcomes=("test_loss",))
+    assert result.summary.refresh_period == 6400.0  # ties: the smaller T
+    main = analyze(runs, n_boot=50, outcomes=("test_loss",)).estimates
+    tuned = result.estimates.query("estimand == 'tuned' and method == 'sign'")["estimate"].item()
+    assert tuned == pytest.approx(main.query("estimand == 'tuned' and method == 'sign'")["estimate"].item())
+    table = pd.DataFrame(result.summary.refresh_sensitivity["synthetic"])
+    sign = table[(table["method"] == "sign") & (table["estimand"] == "tuned")].set_index("refresh_period")
+    assert sign.loc[64000.0, "estimate"] - sign.loc[6400.0, "estimate"] == pytest.approx(0.1)
+    assert set(table["method"]) == {"fa", "sign", "sign_scaled"}
+
+
+def test_target_sensitivity_reads_other_targets_off_the_curves():
+    # Curves built so that run r's smoothed loss is target * t_r / x: it crosses the target at its own
+    # examples_to_target t_r, and m x target at t_r / m. Every time scales by 1 / m, so the ratio of
+    # medians is the same at every target, up to the 500-example logging grid.
+    spec = replace(SMALL, budget_examples=2e6)
+    runs = generate_runs(spec, seed=4)
+    tuned = runs[runs["phase"] == "tuned"]
+    examples = np.arange(500.0, 2e6 + 1, 500.0)
+    curves = pd.concat([pd.DataFrame({"run_id": r.run_id, "examples": examples, "train_loss": np.nan,
+                                      "train_loss_ema": spec.target_loss * r.examples_to_target / examples,
+                                      "val_loss": np.nan, "val_acc": np.nan})
+                        for r in tuned.itertuples()], ignore_index=True)
+    result = analyze(runs, n_boot=50, outcomes=("test_loss",), curves=curves)
+    ttt = result.summary.time_to_target["synthetic"]
+    table = pd.DataFrame(ttt.target_sensitivity)
+    assert sorted(table["multiplier"].unique()) == [0.8, 0.9, 1.0, 1.1, 1.25]
+    np.testing.assert_allclose(table["target_loss"].unique(), spec.target_loss * np.array([0.8, 0.9, 1.0, 1.1, 1.25]))
+    for method, rows in table.groupby("method"):
+        np.testing.assert_allclose(rows["estimate"], ttt.ratio[method].estimate, rtol=0.03)

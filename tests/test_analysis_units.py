@@ -197,3 +197,27 @@ def test_method_diverged_everywhere_at_the_shared_lr_is_reported_not_fatal():
 def test_unknown_mediation_design_is_an_error():
     with pytest.raises(AnalysisError, match="mediation_design"):
         analyze(TOY, mediation_design="nope")
+
+
+def test_expected_best_validation_loss_by_hand():
+    from soap.analysis.tuning_budget import expected_best
+
+    # Best of k draws with replacement from {1, 2, 3}: k = 1 the mean; k = 2: P(min = 1) = 1 - (2/3)^2,
+    # P(min = 2) = (2/3)^2 - (1/3)^2, P(min = 3) = (1/3)^2, so 5/9 + 2 * 3/9 + 3 * 1/9 = 14/9.
+    assert expected_best(np.array([3.0, 1.0, 2.0]), 1) == pytest.approx(2.0)
+    assert expected_best(np.array([3.0, 1.0, 2.0]), 2) == pytest.approx(14 / 9)
+    assert expected_best(np.array([3.0, 1.0, 2.0]), 200) == pytest.approx(1.0)
+
+
+def test_iid_trials_are_the_random_ones_or_tpe_startup():
+    from soap.analysis.tuning_budget import at_edge, iid_trials
+
+    trials = pd.DataFrame({"dataset": "mnist", "method": "fa", "repeat": "0", "number": range(8),
+                           "value": np.arange(8.0), "state": "COMPLETE"})
+    chosen, which = iid_trials(trials, startup=4)
+    assert list(chosen["number"]) == [0, 1, 2, 3] and "startup" in which
+    flagged = trials.assign(user_attrs_random=[True, False] * 4)
+    chosen, which = iid_trials(flagged, startup=4)
+    assert list(chosen["number"]) == [0, 2, 4, 6] and "user_attrs_random" in which
+    assert at_edge(1.05e-3, 1e-3, 3.0) == "low" and at_edge(2.9, 1e-3, 3.0) == "high"
+    assert at_edge(0.05, 1e-3, 3.0) is None

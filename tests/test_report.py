@@ -94,12 +94,13 @@ def make_results(root: Path, datasets=("mnist",), methods=METHODS, tuning=True, 
     _curves(runs).to_parquet(root / "curves.parquet", index=False)
     # The analysis stage itself writes summary.json, estimates.csv and km.csv: the report is tested on
     # the contract as it is, not on a copy of it (few resamples, to stay fast).
-    run_analysis(root / "runs.parquet", root / "analysis", n_boot=50)
+    run_analysis(root / "runs.parquet", root / "analysis", n_boot=50, curves_path=root / "curves.parquet")
     if tuning:
         _tuning(root, runs)
     if provenance:
         (root / "provenance.json").write_text(json.dumps({
             "config": {"seeds": {"grid": 3, "tuned": 3}, "budget": {"epochs": 5}, "methods": list(methods),
+                       "tune": {"batch": 4, "lr_low": 1e-4, "lr_high": 1.0},
                        "model": {"hidden": [256, 256], "activation": "tanh"}},
             "versions": {"soap": "0.1.0", "torch": "2.5.1", "python": "3.11.9"},
             "device": ["cpu (synthetic <test>)"], "wall_time_s": 3723.0, "compute_time_s": 7021.5,
@@ -293,3 +294,25 @@ def test_report_renders_in_headless_chromium(built, tmp_path):
     assert pixels[..., :3].std() > 0.05  # text and figures, not a blank page
     # The figures are drawn, not broken-image icons: some rows far down the page are not white.
     assert (pixels[2000:, :, :3] < 0.9).any()
+
+
+def test_narrative_shows_the_small_lr_regime_the_imprecision_and_the_exclusions(built):
+    html = _narrative(built[1])
+    assert "a learning rate chosen for bp" in html and "too small for bp: the write-up's regime" in html
+    assert "Headline." in html
+    assert "SD " in html and "ACME and ADE are estimated far less precisely" in html
+    assert "Runs left out, by estimand, method and reason" in html
+    assert "Holm families" in html and "tests: effective_lr" in html
+    assert "seeds per phase grid 3, tuned 3" in " ".join(html.split())
+    # Tuning budget: TPE's startup trials (provenance's tune.batch = 4), said in the page.
+    assert "TPE's startup trials (the first 4 of each study" in html
+    assert "The ratio at other target losses" in html
+
+
+def test_forest_has_one_panel_with_its_own_axis_per_estimand(tmp_path):
+    results = make_results(tmp_path / "results", tuning=False)
+    inputs = report.load_inputs(results)
+    fig, axes = report.make_figures(inputs)["fig06_forest"]
+    assert axes.shape == (1, len(report.COMPARISON_ESTIMANDS))
+    limits = [ax.get_xlim() for ax in axes[0]]
+    assert len(set(limits)) == len(limits)  # each panel scales to its own estimates

@@ -22,7 +22,7 @@ from soap.analysis.multiplicity import describe_families, holm_adjust, holm_fami
 from soap.analysis.summary import (Divergence, DivergenceCell, EffectiveLrModel, EstimateRow, Exclusion,
                                    Interval, MediationSummary, Skipped, Summary, TimeToTarget, WaldTest,
                                    json_safe, load)
-from soap.tables import read_table, validate_runs, write_table, write_text
+from soap.tables import read_table, validate_curves, validate_runs, write_table, write_text
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class _Collector:
 def analyze(runs: pd.DataFrame, *, fixed_lr: float | None = None,
             outcomes: tuple[str, ...] = ("test_loss", "test_acc"), seed: int = 0,
             n_boot: int = 2000, mediation_design: str = mediation.DEFAULT_DESIGN,
-            n_sims: int | None = None) -> AnalysisResult:
+            n_sims: int | None = None, curves: pd.DataFrame | None = None) -> AnalysisResult:
     """Estimate every method-vs-bp estimand of STUDY.md from a runs table.
 
     The first outcome is primary: summary.json's blocks and the time-to-target Holm family refer to
@@ -107,8 +107,9 @@ def analyze(runs: pd.DataFrame, *, fixed_lr: float | None = None,
     of the mediation analysis in its "fixed_lr" design), snapped to the nearest grid value on a log
     scale. `n_boot` is the number of bootstrap resamples, `n_sims` the mediation simulations (default:
     n_boot, at most MAX_MEDIATION_SIMS). `mediation_design` is "pooled" or "fixed_lr" (see
-    soap.analysis.mediation). Holm families: soap.analysis.multiplicity. Raises AnalysisError on
-    unusable input.
+    soap.analysis.mediation). `curves` (the curves table, optional) adds the time-to-target ratio at
+    other target losses. Holm families: soap.analysis.multiplicity. Raises AnalysisError on unusable
+    input.
     """
     if mediation_design not in mediation.DESIGNS:
         raise AnalysisError(f"mediation_design must be one of {mediation.DESIGNS}, got {mediation_design!r}")
@@ -124,8 +125,14 @@ def analyze(runs: pd.DataFrame, *, fixed_lr: float | None = None,
     n_sims = min(n_boot if n_sims is None else n_sims, MAX_MEDIATION_SIMS)
     primary = outcomes[0]
     summary = Summary(outcome=primary, datasets=sorted(runs["dataset"].unique()), methods=_ordered_methods(runs),
-                      n_runs=len(runs), min_pairs=paired.MIN_PAIRS)
+                      n_runs=len(runs), min_pairs=paired.MIN_PAIRS, refresh_period=main_refresh_period(runs))
     out, model_texts, km_tables = _Collector(), {}, []
+    all_runs = runs
+    if summary.refresh_period is not None:  # the estimands at one T; the others are a sensitivity analysis
+        runs = at_refresh_period(runs, summary.refresh_period)
+        for dataset, ds_runs in all_runs.groupby("dataset", sort=True):
+            out.guard("refresh_period sensitivity", dataset, lambda d=dataset, r=ds_runs: summary.refresh_sensitivity
+                      .__setitem__(d, _refresh_sensitivity(r, fixed_lr, primary)))
     for dataset, ds_runs in runs.groupby("dataset", sort=True):
         grid = ds_runs[ds_runs["phase"] == "grid"]
         tuned = ds_runs[ds_runs["phase"] == "tuned"]
@@ -155,9 +162,14 @@ def analyze(runs: pd.DataFrame, *, fixed_lr: float | None = None,
             out.guard("mediation", dataset, lambda o=outcome: _mediation_rows(
                 out, grid, phase_rows["fixed_lr"], dataset, shared_lr, o, n_sims, seed,
                 summary if o == primary else None, model_texts, mediation_design))
+        ttt_rows = tuned if not tuned.empty else phase_rows["fixed_lr"]
         out.guard("time_to_target", dataset, lambda: _time_to_target_rows(
-            out, tuned if not tuned.empty else phase_rows["fixed_lr"], ds_runs, dataset, n_boot, seed, summary,
-            model_texts, km_tables))
+            out, ttt_rows, ds_runs, dataset, n_boot, seed, summary, model_texts, km_tables))
+        block = summary.time_to_target.get(dataset)
+        if curves is not None and block is not None and block.target_loss is not None:
+            out.guard("time_to_target sensitivity", dataset, lambda: block.target_sensitivity.extend(
+                time_to_target.target_sensitivity(ttt_rows, curves, block.target_loss, min(n_boot, 500),
+                                                  _rng(seed, "target_sensitivity", dataset))))
         out.guard("divergence", dataset, lambda: _divergence(summary, grid, dataset))
 
     estimates = pd.DataFrame(out.rows, columns=list(ESTIMATES_COLUMNS))
@@ -343,6 +355,40 @@ def _divergence(summary: Summary, grid: pd.DataFrame, dataset: str) -> None:
     summary.divergence[dataset] = Divergence(cells=cells, note="Wilson 95% intervals per cell")
 
 
+def main_refresh_period(runs: pd.DataFrame) -> float | None:
+    """The refresh period T of the main estimands when the runs hold several (a T axis in the grid):
+    the most frequent among the non-bp runs (ties: the smaller T). None when there is one T or none."""
+    if "refresh_period" not in runs or runs["refresh_period"].dropna().nunique() < 2:
+        return None
+    counts = runs.loc[runs["method"] != REFERENCE, "refresh_period"].value_counts()
+    return float(counts[counts == counts.max()].index.min())
+
+
+def at_refresh_period(runs: pd.DataFrame, period: float) -> pd.DataFrame:
+    """Each method's runs at refresh period `period`; a method never run at it keeps all its runs (bp
+    and fa ignore T, and a study may run them at one T only)."""
+    at = np.isclose(runs["refresh_period"].astype(float), period)
+    has = runs.assign(at=at).groupby("method")["at"].transform("any")
+    return runs[at | ~has]
+
+
+def _refresh_sensitivity(ds_runs: pd.DataFrame, fixed_lr, outcome: str) -> list[dict]:
+    """The paired estimands (fixed_lr, small_lr, tuned) at every refresh period T in the runs."""
+    rows = []
+    for period in sorted(ds_runs["refresh_period"].dropna().unique()):
+        at = at_refresh_period(ds_runs, float(period))
+        grid, tuned = at[at["phase"] == "grid"], at[at["phase"] == "tuned"]
+        shared = choose_fixed_lr(at, fixed_lr, outcome)
+        subsets = {"fixed_lr": at_lr(grid, shared) if shared else grid.iloc[:0],
+                   "small_lr": at_lr(grid, grid["lr"].min()) if len(grid) else grid, "tuned": tuned}
+        for estimand, subset in subsets.items():
+            for method in sorted(set(subset["method"]) - {REFERENCE}):
+                contrast = paired.paired_contrast(subset, method, outcome)
+                rows.append({"refresh_period": float(period), "estimand": estimand, "method": method,
+                             **{k: contrast[k] for k in ("estimate", "ci_low", "ci_high", "p_value", "n")}})
+    return rows
+
+
 def _arm(surv: pd.DataFrame, method: str) -> tuple[np.ndarray, np.ndarray]:
     arm = surv[surv["method"] == method]
     return arm["time"].to_numpy(), arm["event"].to_numpy()
@@ -353,11 +399,14 @@ def models_text(model_texts: dict[str, str]) -> str:
 
 
 def run_analysis(runs_path, out_dir, *, fixed_lr: float | None = None, seed: int = 0,
-                 n_boot: int = 2000, mediation_design: str = mediation.DEFAULT_DESIGN) -> AnalysisResult:
-    """Read a runs table (parquet or CSV), analyse it and write into out_dir, each file atomically:
-    estimates.csv, summary.json, models.txt and km.csv."""
+                 n_boot: int = 2000, mediation_design: str = mediation.DEFAULT_DESIGN,
+                 curves_path=None) -> AnalysisResult:
+    """Read a runs table (parquet or CSV) and optionally its curves table, analyse them and write into
+    out_dir, each file atomically: estimates.csv, summary.json, models.txt and km.csv."""
     runs = validate_runs(read_table(runs_path), source=str(runs_path))  # the error names the file
-    result = analyze(runs, fixed_lr=fixed_lr, seed=seed, n_boot=n_boot, mediation_design=mediation_design)
+    curves = None if curves_path is None else validate_curves(read_table(curves_path), source=str(curves_path))
+    result = analyze(runs, fixed_lr=fixed_lr, seed=seed, n_boot=n_boot, mediation_design=mediation_design,
+                     curves=curves)
     out_dir = Path(out_dir)
     write_table(result.estimates, out_dir / "estimates.csv")
     write_table(result.km, out_dir / "km.csv")

@@ -175,6 +175,9 @@ class Summary:
     skipped: list[Skipped] = field(default_factory=list)
     holm_families: dict[str, str] = field(default_factory=dict)  # family label -> its members, in words
     min_pairs: int = 6  # below this many pairs a paired estimate carries a warning
+    refresh_period: float | None = None  # the refresh period T the estimands use, when runs have several
+    # dataset -> rows (refresh_period, estimand, method, estimate, ci_low, ci_high, p_value, n): every T
+    refresh_sensitivity: dict[str, list[dict]] = field(default_factory=dict)
     effective_lr_model: dict[str, EffectiveLrModel] = field(default_factory=dict)
     mediation: dict[str, MediationSummary] = field(default_factory=dict)
     time_to_target: dict[str, TimeToTarget] = field(default_factory=dict)

@@ -1,6 +1,7 @@
 rule analyze:
     input:
         runs="results/runs.parquet",
+        curves="results/curves.parquet",  # the time-to-target ratio at other target losses
     output:
         # estimates.csv, summary.json, models.txt, km.csv (soap.analysis.run_analysis)
         analysis=directory("results/analysis"),

@@ -1,6 +1,6 @@
 """Snakemake script: the analysis stage (soap.analysis.run_analysis) on the runs table.
 
-input: runs; output: the analysis directory, or named files in it (estimates=.../estimates.csv,
+input: runs (and optionally curves); output: the analysis directory, or named files in it (estimates=.../estimates.csv,
 summary=..., models=..., km=...); params (all optional): fixed_lr, seed, n_boot, mediation_design; log: one file.
 """
 
@@ -24,4 +24,5 @@ run_analysis(
     seed=int(params.get("seed", 0)),
     n_boot=int(params.get("n_boot", 2000)),
     mediation_design=params.get("mediation_design", "pooled"),
+    curves_path=getattr(snakemake.input, "curves", None),
 )
