@@ -68,16 +68,16 @@ def test_probability_of_improvement_interval_covers_at_8_and_10_runs():
     # (the default) 93.5% and 93%, plain percentile 85% and 89.5%. 1200 intervals: SE 0.0065; band
     # [0.905, 0.975]: the plain interval (0.873) fails it, and so would doubling the expansion (> 0.98).
     truth = stats.norm.cdf(1.5 / np.sqrt(2))
-    for expand, inside in ((True, True), (False, False)):
+    for options, inside in (({}, True), ({"expand": False}, False)):  # the default, then the plain one
         intervals = []
         for n in (8, 10):
             rng = np.random.default_rng(n)
             for r in range(600):
                 bp, method = 1.5 + rng.standard_normal(n), rng.standard_normal(n)
-                out = poi_interval(method, bp, 400, np.random.default_rng(r), expand=expand)
+                out = poi_interval(method, bp, 400, np.random.default_rng(r), **options)
                 intervals.append((out["ci_low"], out["ci_high"]))
         rate = _hit_rate(intervals, truth)
-        assert (0.905 <= rate <= 0.975) == inside, (expand, rate)
+        assert (0.905 <= rate <= 0.975) == inside, (options, rate)
 
 
 def _ratio_study(rng, n_seeds, ratio):
@@ -91,15 +91,15 @@ def test_median_ratio_interval_covers_at_8_and_10_seeds():
     # Percentile bootstrap of a ratio of medians over seeds: measured 94-95.5% at 8 and 10 seeds, the
     # expanded percentile 97.5-98% (a median's bootstrap is already wide). 1600 intervals: SE 0.0054;
     # band [0.93, 0.968] holds the plain interval and rejects the expanded one.
-    for expand, inside in ((False, True), (True, False)):
+    for options, inside in (({}, True), ({"expand": True}, False)):  # the default, then the expanded one
         intervals = []
         for n in (8, 10):
             rng = np.random.default_rng(100 + n)
             for r in range(800):
-                out = median_ratio(_ratio_study(rng, n, 2.0), "fa", 300, np.random.default_rng(r), expand=expand)
+                out = median_ratio(_ratio_study(rng, n, 2.0), "fa", 300, np.random.default_rng(r), **options)
                 intervals.append((out["ci_low"], out["ci_high"]))
         rate = _hit_rate(intervals, 2.0)
-        assert (0.93 <= rate <= 0.968) == inside, (expand, rate)
+        assert (0.93 <= rate <= 0.968) == inside, (options, rate)
 
 
 def test_median_ratio_test_holds_its_level_under_the_null():

@@ -221,3 +221,41 @@ def test_iid_trials_are_the_random_ones_or_tpe_startup():
     assert list(chosen["number"]) == [0, 2, 4, 6] and "user_attrs_random" in which
     assert at_edge(1.05e-3, 1e-3, 3.0) == "low" and at_edge(2.9, 1e-3, 3.0) == "high"
     assert at_edge(0.05, 1e-3, 3.0) is None
+
+
+def test_weighted_km_median_matches_statsmodels_on_the_expanded_sample():
+    from statsmodels.duration.survfunc import SurvfuncRight
+
+    from soap.analysis.time_to_target import km_median_weighted
+
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        n = int(rng.integers(3, 15))
+        # Censorings tied with events (the last run's time is the first's).
+        time = np.round(rng.lognormal(0, 1, n), 6)
+        event = (rng.random(n) < 0.7).astype(int)
+        time[-1] = time[0]
+        weights = rng.integers(0, 3, (1, n)).astype(float)
+        rows = np.repeat(np.arange(n), weights[0].astype(int))
+        if not len(rows):
+            continue
+        fit = SurvfuncRight(time[rows], event[rows])
+        if np.isclose(fit.surv_prob, 0.5, rtol=0, atol=1e-9).any():
+            continue  # S = 1/2 exactly: statsmodels' grouped product may land a hair either side
+        ours, theirs = km_median_weighted(time, event, weights)[0], fit.quantile(0.5)
+        assert (np.isnan(ours) and np.isnan(theirs)) or ours == pytest.approx(theirs), (time, event, weights)
+
+
+def test_median_ratio_interval_uses_the_runs_the_estimate_uses():
+    # Unbalanced seeds: fa ran seeds 0-7 and 16-23, bp seeds 0-15. The estimate uses every run, so
+    # must the interval (the seeds both arms share gave a ratio outside its own interval).
+    from soap.analysis.time_to_target import median_ratio
+
+    rng = np.random.default_rng(5)
+    fa_seeds = np.r_[0:8, 16:24]
+    fa_time = np.where(fa_seeds >= 16, 4.0, 1.4) * 50_000 * np.exp(0.2 * rng.standard_normal(16))
+    surv = pd.DataFrame({"method": ["bp"] * 16 + ["fa"] * 16, "seed": np.r_[np.arange(16), fa_seeds],
+                         "time": np.r_[50_000 * np.exp(0.2 * rng.standard_normal(16)), fa_time], "event": 1})
+    out = median_ratio(surv, "fa", 500, np.random.default_rng(0))
+    assert out["n"] == 24
+    assert out["ci_low"] <= out["estimate"] <= out["ci_high"]
