@@ -18,6 +18,7 @@ from soap.analysis.effective_lr import fit_lr_model
 from soap.analysis.inputs import at_lr
 from soap.analysis.mediation import fit_mediation, mediation_rows, pooled_rows
 from soap.analysis.paired import paired_contrast
+from soap.analysis import time_to_target
 from soap.analysis.time_to_target import km_median, survival_data
 from soap.synthetic import SyntheticSpec, generate_runs
 
@@ -321,3 +322,17 @@ def test_km_table_is_a_decreasing_step_function(result):
         assert (curve["ci_low"] <= curve["survival"] + 1e-12).all()
         assert (curve["survival"] <= curve["ci_high"] + 1e-12).all()
     assert isinstance(km, pd.DataFrame) and set(km["method"]) == {"bp", *NON_BP}
+
+
+def test_cox_reports_a_monotone_likelihood_as_not_estimable_with_its_reason():
+    # Every fa run reaches the target (median 90,000) after nearly every bp run (50,000, sd of log
+    # 0.15), on a 640-example logging grid: the partial likelihood has no finite maximum for fa.
+    spec = replace(SPEC, tuned_seeds=16, budget_examples=100_000.0, examples_sd_log=0.15,
+                   median_examples={"bp": 50_000.0, "fa": 90_000.0, "sign": 45_000.0, "sign_scaled": 95_000.0})
+    tuned = generate_runs(spec, seed=0).query("phase == 'tuned'").copy()
+    tuned["examples_to_target"] = np.ceil(tuned["examples_to_target"] / 640) * 640
+    cox = time_to_target.fit_cox(survival_data(tuned, 100_000))
+    assert "monotone partial likelihood" in cox.reasons["fa"]
+    assert np.isnan(cox.hazard_ratio["fa"]["estimate"]) and cox.hazard_ratio["fa"]["p_value"] < 1e-3  # log-rank
+    sign = cox.hazard_ratio["sign"]  # interleaves with bp: estimated, faster than bp
+    assert 1 < sign["ci_low"] < sign["estimate"] < sign["ci_high"] < 1e4

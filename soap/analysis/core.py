@@ -285,7 +285,9 @@ def _mediation_rows(out: _Collector, grid, grid_at_lr, dataset, shared_lr, outco
             exposure=mediation.EXPOSURE, control=mediation.CONTROL, design=fit.design,
             lr=shared_lr if fit.design == "fixed_lr" else None, lrs=list(fit.lrs), outcome_model=fit.outcome_formula,
             mediator_model=fit.mediator_formula, n=fit.n, n_seeds=fit.n_seeds, n_sims=fit.n_sims,
-            **{part: Interval(**json_safe(fit.effects[part]), n=fit.n, unit=unit) for part in mediation.PARTS})
+            **{part: Interval(**json_safe(fit.effects[part]), n=fit.n, unit=unit,
+                              interval="simulation percentile" if part == "prop" else interval)
+               for part in mediation.PARTS})
     for key, effect in fit.effects.items():
         out.row(f"mediation_{key}", dataset, mediation.EXPOSURE, mediation.CONTROL, outcome, effect, fit.n, unit,
                 "simulation percentile" if key == "prop" else interval)
@@ -329,8 +331,8 @@ def _time_to_target_rows(out: _Collector, rows, ds_runs, dataset, n_boot, seed, 
     block.hazard_ratio = {m: Interval(**json_safe(v), unit="runs") for m, v in cox.hazard_ratio.items()}
     notes = []
     if cox.not_estimable:
-        notes.append(f"not estimable for {', '.join(cox.not_estimable)} (no events in the arm or in bp; "
-                     "p from a log-rank test)")
+        notes.append("not estimable for " + "; ".join(f"{m} ({r})" for m, r in cox.reasons.items())
+                     + ": p from a log-rank test")
     for m, (corr, p) in (cox.proportional_hazards or {}).items():
         block.proportional_hazards[m] = WaldTest(
             hypothesis=f"{m}'s Schoenfeld residuals do not trend with log time (proportional hazards)",

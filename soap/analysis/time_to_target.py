@@ -30,6 +30,7 @@ logging grid many runs tie. Kaplan-Meier handles ties exactly; the Cox fit uses 
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +38,7 @@ import pandas as pd
 from scipy import stats
 from statsmodels.duration.hazard_regression import PHReg
 from statsmodels.duration.survfunc import SurvfuncRight, survdiff
+from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
 from soap.analysis.inputs import REFERENCE
 
@@ -194,6 +196,7 @@ class CoxFit:
     not_estimable: tuple[str, ...] = ()  # methods whose hazard ratio has no finite estimate
     # method -> (correlation of its Schoenfeld residuals with log time, p-value): the PH check
     proportional_hazards: dict[str, tuple[float, float]] = None
+    reasons: dict[str, str] = None  # method -> why its hazard ratio is not estimable
 
 
 def logrank_p(surv: pd.DataFrame, method: str) -> float:
@@ -205,42 +208,61 @@ def logrank_p(surv: pd.DataFrame, method: str) -> float:
     return float(stats.chi2.sf(chi2, df=1))  # survdiff's own p is 1 - cdf, which underflows to 0
 
 
+# A fitted |log hazard ratio| beyond this (a ratio beyond 1e4 or below 1e-4) is the optimiser running
+# off along a monotone partial likelihood, not an estimate.
+MAX_LOG_HAZARD_RATIO = np.log(1e4)
+
+
 def fit_cox(surv: pd.DataFrame) -> CoxFit | None:
     """Cox PH model time ~ method (vs bp), censored runs kept, SEs clustered by seed; None if no events.
 
-    Methods with no events, or all methods when bp has none, get a null hazard ratio and a log-rank p.
+    A method whose hazard ratio has no finite maximum gets a null hazard ratio and a log-rank p, with
+    the reason in `not_estimable` / the text: no events in its arm or in bp's, or a monotone partial
+    likelihood, where the arms' event times barely interleave (say every fa run reaching the target
+    after nearly every bp run, at 16 seeds on a 640-example logging grid), so the fitted ratio runs off
+    to 0 or infinity (statsmodels, not converging, printed 1e-12 with an interval from 1e-168 to
+    1e144). The model is refitted without such methods.
     """
     methods = sorted(m for m in surv["method"].unique() if m != REFERENCE)
     if not methods or surv["event"].sum() == 0 or REFERENCE not in set(surv["method"]):
         return None
     events = surv.groupby("method")["event"].sum()
-    degenerate = [m for m in methods if events[m] == 0 or events[REFERENCE] == 0]
-    hazard_ratio = {m: {"estimate": np.nan, "ci_low": np.nan, "ci_high": np.nan, "p_value": logrank_p(surv, m)}
-                    for m in degenerate}
-    fitted = [m for m in methods if m not in degenerate]
-    note = (f"Hazard ratio not estimable (no events in the arm or in {REFERENCE}): {', '.join(degenerate)}; "
-            "p-values from log-rank tests.\n" if degenerate else "")
-    if not fitted:
-        return CoxFit(hazard_ratio=hazard_ratio, text=note, not_estimable=tuple(degenerate))
-    surv = surv[surv["method"].isin([REFERENCE, *fitted])]
-    model = PHReg.from_formula(f"time ~ {METHOD_TERM}", surv, status=surv["event"].to_numpy())
-    results = model.fit(groups=surv["seed"].to_numpy())
-    names = list(model.exog_names)
-    log_ci = results.conf_int()
-    residuals = results.schoenfeld_residuals  # NaN rows: censored runs
-    log_time = np.log(surv["time"].to_numpy())
-    ph = {}
-    for method in fitted:
-        i = names.index(f"{METHOD_TERM}[T.{method}]")
-        hazard_ratio[method] = {
-            "estimate": float(np.exp(results.params[i])),
-            "ci_low": float(np.exp(log_ci[i, 0])),
-            "ci_high": float(np.exp(log_ci[i, 1])),
-            "p_value": float(results.pvalues[i]),
-        }
-        ph[method] = proportional_hazards_test(residuals[:, i], log_time)
-    return CoxFit(hazard_ratio=dict(sorted(hazard_ratio.items())), text=note + str(results.summary()),
-                  not_estimable=tuple(degenerate), proportional_hazards=ph)
+    reasons = {m: f"no events in {m if events[m] == 0 else REFERENCE}" for m in methods
+               if events[m] == 0 or events[REFERENCE] == 0}
+    fitted = [m for m in methods if m not in reasons]
+    hazard_ratio, ph, text = {}, {}, ""
+    while fitted:
+        rows = surv[surv["method"].isin([REFERENCE, *fitted])]
+        model = PHReg.from_formula(f"time ~ {METHOD_TERM}", rows, status=rows["event"].to_numpy())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)  # judged below, per method
+            results = model.fit(groups=rows["seed"].to_numpy())
+        names = list(model.exog_names)
+        index = {m: names.index(f"{METHOD_TERM}[T.{m}]") for m in fitted}
+        runaway = [m for m, i in index.items()
+                   if not (abs(results.params[i]) < MAX_LOG_HAZARD_RATIO and np.isfinite(results.bse[i]))]
+        if not runaway:
+            break
+        reasons.update({m: "monotone partial likelihood (event times barely interleave with bp's)" for m in runaway})
+        fitted = [m for m in fitted if m not in runaway]
+    for method, reason in reasons.items():
+        hazard_ratio[method] = {"estimate": np.nan, "ci_low": np.nan, "ci_high": np.nan,
+                                "p_value": logrank_p(surv, method)}
+    if reasons:
+        text = "Hazard ratio not estimable (p-values from log-rank tests): " + "; ".join(
+            f"{m}: {r}" for m, r in reasons.items()) + "\n"
+    if fitted:
+        log_ci = results.conf_int()
+        residuals = results.schoenfeld_residuals  # NaN rows: censored runs
+        log_time = np.log(rows["time"].to_numpy())
+        for method, i in index.items():
+            hazard_ratio[method] = {"estimate": float(np.exp(results.params[i])),
+                                    "ci_low": float(np.exp(log_ci[i, 0])), "ci_high": float(np.exp(log_ci[i, 1])),
+                                    "p_value": float(results.pvalues[i])}
+            ph[method] = proportional_hazards_test(residuals[:, i], log_time)
+        text += str(results.summary())
+    return CoxFit(hazard_ratio=dict(sorted(hazard_ratio.items())), text=text, not_estimable=tuple(sorted(reasons)),
+                  proportional_hazards=ph, reasons=reasons)
 
 
 def proportional_hazards_test(residuals: np.ndarray, log_time: np.ndarray) -> tuple[float, float]:
