@@ -384,6 +384,8 @@ def fmt_interval(value: Interval | Mapping | None, digits: int = 3, null: float 
             "n": (fmt_int(value["n"]) + (f" {unit}" if unit else "")) if _finite(value.get("n")) else None,
             "sd": fmt_num(value.get("sd"), 2) if _finite(value.get("sd")) else None,
             "note": str(value.get("note") or ""),
+            # a paired estimate on fewer than MIN_PAIRS pairs: flagged in the cell, explained below the table
+            "few_pairs": str(value.get("note") or "").startswith("only "),
             "direction": direction, "available": _finite(est)}
 
 
@@ -484,9 +486,20 @@ def _ttt_context(ttt) -> dict:
             "hazard_ratio": {m: fmt_interval(v, null=1.0) for m, v in ttt.hazard_ratio.items()},
             "hazard_ratio_note": ttt.hazard_ratio_note,
             "ph": {m: fmt_p(t.p_value) for m, t in ttt.proportional_hazards.items() if _finite(t.p_value)},
-            "sensitivity": [{"target_loss": fmt_num(r["target_loss"]), "method": r["method"],
-                             **fmt_interval(r, null=1.0)} for r in ttt.target_sensitivity],
+            "sensitivity": _sensitivity_table(ttt.target_sensitivity),
             "n_censored": {m: fmt_int(v) for m, v in ttt.n_censored.items()}}
+
+
+def _sensitivity_table(rows: list[dict]) -> dict | None:
+    """The target-loss sensitivity as {methods: [...], rows: [{target_loss, cells: {method: interval}}]}."""
+    if not rows:
+        return None
+    table = pd.DataFrame(rows)
+    methods = F.order_methods(table["method"].unique())
+    return {"methods": methods,
+            "rows": [{"target_loss": fmt_num(loss), "multiplier": fmt_num(group["multiplier"].iloc[0]),
+                      "cells": {r["method"]: fmt_interval(r, null=1.0) for r in group.to_dict(orient="records")}}
+                     for loss, group in table.groupby("target_loss")]}
 
 
 def provenance_context(provenance: Mapping | None) -> dict | None:
