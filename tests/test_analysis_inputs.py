@@ -30,7 +30,8 @@ def _excluded(result, estimand, method, reason):
 @pytest.mark.parametrize("bad", [0.0, -0.01, np.nan, np.inf])
 def test_learning_rate_must_be_positive_and_finite(runs, bad):
     runs.loc[5, "lr"] = bad
-    with pytest.raises(AnalysisError, match=rf"lr must be positive and finite; 1 run\(s\), e.g. {runs.loc[5, 'run_id']}"):
+    run_id = runs.loc[5, "run_id"]
+    with pytest.raises(AnalysisError, match=rf"lr must be positive and finite; 1 run\(s\), e.g. {run_id}"):
         analyze(runs, n_boot=50)
 
 

@@ -44,7 +44,8 @@ def iid_trials(trials: pd.DataFrame, startup: int | None) -> tuple[pd.DataFrame,
     for column in ORIGIN_COLUMNS:
         if column in done:
             origin = done[column].astype(str).str.strip().str.lower()
-            return done[origin.isin(["true", "1", "1.0", "random", "randomsampler"])], f"trials drawn at random ({column})"
+            drawn = origin.isin(["true", "1", "1.0", "random", "randomsampler"])
+            return done[drawn], f"trials drawn at random ({column})"
     if startup is None:
         return done.iloc[:0], "no record of which trials were drawn at random, and no tune.batch"
     first = done.sort_values("number").groupby(["dataset", "method", "repeat"]).head(startup)
