@@ -417,6 +417,9 @@ def dataset_context(inputs: Inputs, dataset: str) -> dict:
         "mediation_skipped": s.skipped_reason("mediation", dataset),
         "time_to_target": _ttt_context(ttt) if ttt else None,
         "skipped": [{"estimand": k.estimand, "reason": k.reason} for k in s.skipped if k.dataset == dataset],
+        "divergence": None if dataset not in s.divergence else {
+            "model": s.divergence[dataset].model, "note": s.divergence[dataset].note,
+            "coef": {m: fmt_interval(v, null=1.0) for m, v in s.divergence[dataset].coef.items()}},
         "refresh_sensitivity": [{"refresh_period": fmt_int(r["refresh_period"]), "estimand": r["estimand"],
                                  "method": r["method"], **fmt_interval(r)}
                                 for r in s.refresh_sensitivity.get(dataset, [])],

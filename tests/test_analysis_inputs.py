@@ -173,3 +173,16 @@ def test_target_sensitivity_reads_other_targets_off_the_curves():
     np.testing.assert_allclose(table["target_loss"].unique(), spec.target_loss * np.array([0.8, 0.9, 1.0, 1.1, 1.25]))
     for method, rows in table.groupby("method"):
         np.testing.assert_allclose(rows["estimate"], ttt.ratio[method].estimate, rtol=0.03)
+
+
+def test_divergence_rates_and_a_logistic_model_or_its_reason():
+    # Sharp edge (the default world): lr and gain tell exactly which runs diverge, no finite MLE.
+    result = analyze(generate_runs(SMALL, seed=0), n_boot=50, outcomes=("test_loss",))
+    block = result.summary.divergence["synthetic"]
+    sign = [c for c in block.cells if c.method == "sign" and c.lr == pytest.approx(0.1)][0]
+    assert (sign.n_runs, sign.n_diverged, sign.rate) == (4, 4, 1.0) and sign.ci_low < 1 == sign.ci_high
+    assert "separation" in block.note and block.coef == {}
+    # A soft edge: divergence a probability; sign diverges far more often than bp at the same lr.
+    soft = replace(SMALL, grid_lrs=tuple(np.logspace(-3, 0, 7)), grid_seeds=10, edge_width=1.0, diverge_elr=0.5)
+    block = analyze(generate_runs(soft, seed=1), n_boot=50, outcomes=("test_loss",)).summary.divergence["synthetic"]
+    assert block.coef["sign"].ci_low > 1 and block.coef["sign"].unit == "runs"

@@ -8,6 +8,7 @@ Every estimand of every dataset is computed on its own: one that cannot be compu
 from __future__ import annotations
 
 import logging
+import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -345,7 +346,9 @@ def _time_to_target_rows(out: _Collector, rows, ds_runs, dataset, n_boot, seed, 
 
 
 def _divergence(summary: Summary, grid: pd.DataFrame, dataset: str) -> None:
-    """Divergence as an outcome: the rate per (method, lr) cell with a Wilson interval."""
+    """Divergence as an outcome: the rate per (method, lr) cell with a Wilson interval, and a logistic
+    model diverged ~ method + log lr with SEs clustered by seed (odds ratios against bp at matched
+    nominal lr)."""
     from statsmodels.stats.proportion import proportion_confint
 
     cells = []
@@ -354,7 +357,41 @@ def _divergence(summary: Summary, grid: pd.DataFrame, dataset: str) -> None:
         low, high = proportion_confint(k, n, method="wilson")
         cells.append(DivergenceCell(method=method, lr=float(lr), n_runs=n, n_diverged=k, rate=k / n,
                                     ci_low=float(low), ci_high=float(high)))
-    summary.divergence[dataset] = Divergence(cells=cells, note="Wilson 95% intervals per cell")
+    block = Divergence(cells=cells, note="Wilson 95% intervals per cell")
+    summary.divergence[dataset] = block
+    block.model, block.coef, reason = _divergence_model(grid)
+    if reason:
+        block.note += f"; logistic model not fitted: {reason}"
+
+
+def _divergence_model(grid: pd.DataFrame) -> tuple[str, dict[str, Interval], str]:
+    """Logistic regression of divergence on method and log lr, clustered by seed; a reason instead when
+    it has no finite maximum (divergence perfectly separated by lr, as at a sharp edge)."""
+    import statsmodels.formula.api as smf
+    from statsmodels.tools.sm_exceptions import PerfectSeparationError, PerfectSeparationWarning
+
+    formula = f"diverged ~ {effective_lr.METHOD_TERM} + np.log(lr)"
+    data = grid.assign(diverged=grid["diverged"].astype(float))
+    if data["diverged"].sum() == 0:
+        return formula, {}, "no grid run diverged"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", PerfectSeparationWarning)
+            fit = smf.logit(formula, data).fit(disp=0, cov_type="cluster",
+                                               cov_kwds={"groups": data["seed"].to_numpy()})
+    except (PerfectSeparationError, PerfectSeparationWarning, np.linalg.LinAlgError) as err:
+        return formula, {}, f"perfect separation ({type(err).__name__}): lr alone tells which runs diverge"
+    if not fit.mle_retvals.get("converged", True) or (fit.params.abs() > 20).any():
+        return formula, {}, "no finite maximum (quasi-complete separation): lr alone tells which runs diverge"
+    coef = {}
+    for method in sorted(set(grid["method"]) - {REFERENCE}):
+        name = f"{effective_lr.METHOD_TERM}[T.{method}]"
+        if name in fit.params:
+            low, high = np.exp(fit.conf_int().loc[name])
+            coef[method] = Interval(estimate=float(np.exp(fit.params[name])), ci_low=float(low),
+                                    ci_high=float(high), p_value=float(fit.pvalues[name]), n=len(data),
+                                    unit="runs", interval="cluster-robust by seed (odds ratio)")
+    return formula, coef, ""
 
 
 def main_refresh_period(runs: pd.DataFrame) -> float | None:
