@@ -40,13 +40,15 @@ def _design(world: str):
 
 @functools.cache
 def evaluate(world: str) -> dict[str, dict]:
-    """{estimand: {truth, estimates, hits}} over R studies drawn from `world`."""
+    """{estimand: {truths, estimates, hits, n}} over R studies drawn from `world` (the truth can differ
+    between studies: the pooled mediation's lrs are the ones healthy in that study)."""
     spec = _design(world)
     out: dict[str, dict] = {}
 
     def record(name, truth, result, log=False):
-        entry = out.setdefault(name, {"truth": truth, "estimates": [], "hits": 0, "n": 0})
+        entry = out.setdefault(name, {"truths": [], "estimates": [], "hits": 0, "n": 0})
         entry["n"] += 1
+        entry["truths"].append(truth)
         estimate = result["estimate"]
         entry["estimates"].append(np.log(estimate) if log else estimate)
         entry["hits"] += bool(result["ci_low"] <= truth <= result["ci_high"])
@@ -84,7 +86,8 @@ def _check(world: str, estimand: str, min_coverage: float = 0.85):
     coverage = entry["hits"] / entry["n"]
     se = estimates.std(ddof=1) / np.sqrt(len(estimates))
     assert coverage >= min_coverage, (world, estimand, coverage)
-    assert abs(estimates.mean() - entry["truth"]) <= 4 * se + 1e-9, (world, estimand, estimates.mean(), entry["truth"])
+    truth = np.mean(entry["truths"])
+    assert abs(estimates.mean() - truth) <= 4 * se + 1e-9, (world, estimand, estimates.mean(), truth)
 
 
 @pytest.mark.parametrize("world", list(WORLDS))
@@ -122,7 +125,7 @@ def table() -> str:
     lines = [f"{'world':18} {'estimand':22} {'truth':>9} {'mean est':>9} {'coverage':>9}"]
     for world in WORLDS:
         for estimand, e in evaluate(world).items():
-            lines.append(f"{world:18} {estimand:22} {e['truth']:9.4f} {np.mean(e['estimates']):9.4f} "
+            lines.append(f"{world:18} {estimand:22} {np.mean(e['truths']):9.4f} {np.mean(e['estimates']):9.4f} "
                          f"{e['hits'] / e['n']:9.2f}")
     return "\n".join(lines)
 
