@@ -412,6 +412,10 @@ def dataset_context(inputs: Inputs, dataset: str) -> dict:
         "tuned_lr_edges": {m: e for m, e in edges.items()},
         "comparisons": comparison_table(rows, tuned_lr, edges),
         "headline": headline(rows),
+        "poi": {label: {r["method"]: fmt_interval(r, null=0.5)
+                        for r in rows[rows["estimand"] == f"poi_{estimand}"].to_dict(orient="records")}
+                for estimand, label in (("small_lr", "at the smallest grid lr"), ("tuned", "each at its tuned lr"))
+                if (rows["estimand"] == f"poi_{estimand}").any()} if len(rows) else {},
         "effective_lr_model": _model_context(model),
         "mediation": _mediation_context(s.mediation.get(dataset)),
         "mediation_skipped": s.skipped_reason("mediation", dataset),

@@ -307,6 +307,7 @@ def test_narrative_shows_the_small_lr_regime_the_imprecision_and_the_exclusions(
     # Tuning budget: TPE's startup trials (provenance's tune.batch = 4), said in the page.
     assert "TPE's startup trials (the first 4 of each study" in html
     assert "The ratio at other target losses" in html
+    assert "Probability of improvement" in html and "each at its tuned lr:" in html
 
 
 def test_forest_has_one_panel_with_its_own_axis_per_estimand(tmp_path):
