@@ -412,6 +412,7 @@ def dataset_context(inputs: Inputs, dataset: str) -> dict:
         "tuned_lr_edges": {m: e for m, e in edges.items()},
         "comparisons": comparison_table(rows, tuned_lr, edges),
         "headline": headline(rows),
+        "tuned_at_grid_length": _by_method(s, dataset, "tuned_at_grid_length"),
         "poi": {label: {r["method"]: fmt_interval(r, null=0.5)
                         for r in rows[rows["estimand"] == f"poi_{estimand}"].to_dict(orient="records")}
                 for estimand, label in (("small_lr", "at the smallest grid lr"), ("tuned", "each at its tuned lr"))
@@ -444,6 +445,12 @@ def comparison_table(rows: pd.DataFrame, tuned_lr: Mapping[str, float], edges: M
         table.append({"method": method, "tuned_lr": fmt_num(tuned_lr.get(method)), "edge": edges.get(method, ""),
                       "cells": cells})
     return table
+
+
+def _by_method(summary: Summary, dataset: str, estimand: str) -> dict[str, dict]:
+    """One estimand's rows of one dataset (any outcome), formatted, by method."""
+    return {r.method: fmt_interval(dataclasses.asdict(r)) for r in summary.estimates
+            if r.estimand == estimand and r.dataset == dataset}
 
 
 def headline(rows: pd.DataFrame) -> list[dict]:

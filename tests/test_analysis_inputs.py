@@ -186,3 +186,25 @@ def test_divergence_rates_and_a_logistic_model_or_its_reason():
     soft = replace(SMALL, grid_lrs=tuple(np.logspace(-3, 0, 7)), grid_seeds=10, edge_width=1.0, diverge_elr=0.5)
     block = analyze(generate_runs(soft, seed=1), n_boot=50, outcomes=("test_loss",)).summary.divergence["synthetic"]
     assert block.coef["sign"].ci_low > 1 and block.coef["sign"].unit == "runs"
+
+
+def test_tuned_comparison_at_the_grid_training_length_from_the_curves():
+    # Tuned runs train twice the grid's examples. Curves whose validation loss at the grid's budget is
+    # the run's test loss + 0.05 for fa only: the like-with-like contrast moves by exactly 0.05.
+    spec = replace(SMALL, tuned_seeds=6)
+    runs = generate_runs(spec, seed=6)
+    tuned = runs["phase"] == "tuned"
+    runs.loc[tuned, "examples_seen"] = 2 * spec.budget_examples
+    rows = runs[tuned & ~runs["diverged"]]
+    grid_budget = spec.budget_examples
+    curves = pd.DataFrame({"run_id": np.repeat(rows["run_id"].to_numpy(), 2),
+                           "examples": np.tile([grid_budget, 2 * grid_budget], len(rows)),
+                           "train_loss": np.nan, "train_loss_ema": np.nan, "val_acc": np.nan,
+                           "val_loss": np.repeat(rows["test_loss"].to_numpy() + np.where(rows["method"] == "fa", 0.05, 0),
+                                                 2) + np.tile([0.0, 1.0], len(rows))})
+    result = analyze(runs, n_boot=50, outcomes=("test_loss",), curves=curves)
+    at = result.estimates.query("estimand == 'tuned_at_grid_length'").set_index("method")
+    full = result.estimates.query("estimand == 'tuned'").set_index("method")
+    assert at.loc["fa", "estimate"] == pytest.approx(full.loc["fa", "estimate"] + 0.05)
+    assert at.loc["sign", "estimate"] == pytest.approx(full.loc["sign", "estimate"])
+    assert (at["outcome"] == "val_loss_at_grid_length").all()

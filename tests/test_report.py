@@ -87,6 +87,7 @@ def make_results(root: Path, datasets=("mnist",), methods=METHODS, tuning=True, 
                          grid_lrs=tuple(np.logspace(-4, 0, 5)), grid_seeds=3, tuned_seeds=3,
                          diverge_elr=5.0)  # sign survives the shared lr (mediation runs) but not lr = 1
     runs = generate_runs(spec, seed=0)
+    runs.loc[runs["phase"] == "tuned", "examples_seen"] *= 2  # tuned runs train longer, as in the study
     runs["refresh_period"] = 1000
     runs["architecture"] = "784-256-256-10 tanh"
     root.mkdir(parents=True, exist_ok=True)
@@ -308,6 +309,7 @@ def test_narrative_shows_the_small_lr_regime_the_imprecision_and_the_exclusions(
     assert "TPE's startup trials (the first 4 of each study" in html
     assert "The ratio at other target losses" in html
     assert "Probability of improvement" in html and "each at its tuned lr:" in html
+    assert "The tuned comparison at the grid's training length" in html
 
 
 def test_forest_has_one_panel_with_its_own_axis_per_estimand(tmp_path):

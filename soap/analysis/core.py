@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 ESTIMATES_COLUMNS = ("estimand", "dataset", "method", "reference", "outcome", "lr", "estimate", "ci_low",
                      "ci_high", "p_value", "p_holm", "n", "unit", "interval", "holm_family", "note")
 PAIRED_ESTIMANDS = ("fixed_lr", "small_lr", "tuned")
-ESTIMANDS = (*PAIRED_ESTIMANDS, "effective_lr", "grid_lr", "poi_fixed_lr", "poi_small_lr", "poi_tuned",
+ESTIMANDS = (*PAIRED_ESTIMANDS, "tuned_at_grid_length", "effective_lr", "grid_lr", "poi_fixed_lr", "poi_small_lr", "poi_tuned",
              "mediation_acme", "mediation_ade", "mediation_total", "mediation_prop", "time_to_target_ratio")
 KM_COLUMNS = ("dataset", "method", "examples", "survival", "ci_low", "ci_high")
 TIME_OUTCOME = "examples_to_target"
@@ -166,6 +166,9 @@ def analyze(runs: pd.DataFrame, *, fixed_lr: float | None = None,
         ttt_rows = tuned if not tuned.empty else phase_rows["fixed_lr"]
         out.guard("time_to_target", dataset, lambda: _time_to_target_rows(
             out, ttt_rows, ds_runs, dataset, n_boot, seed, summary, model_texts, km_tables))
+        if curves is not None and not tuned.empty and not grid.empty:
+            out.guard("tuned_at_grid_length", dataset, lambda: _tuned_at_grid_length(
+                out, tuned, grid, curves, dataset, methods))
         block = summary.time_to_target.get(dataset)
         if curves is not None and block is not None and block.target_loss is not None:
             out.guard("time_to_target sensitivity", dataset, lambda: block.target_sensitivity.extend(
@@ -209,6 +212,29 @@ def _paired_rows(out: _Collector, estimand, rows, dataset, methods, outcome, n_b
                                        lower_is_better(outcome))
         out.row(f"poi_{estimand}", dataset, method, REFERENCE, outcome, poi, poi["n"], "runs per arm (smaller)",
                 improvement.INTERVAL, lr)
+
+
+def _tuned_at_grid_length(out: _Collector, tuned, grid, curves, dataset, methods) -> None:
+    """The tuned comparison at the grid's training length, so it sits beside the grid estimands like
+    with like: each tuned run's validation loss at its last evaluation within the grid runs' budget
+    (examples_seen), read off the curves. Validation, not test, loss: the curves log no test loss
+    mid-run (the estimand's outcome column says so)."""
+    if "examples_seen" not in grid or "examples_seen" not in tuned:
+        out.skip("tuned_at_grid_length", dataset, "no examples_seen column: training lengths unknown")
+        return
+    budget = float(grid.loc[~grid["diverged"], "examples_seen"].median())
+    if not budget < float(tuned.loc[~tuned["diverged"], "examples_seen"].median()):
+        return  # the tuned runs are no longer than the grid's: the tuned estimand already compares like with like
+    logged = curves[curves["run_id"].isin(tuned["run_id"]) & (curves["examples"] <= budget + 0.5)]
+    last = logged.dropna(subset=["val_loss"]).sort_values("examples").groupby("run_id")["val_loss"].last()
+    at = tuned.assign(val_loss_at_grid_length=tuned["run_id"].map(last).astype(float))
+    outcome = "val_loss_at_grid_length"
+    for method in methods:
+        if (at["method"] == method).any():
+            contrast = paired.paired_contrast(at, method, outcome)
+            contrast.pop("excluded")
+            out.row("tuned_at_grid_length", dataset, method, REFERENCE, outcome, contrast, contrast["n"], "pairs",
+                    paired.INTERVAL, note=contrast["note"] or f"validation loss after {budget:,.0f} examples")
 
 
 def _grid_lr_rows(out: _Collector, grid, dataset, methods, outcome) -> None:
