@@ -197,11 +197,11 @@ def test_tuned_comparison_at_the_grid_training_length_from_the_curves():
     runs.loc[tuned, "examples_seen"] = 2 * spec.budget_examples
     rows = runs[tuned & ~runs["diverged"]]
     grid_budget = spec.budget_examples
+    at_grid_length = rows["test_loss"].to_numpy() + np.where(rows["method"] == "fa", 0.05, 0)
     curves = pd.DataFrame({"run_id": np.repeat(rows["run_id"].to_numpy(), 2),
                            "examples": np.tile([grid_budget, 2 * grid_budget], len(rows)),
                            "train_loss": np.nan, "train_loss_ema": np.nan, "val_acc": np.nan,
-                           "val_loss": np.repeat(rows["test_loss"].to_numpy() + np.where(rows["method"] == "fa", 0.05, 0),
-                                                 2) + np.tile([0.0, 1.0], len(rows))})
+                           "val_loss": np.repeat(at_grid_length, 2) + np.tile([0.0, 1.0], len(rows))})
     result = analyze(runs, n_boot=50, outcomes=("test_loss",), curves=curves)
     at = result.estimates.query("estimand == 'tuned_at_grid_length'").set_index("method")
     full = result.estimates.query("estimand == 'tuned'").set_index("method")
