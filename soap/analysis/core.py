@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 ESTIMATES_COLUMNS = ("estimand", "dataset", "method", "reference", "outcome", "lr", "estimate", "ci_low",
                      "ci_high", "p_value", "p_holm", "n", "unit", "interval", "holm_family", "note")
-PAIRED_ESTIMANDS = (*PAIRED_ESTIMANDS, "tuned_at_grid_length", "effective_lr", "grid_lr",
+PAIRED_ESTIMANDS = ("fixed_lr", "small_lr", "tuned")
+ESTIMANDS = (*PAIRED_ESTIMANDS, "tuned_at_grid_length", "effective_lr", "grid_lr",
              "poi_fixed_lr", "poi_small_lr", "poi_tuned",
              "mediation_acme", "mediation_ade", "mediation_total", "mediation_prop", "time_to_target_ratio")
 KM_COLUMNS = ("dataset", "method", "examples", "survival", "ci_low", "ci_high")
