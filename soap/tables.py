@@ -43,6 +43,7 @@ RUNS_EXTRA_COLUMNS = (
     "refresh_period",  # examples between feedback refreshes
     "feedback_scale",  # alpha: errors sent down as alpha * grad_y B
     "optimizer",  # sgd | momentum | adam | signsgd
+    "tune_repeat",  # tuned runs: the tuning repeat whose lr the run trained at (-1: the aggregate lr)
     "target_loss",  # the training-loss target examples_to_target refers to (NaN if none)
     "diverged_at",  # examples seen when divergence was detected (NaN if not diverged)
     "examples_seen",

@@ -200,11 +200,14 @@ def _paired_rows(out: _Collector, estimand, rows, dataset, methods, outcome, n_b
             out.row(estimand, dataset, method, REFERENCE, outcome, {}, 0, "pairs", paired.INTERVAL, lr,
                     note=f"no {method} runs here")
             continue
-        contrast = paired.paired_contrast(rows, method, outcome)
+        by_repeat = estimand == "tuned" and _trained_at_repeat_lrs(rows)
+        contrast = (paired.repeat_clustered_contrast if by_repeat else paired.paired_contrast)(rows, method, outcome)
         excluded = contrast.pop("excluded")
         if count:
             out.exclude(estimand, dataset, method, excluded)
-        out.row(estimand, dataset, method, REFERENCE, outcome, contrast, contrast["n"], "pairs", paired.INTERVAL, lr)
+        out.row(estimand, dataset, method, REFERENCE, outcome, contrast, contrast["n"],
+                "tuning repeats" if by_repeat else "pairs", paired.REPEAT_INTERVAL if by_repeat else paired.INTERVAL,
+                lr)
         # Probability of improvement over the same runs (every non-diverged run with a finite outcome).
         arms = rows[~rows["diverged"] & np.isfinite(rows[outcome])]
         poi = improvement.poi_interval(arms.loc[arms["method"] == method, outcome].to_numpy(),
@@ -213,6 +216,15 @@ def _paired_rows(out: _Collector, estimand, rows, dataset, methods, outcome, n_b
                                        lower_is_better(outcome))
         out.row(f"poi_{estimand}", dataset, method, REFERENCE, outcome, poi, poi["n"], "runs per arm (smaller)",
                 improvement.INTERVAL, lr)
+
+
+def _trained_at_repeat_lrs(rows: pd.DataFrame) -> bool:
+    """Whether the tuned runs trained at their tuning repeats' own lrs (tuned.lr_source: repeat), with
+    two or more repeats; then the tuned interval is taken over repeats."""
+    if "tune_repeat" not in rows:
+        return False
+    repeats = pd.to_numeric(rows["tune_repeat"], errors="coerce")
+    return bool(repeats.notna().all() and (repeats >= 0).all() and repeats.nunique() >= 2)
 
 
 def _tuned_at_grid_length(out: _Collector, tuned, grid, curves, dataset, methods) -> None:

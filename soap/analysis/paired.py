@@ -22,6 +22,7 @@ from soap.analysis.inputs import REFERENCE
 
 MIN_PAIRS = 6
 INTERVAL = "paired t"
+REPEAT_INTERVAL = "t over tuning repeats"
 
 
 def paired_outcomes(rows: pd.DataFrame, method: str, outcome: str) -> tuple[pd.DataFrame, dict[str, int]]:
@@ -40,6 +41,28 @@ def paired_outcomes(rows: pd.DataFrame, method: str, outcome: str) -> tuple[pd.D
         "partner run excluded": int(usable["seed"].isin(unpaired_seeds).sum()),
     }
     return complete, excluded
+
+
+def repeat_clustered_contrast(rows: pd.DataFrame, method: str, outcome: str) -> dict:
+    """The tuned contrast when each seed trained at the lr of its own tuning repeat (column tune_repeat,
+    soap.pipeline.tuned_members): paired differences averaged within each repeat, then the t interval
+    and t-test over the repeats' means (R - 1 degrees of freedom).
+
+    Seeds that share a repeat share its lr choice, so they are not independent replicates of the
+    tuning: an interval over seeds would treat the tuned lr as known. Over repeats, the variability
+    of the tuning itself (which lr each repeat found) enters the interval, as it would for a reader
+    who tunes again. The estimate weighs repeats equally.
+    """
+    pairs, excluded = paired_outcomes(rows, method, outcome)
+    repeat_of = rows.groupby("seed")["tune_repeat"].first()
+    diffs = pairs[method] - pairs[REFERENCE]
+    by_repeat = diffs.groupby(repeat_of.reindex(diffs.index).to_numpy()).mean()
+    out = t_interval(by_repeat.to_numpy())
+    out["note"] = f"{len(diffs)} pairs in {out['n']} tuning repeats"
+    if out["n"] < 2:
+        out["note"] += ": no interval (it needs two repeats)"
+    out["excluded"] = excluded
+    return out
 
 
 def t_interval(diffs: np.ndarray, level: float = 0.95) -> dict:

@@ -41,6 +41,7 @@ rule train_tuned:
         methods=METHODS,
         seeds=tuned_seeds,
         epochs=config["tuned"]["epochs"],
+        lr_source=config["tuned"]["lr_source"],
     threads: THREADS
     resources:
         gpu=GPU_PER_JOB,

@@ -5,7 +5,7 @@ import json
 import torch
 
 from soap.gpu_lease import gpu_lease
-from soap.pipeline import device_for, log_to_file, train_config, tuned_members, write_population
+from soap.pipeline import device_for, label_tuned_repeats, log_to_file, train_config, tuned_members, write_population
 from soap.population import train_population
 
 log_to_file(snakemake.log[0])
@@ -14,7 +14,8 @@ if snakemake.rule == "train_grid":
     phase, members = "grid", snakemake.params.members
 else:
     tuned = json.loads(open(snakemake.input.lrs).read())
-    phase, members = "tuned", tuned_members(snakemake.params.methods, tuned, snakemake.params.seeds)
+    lr_source = snakemake.params.lr_source
+    phase, members = "tuned", tuned_members(snakemake.params.methods, tuned, snakemake.params.seeds, lr_source)
 
 gpus = snakemake.config["gpus"] if snakemake.resources.gpu else 0
 config = train_config(
@@ -28,4 +29,6 @@ config = train_config(
 )
 with gpu_lease(snakemake.config["gpu_lock_dir"], gpus):
     result = train_population(config)
+if phase == "tuned":
+    result.runs = label_tuned_repeats(result.runs, tuned, lr_source)
 write_population(result, snakemake.output.runs, snakemake.output.curves, snakemake.output.meta)
