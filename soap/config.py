@@ -15,7 +15,8 @@ from pathlib import Path
 
 import yaml
 
-from soap.rules import RULES
+from soap.activity_propagation import ActivityPropagation
+from soap.rules import KOLEN_POLLACK_DECAY, RULES
 
 
 class ConfigError(ValueError):
@@ -57,6 +58,13 @@ class TrainConfig:
     ema_beta: float = 0.99  # smoothing of the logged training loss (per step)
     target_loss: float | None = None  # EMA training loss for examples_to_target; None: not computed
     divergence_factor: float = 10.0  # diverged when the EMA loss exceeds this x ln(num_classes)
+    kp_decay: float = KOLEN_POLLACK_DECAY  # kolen_pollack's lambda: B - W shrinks by (1 - lr lambda) a step
+    # so_ methods (soap.activity_propagation): activity step eta_ap / (batch * units) times g1, curvature
+    # bias c, hidden layers carrying it (0 = first; None: all), plain steps before the first two-pass step
+    soap_eta: float = ActivityPropagation.eta
+    soap_curvature_bias: float = ActivityPropagation.curvature_bias
+    soap_layers: list[int] | None = None
+    soap_warmup: int = ActivityPropagation.warmup
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 
     @classmethod
@@ -91,6 +99,12 @@ class TrainConfig:
             raise ConfigError(f"unknown activation {self.activation!r}; known: {', '.join(ACTIVATIONS)}")
         if any(width <= 0 for width in self.hidden):
             raise ConfigError(f"hidden widths must be positive, got {self.hidden}")
+        if self.kp_decay < 0:
+            raise ConfigError(f"kp_decay must be >= 0, got {self.kp_decay}")
+        try:
+            self.second_order().hidden_layers(len(self.hidden))
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
         members = self.population()
         if not members:
             raise ConfigError("the population is empty: give methods, lrs and seeds, or members")
@@ -112,6 +126,11 @@ class TrainConfig:
                 raise ConfigError(f"members: each entry needs method, lr and seed ({err})") from None
         return [Member(m, float(lr), int(s), self.refresh_period)
                 for m, lr, s in itertools.product(self.methods, self.lrs, self.seeds)]
+
+    def second_order(self) -> ActivityPropagation:
+        """The so_ methods' settings."""
+        layers = None if self.soap_layers is None else tuple(self.soap_layers)
+        return ActivityPropagation(self.soap_eta, self.soap_curvature_bias, layers, self.soap_warmup)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
