@@ -615,6 +615,10 @@ def _runs_table(config, members, sizes, finals, diverged_at, seen, eval_log, cur
         runs["reached_target"] = hits.loc[runs["run_id"], "reached_target"].to_numpy()
     else:
         runs["examples_to_target"], runs["reached_target"] = np.nan, False
+    # forward-backward passes (over one batch) to the target: an so_ step after the warm-up costs two
+    steps = runs["examples_to_target"] / config.batch_size
+    second_order = np.array([get_rule(m.method).second_order for m in members])
+    runs["passes_to_target"] = steps + np.where(second_order, np.clip(steps - config.soap_warmup, 0, None), 0)
     runs["target_loss"] = np.nan if config.target_loss is None else config.target_loss
     runs["refresh_period"] = [m.refresh_period for m in members]
     runs["diverged_at"] = diverged_at

@@ -94,9 +94,15 @@ def test_second_order_population_step_equals_two_pass_backward(method, layers):
 
 
 def test_second_order_on_one_hidden_layer_in_the_runs_and_curves():
-    result = train(members=[{"method": "so_fa", "lr": 0.3, "seed": 2}], soap_layers=[1])
+    result = train(members=[{"method": "so_fa", "lr": 0.3, "seed": 2}, {"method": "fa", "lr": 0.3, "seed": 2}],
+                   soap_layers=[1], target_loss=1.13)
     assert "soap_gain_l1" in result.curves and "soap_gain_l0" not in result.curves
-    assert result.runs.iloc[0]["soap_gain"] > 0
+    so_fa, fa = result.runs.iloc[0], result.runs.iloc[1]
+    assert so_fa["soap_gain"] > 0 and np.isnan(fa["soap_gain"])
+    # passes: one per step for fa; for so_fa one per warm-up step (3), then two
+    assert fa["passes_to_target"] == fa["examples_to_target"] / 48
+    steps = so_fa["examples_to_target"] / 48
+    assert steps > 3 and so_fa["passes_to_target"] == 3 + 2 * (steps - 3)
 
 
 def test_every_rule_in_one_crowd_trains_as_alone():
