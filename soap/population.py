@@ -215,6 +215,7 @@ class PopulationMLP:
         self.steps = 0
         self.decay = decay
         self.step_groups = by_name(lambda r: r.when == "step")
+        self.step_seeds = {name: [self.members[i].seed for i in index.tolist()] for name, index in self.step_groups.items()}
         # frsf's R: the members' own FA matrices, kept apart from B
         self.fa_matrices = {name: [fb[index].clone() for fb in self.feedback]
                             for name, index in self.step_groups.items() if get_rule(name).random == "fa"}
@@ -253,7 +254,7 @@ class PopulationMLP:
                 if rule.random == "fa":
                     random = self.fa_matrices[name][layer]
                 elif rule.random == "redraw":
-                    random = torch.stack([draws[self.members[i].seed][layer] for i in members.tolist()])
+                    random = torch.stack([draws[seed][layer] for seed in self.step_seeds[name]])
                 fb[members] = rule.form(w[members], random)
 
     @torch.no_grad()

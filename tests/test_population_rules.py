@@ -3,6 +3,7 @@ single-model path (soap.nn, soap.direct_feedback, soap.activity_propagation, tes
 test_new_rules.py), against hand computations, and members in a crowd against each alone."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -174,3 +175,18 @@ def test_mixed_shapes_form_groups_and_plain_populations_do_not():
     mixed = population_model(SIZES, [Member("fa", 0.1, 0), Member("so_fa", 0.1, 0), Member("bp", 0.1, 1)],
                              "tanh", device)
     assert [[m.method for m in g.members] for g in mixed.groups] == [["fa", "bp"], ["so_fa"]]
+
+
+def test_a_captured_step_trains_every_new_rule_as_an_uncaptured_one(caplog):
+    # brsf's draws and the every-step B are formed outside the step that a CUDA graph would replay;
+    # so_ members turn capture off (their step changes after the warm-up), with a warning
+    members = [{"method": m, "lr": 0.2, "seed": s} for m, s in
+               [("usf", 0), ("brsf", 0), ("brsf", 1), ("frsf", 1), ("kolen_pollack", 0), ("dfa", 1), ("so_fa", 0)]]
+    config = TrainConfig.from_dict({**BASE, "members": members, "epochs": 0.5})
+    plain = train_population(config, DATA, progress=False)
+    captured = train_population(config, DATA, progress=False, capture=True)
+    pd.testing.assert_frame_equal(captured.runs, plain.runs)
+    pd.testing.assert_frame_equal(captured.curves, plain.curves)
+    assert "step capture is off" in caplog.text
+    capturable = config.population()[:-1]
+    assert population_model(SIZES, capturable, "tanh", torch.device("cpu")).capturable
