@@ -108,9 +108,11 @@ def test_second_order_on_one_hidden_layer_in_the_runs_and_curves():
 
 def test_every_rule_in_one_crowd_trains_as_alone():
     # one member per rule, mixed seeds and lrs, plain and so_ members interleaved (two step shapes)
+    # plus an so_ member with a seed of its own, so the two groups' data-order batches differ
     members = [{"method": rule, "lr": [0.3, 0.1][i % 2], "seed": i % 3} for i, rule in enumerate(RULES)]
+    members.append({"method": "so_sign", "lr": 0.2, "seed": 9})
     crowd = train(members=members)
-    assert crowd.runs["method"].tolist() == list(RULES)
+    assert crowd.runs["method"].tolist() == [*RULES, "so_sign"]
     for member, (_, run) in zip(members, crowd.runs.iterrows()):
         alone = train(members=[member]).runs.iloc[0]
         for column in ["val_loss", "test_loss", "final_train_loss", "feedback_gain"]:
