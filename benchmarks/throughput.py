@@ -1,11 +1,20 @@
 """Throughput of the population trainer against a conventional training loop, measured side by side.
 
-Prints run-examples/s of the population trainer for P = 1, 4, 16, 64 (default 784-256-256-10 tanh MLP,
-batch 64, `fa`), of a conventional loop (torchvision Dataset + DataLoader + nn.Module with the FA
-autograd Function, one run at a time), their ratio, the fraction of this machine's measured float32
-matmul FLOP/s that training reaches, with logging at its default intervals and with almost none.
+Prints run-examples/s of the population trainer (default 784-256-256-10 tanh MLP, batch 64, `fa`) for
+P = 1, 4, 16, 64 in two shapes:
+  independent   every member has its own seed, hence its own data order (P orders);
+  shared order  every member has one seed and its own lr, as in a grid job (one order, shared GEMMs);
+with logging at its default intervals and with almost none; of a conventional loop (torchvision
+Dataset + DataLoader + nn.Module with the FA autograd Function, one run at a time); and the fraction
+of two references that training reaches:
+  2048^2 peak   float32 FLOP/s of one 2048 x 2048 matmul;
+  shape peak    FLOP/s of the exact GEMMs one step of that population runs (same shapes, same layer
+                functions from soap.nn), timed alone: what the step would reach with no other work.
+Every training measurement is bracketed by both references, measured just before and just after it,
+so drift in a shared machine's speed cancels. With --profile, a breakdown of where a step's time goes.
 
     python benchmarks/throughput.py --data-root ../shared/data [--device cpu] [--pops 1,4,16,64]
+                                    [--repeats 3] [--profile] [--capture]
 """
 
 from __future__ import annotations
@@ -13,17 +22,21 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections import defaultdict
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from soap.config import TrainConfig
 from soap.data import load_dataset
 from soap.devices import resolve_device
-from soap.nn import mlp
+from soap.nn import feedback_grad_input, linear_forward, mlp, sgd_update_
 from soap.population import train_population
 
 SIZES = [784, 256, 256, 10]
+BATCH = 64
+SHAPES = ("independent", "shared order")
 
 
 def flops_per_example(sizes: list[int]) -> int:
@@ -37,25 +50,59 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def matmul_flops(device: torch.device, n: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    a @ b
+def timed(fn, device: torch.device, repeats: int) -> float:
+    """Median seconds of fn() over `repeats` calls, after one warm-up call."""
+    fn()
     times = []
     for _ in range(repeats):
         sync(device)
         start = time.perf_counter()
-        a @ b
+        fn()
         sync(device)
         times.append(time.perf_counter() - start)
-    return 2 * n**3 / statistics.median(times)
+    return statistics.median(times)
 
 
-def population_rate(data, pop: int, examples: int, device: torch.device, logging: bool = True) -> float:
+def matmul_flops(device: torch.device, n: int = 2048, repeats: int = 5) -> float:
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    return 2 * n**3 / timed(lambda: a @ b, device, repeats)
+
+
+def step_gemm_flops(pop: int, shape: str, device: torch.device, repeats: int = 5) -> float:
+    """FLOP/s of the GEMMs of one training step, run alone on random operands of the step's shapes.
+
+    The same calls as the trainer's: linear_forward for each layer's forward (the first layer's input
+    one batch per data order), feedback_grad_input below the first layer, sgd_update_ for each
+    layer's fused weight update; biases left out, as they are not GEMM work.
+    """
+    groups = pop if shape == "independent" else 1
+    weights = [torch.randn(pop, out, inp, device=device) * 1e-3 for inp, out in zip(SIZES[:-1], SIZES[1:])]
+    inputs = [torch.randn(groups, BATCH, SIZES[0], device=device),
+              *(torch.randn(pop, BATCH, width, device=device) for width in SIZES[1:-1])]
+    errors = [torch.randn(pop, BATCH, out, device=device) * 1e-3 for out in SIZES[1:]]
+
+    def step() -> None:
+        for layer, (w, x, delta) in enumerate(zip(weights, inputs, errors)):
+            linear_forward(x, w, None)
+            if layer:
+                feedback_grad_input(delta, w)
+            sgd_update_(w, None, delta, x)
+
+    return pop * BATCH * flops_per_example(SIZES) / timed(step, device, repeats)
+
+
+def population_config(data, pop: int, shape: str, examples: int, device: torch.device, logging: bool) -> TrainConfig:
     quiet = {} if logging else {"log_every": 10**9, "eval_every": 10**9}
-    config = TrainConfig.from_dict(dict(
-        dataset="mnist", methods=["fa"], lrs=[0.05], seeds=list(range(pop)), device=str(device),
-        epochs=examples / len(data.train_y), **quiet))
-    return train_population(config, data, progress=False).meta["run_examples_per_s"]
+    members = (dict(lrs=[0.05], seeds=list(range(pop))) if shape == "independent"
+               else dict(lrs=np.geomspace(0.01, 0.1, pop).tolist(), seeds=[0]))
+    return TrainConfig.from_dict(dict(dataset="mnist", methods=["fa"], device=str(device),
+                                      epochs=examples / len(data.train_y), **members, **quiet))
+
+
+def population_rate(data, pop: int, shape: str, examples: int, device: torch.device, logging: bool = True,
+                    capture: bool = False) -> float:
+    config = population_config(data, pop, shape, examples, device, logging)
+    return train_population(config, data, progress=False, capture=capture).meta["run_examples_per_s"]
 
 
 def conventional_rate(data_root: str, examples: int, device: torch.device) -> float:
@@ -65,10 +112,10 @@ def conventional_rate(data_root: str, examples: int, device: torch.device) -> fl
 
     dataset = torchvision.datasets.MNIST(data_root, train=True, download=False, transform=transforms.Compose(
         [transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))]))
-    loader = torch.utils.data.DataLoader(dataset, batch_size=64, shuffle=True, drop_last=True)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=BATCH, shuffle=True, drop_last=True)
     model = mlp(SIZES, "fa", seed=0).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
-    steps, done = examples // 64, 0
+    steps, done = examples // BATCH, 0
     start = time.perf_counter()
     for images, labels in loader:
         images, labels = images.view(-1, 784).to(device), labels.to(device)
@@ -80,7 +127,36 @@ def conventional_rate(data_root: str, examples: int, device: torch.device) -> fl
         if done == steps:
             break
     sync(device)
-    return steps * 64 / (time.perf_counter() - start)
+    return steps * BATCH / (time.perf_counter() - start)
+
+
+# torch operator -> part of the step, for the profile
+PARTS = {
+    "GEMM": ("aten::bmm", "aten::baddbmm", "aten::baddbmm_", "aten::mm", "aten::addmm", "aten::addmm_"),
+    "batch gather": ("aten::index_select",),
+    "activation (tanh forward and backward)": ("aten::sigmoid", "aten::tanh", "aten::tanh_", "aten::tanh_backward"),
+    "layout copies (shared-order GEMM operands)": ("aten::copy_", "aten::clone", "aten::_reshape_alias"),
+    "loss and output error": ("aten::_log_softmax", "aten::gather", "aten::exp_", "aten::scatter_add_",
+                              "aten::mean", "aten::full", "aten::fill_"),
+    "bias sums": ("aten::sum",),
+}
+
+
+def profile_breakdown(data, pop: int, shape: str, examples: int, device: torch.device) -> dict[str, float]:
+    """Share of a quiet training run's operator time per part of the step (self time, all threads)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    config = population_config(data, pop, shape, examples, device, logging=False)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        train_population(config, data, progress=False)
+    shares, total = defaultdict(float), 0.0
+    for event in prof.key_averages():
+        if not event.key.startswith("aten::"):
+            continue
+        total += event.self_cpu_time_total
+        part = next((name for name, ops in PARTS.items() if event.key in ops), "other elementwise and bookkeeping")
+        shares[part] += event.self_cpu_time_total
+    return {part: time_ / total for part, time_ in sorted(shares.items(), key=lambda kv: -kv[1])}
 
 
 def main() -> None:
@@ -90,34 +166,57 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=25_600, help="training examples per run and measurement")
     parser.add_argument("--pops", default="1,4,16,64", help="population sizes to measure")
     parser.add_argument("--repeats", type=int, default=3, help="measurements per figure (median reported)")
+    parser.add_argument("--profile", action="store_true", help="also break a P = 16 step down by operator")
+    parser.add_argument("--capture", action="store_true", help="replay steps from a CUDA graph (CUDA only)")
     args = parser.parse_args()
     device = resolve_device(args.device)
     data = load_dataset("mnist", args.data_root, download=False)
     per_example = flops_per_example(SIZES)
     conventional = statistics.median(
         conventional_rate(args.data_root, args.examples // 4, device) for _ in range(args.repeats))
-    print(f"device {device}, {torch.get_num_threads()} threads; medians of {args.repeats}. The float32 matmul "
-          f"peak (2048x2048) is measured just before and just after each training measurement, and each "
-          f"fraction is taken against the mean of those two, so drift in the machine's speed cancels.")
+    print(f"device {device}, {torch.get_num_threads()} threads, capture {args.capture}; medians of "
+          f"{args.repeats}. Both references are measured just before and just after each training "
+          f"measurement, and each fraction is taken against the mean of the two.")
     print(f"conventional loop (DataLoader + nn.Module, fa): {conventional:,.0f} examples/s")
-    print(f"{'P':>4} {'logging':>8} {'run-examples/s':>15} {'vs conventional':>16} {'of matmul peak':>15} "
-          f"{'peak GFLOP/s':>13}")
+    header = (f"{'shape':>12} {'P':>4} {'logging':>8} {'run-examples/s':>15} {'vs conv.':>9} {'of 2048² peak':>14} "
+              f"{'of shape peak':>14} {'2048² GFLOP/s':>14} {'shape GFLOP/s':>14}")
+    print(header)
+    quiet_rates = {}
     for pop in map(int, args.pops.split(",")):
-        # logging on and off alternate, so drift hits both alike
-        measured, peak_before = {True: [], False: []}, matmul_flops(device)
+        shapes = SHAPES[:1] if pop == 1 else SHAPES  # one member: one data order either way
+        # shapes and logging on/off alternate within a repeat, so drift hits all alike
+        measured = defaultdict(list)
+        references = {shape: (matmul_flops(device), step_gemm_flops(pop, shape, device)) for shape in shapes}
         for _ in range(args.repeats):
-            for logging in (True, False):
-                rate, peak_after = population_rate(data, pop, args.examples, device, logging), matmul_flops(device)
-                measured[logging].append((rate, (peak_before + peak_after) / 2))
-                peak_before = peak_after
-        for logging, pairs in measured.items():
-            rate = statistics.median(r for r, _ in pairs)
-            fraction = statistics.median(r * per_example / p for r, p in pairs)
-            peak = statistics.median(p for _, p in pairs)
-            print(f"{pop:>4} {'default' if logging else 'off':>8} {rate:>15,.0f} {rate / conventional:>15.1f}x "
-                  f"{fraction:>14.0%} {peak / 1e9:>13.1f}")
-        logged, quiet = (statistics.median(r for r, _ in measured[flag]) for flag in (True, False))
-        print(f"{'':>4} logging at default intervals: {1 - logged / quiet:.1%} of training time")
+            for shape in shapes:
+                for logging in (True, False):
+                    rate = population_rate(data, pop, shape, args.examples, device, logging, args.capture)
+                    after = matmul_flops(device), step_gemm_flops(pop, shape, device)
+                    peak, shape_peak = ((b + a) / 2 for b, a in zip(references[shape], after))
+                    measured[shape, logging].append((rate, peak, shape_peak))
+                    references[shape] = after
+        for (shape, logging), triples in measured.items():
+            rate = statistics.median(r for r, _, _ in triples)
+            of_peak = statistics.median(r * per_example / p for r, p, _ in triples)
+            of_shape = statistics.median(r * per_example / s for r, _, s in triples)
+            peak = statistics.median(p for _, p, _ in triples)
+            shape_peak = statistics.median(s for _, _, s in triples)
+            print(f"{shape:>12} {pop:>4} {'default' if logging else 'off':>8} {rate:>15,.0f} "
+                  f"{rate / conventional:>8.1f}x {of_peak:>14.0%} {of_shape:>14.0%} {peak / 1e9:>14.1f} "
+                  f"{shape_peak / 1e9:>14.1f}")
+        for shape in shapes:
+            logged, quiet = (statistics.median(r for r, _, _ in measured[shape, flag]) for flag in (True, False))
+            quiet_rates[shape, pop] = [r for r, _, _ in measured[shape, False]]
+            print(f"{'':>17} {shape}: logging at default intervals costs {1 - logged / quiet:.1%} of training time")
+        if len(shapes) == 2:
+            ratios = [s / i for s, i in zip(quiet_rates["shared order", pop], quiet_rates["independent", pop])]
+            print(f"{'':>17} shared order / independent, paired by repeat: median {statistics.median(ratios):.2f}x "
+                  f"(range {min(ratios):.2f}-{max(ratios):.2f})")
+    if args.profile:
+        for shape in SHAPES:
+            print(f"\nwhere the time of a quiet P = 16 run goes, {shape} (operator self time):")
+            for part, share in profile_breakdown(data, 16, shape, args.examples, device).items():
+                print(f"  {share:>6.1%}  {part}")
 
 
 if __name__ == "__main__":

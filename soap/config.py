@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -31,6 +32,10 @@ class Member:
     lr: float
     seed: int
     refresh_period: int = 6400  # examples between feedback refreshes (sign, sign_scaled, stale_bp)
+    feedback_scale: float = 1.0  # alpha: errors go down as alpha * grad_y B (bp's B = alpha W)
+
+
+OPTIMIZERS = ("sgd", "momentum", "adam", "signsgd")
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,11 @@ class TrainConfig:
     # explicit [{method, lr, seed, refresh_period (optional)}]; replaces methods x lrs x seeds
     members: list[dict] | None = None
     refresh_period: int = 6400  # examples between feedback refreshes (sign, sign_scaled, stale_bp)
+    feedback_scale: float = 1.0  # alpha of every member not given its own (see Member)
+    optimizer: str = "sgd"  # sgd | momentum | adam | signsgd (W -= lr sign(grad_W), "Batch Manhattan")
+    momentum: float = 0.9  # of the momentum optimizer (torch.optim.SGD's, no dampening)
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # Adam's beta1, beta2
+    adam_eps: float = 1e-8
     phase: str = "grid"  # grid | tuned | tune: recorded in the runs table
     log_every: int = 640  # examples between training-loss log points
     eval_every: int = 10_000  # examples between validation and alignment log points
@@ -91,6 +101,14 @@ class TrainConfig:
             raise ConfigError(f"epochs must be positive, got {self.epochs}")
         if not 0 <= self.ema_beta < 1:
             raise ConfigError(f"ema_beta must be in [0, 1), got {self.ema_beta}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}; known: {', '.join(OPTIMIZERS)}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
+        if len(self.adam_betas) != 2 or not all(0 <= beta < 1 for beta in self.adam_betas):
+            raise ConfigError(f"adam_betas must be two numbers in [0, 1), got {self.adam_betas}")
+        if not self.adam_eps > 0:
+            raise ConfigError(f"adam_eps must be positive, got {self.adam_eps}")
         if self.phase not in ("grid", "tuned", "tune"):
             raise ConfigError(f"phase must be grid, tuned or tune, got {self.phase!r}")
         from soap.nn import ACTIVATIONS
@@ -115,16 +133,19 @@ class TrainConfig:
                 raise ConfigError(f"learning rates must be positive, got {member.lr}")
             if member.refresh_period <= 0:
                 raise ConfigError(f"refresh_period must be positive, got {member.refresh_period}")
+            if not (math.isfinite(member.feedback_scale) and member.feedback_scale > 0):
+                raise ConfigError(f"feedback_scale must be a positive number, got {member.feedback_scale}")
 
     def population(self) -> list[Member]:
         """The members to train, in a fixed order (methods x lrs x seeds, or the explicit list)."""
         if self.members is not None:
             try:
                 return [Member(str(m["method"]), float(m["lr"]), int(m["seed"]),
-                               int(m.get("refresh_period", self.refresh_period))) for m in self.members]
+                               int(m.get("refresh_period", self.refresh_period)),
+                               float(m.get("feedback_scale", self.feedback_scale))) for m in self.members]
             except (KeyError, TypeError, ValueError) as err:
                 raise ConfigError(f"members: each entry needs method, lr and seed ({err})") from None
-        return [Member(m, float(lr), int(s), self.refresh_period)
+        return [Member(m, float(lr), int(s), self.refresh_period, self.feedback_scale)
                 for m, lr, s in itertools.product(self.methods, self.lrs, self.seeds)]
 
     def second_order(self) -> ActivityPropagation:

@@ -22,16 +22,16 @@ from soap.rules import draw_like_weight
 
 
 class _DirectFeedback(torch.autograd.Function):
-    """logits -> logits; backward: e to the logits and e D_l to each hidden output h_l."""
+    """logits -> logits; backward: e to the logits and alpha e D_l to each hidden output h_l."""
 
     @staticmethod
-    def forward(ctx, logits: Tensor, matrices: list[Tensor], *hidden: Tensor) -> Tensor:
-        ctx.matrices = matrices
+    def forward(ctx, logits: Tensor, matrices: list[Tensor], scale: float, *hidden: Tensor) -> Tensor:
+        ctx.matrices, ctx.scale = matrices, scale
         return logits.clone()
 
     @staticmethod
     def backward(ctx, error: Tensor):
-        return (error, None, *(feedback_grad_input(error, matrix) for matrix in ctx.matrices))
+        return (error, None, None, *(feedback_grad_input(error, matrix, ctx.scale) for matrix in ctx.matrices))
 
 
 class DirectFeedbackMLP(nn.Module):
@@ -43,9 +43,11 @@ class DirectFeedbackMLP(nn.Module):
     D_{L-1}.
     """
 
-    def __init__(self, sizes: Sequence[int], activation: str = "tanh", bias: bool = True):
+    def __init__(self, sizes: Sequence[int], activation: str = "tanh", bias: bool = True, feedback_scale: float = 1.0):
         super().__init__()
-        self.layers = nn.ModuleList(FeedbackLinear(i, o, rule="dfa", bias=bias) for i, o in zip(sizes[:-1], sizes[1:]))
+        self.layers = nn.ModuleList(FeedbackLinear(i, o, rule="dfa", bias=bias, feedback_scale=feedback_scale)
+                                    for i, o in zip(sizes[:-1], sizes[1:]))
+        self.feedback_scale = float(feedback_scale)  # alpha, on e D_l as on every rule's grad_y B
         self.activation = ACTIVATIONS[activation].module()
         for layer in range(1, len(sizes) - 2):
             self.register_buffer(f"direct{layer}", draw_like_weight((sizes[-1], sizes[layer])))
@@ -61,4 +63,4 @@ class DirectFeedbackMLP(nn.Module):
             x = self.activation(layer(x.detach()))
             hidden.append(x)
         logits = self.layers[-1](x.detach())
-        return _DirectFeedback.apply(logits, self.direct_matrices(), *hidden)
+        return _DirectFeedback.apply(logits, self.direct_matrices(), self.feedback_scale, *hidden)

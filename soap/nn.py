@@ -2,7 +2,11 @@
 
 `FeedbackLinearFunction` is the one implementation of the backward maths (STUDY.md conventions):
 
-    grad_x = grad_y B        grad_W = grad_y^T x        grad_b = sum_batch grad_y
+    grad_x = alpha grad_y B        grad_W = grad_y^T x        grad_b = sum_batch grad_y
+
+alpha is the feedback scale (default 1), a factor on every rule's B (bp's too: B = alpha W). It sets
+the size of the error a rule sends down apart from its direction, the knob behind the question whether
+a rule's advantage is only a larger effective learning rate.
 
 It is built from three functions, `linear_forward`, `feedback_grad_input` and `weight_grad`, that accept a
 single layer (W: (out, in), x: (batch, in)) or a stacked population (W: (pop, out, in),
@@ -77,9 +81,13 @@ def linear_forward(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return torch.bmm(x, weight.mT) if bias is None else torch.baddbmm(bias.unsqueeze(-2), x, weight.mT)
 
 
-def feedback_grad_input(grad_out: Tensor, feedback: Tensor) -> Tensor:
-    """grad_x = grad_y B: the only place where a feedback rule enters learning."""
-    return grad_out @ feedback
+def feedback_grad_input(grad_out: Tensor, feedback: Tensor, scale: float | Tensor = 1.0) -> Tensor:
+    """grad_x = scale * grad_y B: the only place where a feedback rule enters learning.
+
+    scale: the feedback scale alpha, a number or one per member, (pop, 1, 1).
+    """
+    grad_x = grad_out @ feedback
+    return grad_x if isinstance(scale, float) and scale == 1.0 else grad_x.mul_(scale)
 
 
 def weight_grad(grad_out: Tensor, x: Tensor) -> Tensor:
@@ -123,30 +131,31 @@ def _weight_grad_factors(grad_out: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class FeedbackLinearFunction(torch.autograd.Function):
-    """y = x W^T + b, with grad_x = grad_y B. Leading population dimension optional.
+    """y = x W^T + b, with grad_x = scale * grad_y B. Leading population dimension optional.
 
     `coupling` (optional): for a B trained alongside W (Kolen-Pollack), a function
     (grad_W, W, B) -> (signal for W, signal for B); B must then require grad.
     """
 
     @staticmethod
-    def forward(x: Tensor, weight: Tensor, bias: Tensor | None, feedback: Tensor,
+    def forward(x: Tensor, weight: Tensor, bias: Tensor | None, feedback: Tensor, scale: float = 1.0,
                 coupling: Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]] | None = None) -> Tensor:
         return linear_forward(x, weight, bias)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, weight, bias, feedback, *coupling = inputs
+        x, weight, bias, feedback, *options = inputs
         ctx.save_for_backward(x, weight, feedback)
         ctx.has_bias = bias is not None
-        ctx.coupling = coupling[0] if coupling else None
+        ctx.scale = float(options[0]) if options else 1.0
+        ctx.coupling = options[1] if len(options) > 1 else None
         ctx.n_inputs = len(inputs)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
         x, weight, feedback = ctx.saved_tensors
         coupled = ctx.coupling is not None and ctx.needs_input_grad[3]
-        grad_x = feedback_grad_input(grad_out, feedback) if ctx.needs_input_grad[0] else None
+        grad_x = feedback_grad_input(grad_out, feedback, ctx.scale) if ctx.needs_input_grad[0] else None
         if grad_x is not None and x.dim() == 3 and x.shape[0] < grad_x.shape[0]:  # a shared input
             grad_x = grad_x.view(x.shape[0], -1, *grad_x.shape[1:]).sum(1)
         grad_w = weight_grad(grad_out, x) if ctx.needs_input_grad[1] or coupled else None
@@ -154,11 +163,12 @@ class FeedbackLinearFunction(torch.autograd.Function):
         grad_fb = None
         if coupled:
             grad_w, grad_fb = ctx.coupling(grad_w, weight, feedback)
-        return (grad_x, grad_w, grad_b, grad_fb, None)[:ctx.n_inputs]
+        return (grad_x, grad_w, grad_b, grad_fb, None, None)[:ctx.n_inputs]
 
 
-def feedback_linear(x: Tensor, weight: Tensor, bias: Tensor | None, feedback: Tensor, coupling=None) -> Tensor:
-    return FeedbackLinearFunction.apply(x, weight, bias, feedback, coupling)
+def feedback_linear(x: Tensor, weight: Tensor, bias: Tensor | None, feedback: Tensor, scale: float = 1.0,
+                    coupling=None) -> Tensor:
+    return FeedbackLinearFunction.apply(x, weight, bias, feedback, scale, coupling)
 
 
 @dataclass
@@ -200,13 +210,17 @@ class FeedbackLinear(nn.Linear):
     Rules formed every step (usf, frsf, brsf) form B in each forward pass made in training mode with
     grad enabled, as dropout draws its mask, unless `hold_feedback` is set (a second pass of the same
     step); periodic rules form it when `refresh_feedback()` is called. brsf draws R_t with `generator`
-    (torch's global RNG when None; `mlp(seed=...)` gives it the seed's feedback_redraw stream).
+    (torch's global RNG when None; `mlp(seed=...)` gives it the seed's feedback_redraw stream). Errors
+    go down as feedback_scale * grad_y B.
     """
 
     def __init__(self, in_features: int, out_features: int, rule: str = "fa", bias: bool = True,
-                 device=None, dtype=None, decay: float = KOLEN_POLLACK_DECAY):
+                 device=None, dtype=None, feedback_scale: float = 1.0, decay: float = KOLEN_POLLACK_DECAY):
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.rule = get_rule(rule)
+        if not (math.isfinite(feedback_scale) and feedback_scale > 0):
+            raise ValueError(f"feedback_scale must be a positive number, got {feedback_scale}")
+        self.feedback_scale = float(feedback_scale)
         feedback = draw_like_weight(self.weight.shape).to(self.weight)
         if self.rule.coupled is not None:
             self.feedback = nn.Parameter(feedback)
@@ -224,7 +238,8 @@ class FeedbackLinear(nn.Linear):
             self._form_feedback()
         feedback = self.weight.detach() if self.rule.uses_weight else self.feedback
         leading = x.shape[:-1]
-        out = feedback_linear(x.reshape(-1, self.in_features), self.weight, self.bias, feedback, self.coupling)
+        out = feedback_linear(x.reshape(-1, self.in_features), self.weight, self.bias, feedback, self.feedback_scale,
+                              self.coupling)
         return out.reshape(*leading, self.out_features)
 
     @torch.no_grad()
@@ -243,11 +258,12 @@ class FeedbackLinear(nn.Linear):
         self.feedback.copy_(self.rule.form(self.weight, random))
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, rule={self.rule.name}"
+        return f"{super().extra_repr()}, rule={self.rule.name}, feedback_scale={self.feedback_scale:g}"
 
 
 def mlp(sizes: Sequence[int], rule: str, activation: str = "tanh", bias: bool = True,
-        seed: int | None = None, decay: float = KOLEN_POLLACK_DECAY, second_order=None) -> nn.Module:
+        seed: int | None = None, feedback_scale: float = 1.0, decay: float = KOLEN_POLLACK_DECAY,
+        second_order=None) -> nn.Module:
     """An MLP of FeedbackLinear layers, e.g. mlp([784, 256, 256, 10], "fa").
 
     With `seed`, parameters, the FA (and DFA) matrices and brsf's redraws come from soap's seed streams
@@ -264,7 +280,7 @@ def mlp(sizes: Sequence[int], rule: str, activation: str = "tanh", bias: bool = 
     if spec.direct:
         from soap.direct_feedback import DirectFeedbackMLP
 
-        model = DirectFeedbackMLP(sizes, activation, bias=bias)
+        model = DirectFeedbackMLP(sizes, activation, bias=bias, feedback_scale=feedback_scale)
     else:
         from soap.activity_propagation import ActivityPropagation, SecondOrderActivity
 
@@ -272,7 +288,8 @@ def mlp(sizes: Sequence[int], rule: str, activation: str = "tanh", bias: bool = 
         carrying = settings.hidden_layers(len(sizes) - 2) if settings else ()
         modules: list[nn.Module] = []
         for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-            modules.append(FeedbackLinear(fan_in, fan_out, rule=rule, bias=bias, decay=decay))
+            modules.append(FeedbackLinear(fan_in, fan_out, rule=rule, bias=bias, feedback_scale=feedback_scale,
+                                          decay=decay))
             if i in carrying:
                 modules.append(SecondOrderActivity(settings))
             if i < len(sizes) - 2:

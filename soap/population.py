@@ -36,6 +36,7 @@ from soap.data import Splits, load_dataset, load_prepared
 from soap.devices import describe, resolve_device
 from soap.metrics import angle_degrees, examples_to_target, feedback_gain, signal_agreement
 from soap.nn import ACTIVATIONS, feedback_grad_input, initial_parameters, linear_forward, sgd_update_, weight_grad
+from soap.optim import StackedOptimizer
 from soap.rules import KOLEN_POLLACK_DECAY, draw_like_weight, get_rule, refresh_due
 from soap.seeding import generator
 from soap.step_graph import StepGraph
@@ -53,12 +54,20 @@ class PopulationMLP:
     Consecutive members with one seed form a data-order group: the training input is one batch per
     group, x (groups, batch, in). Consecutive groups of one size form a block, whose first layer is
     one batched GEMM. Any order of members is correct; `by_data_order` gives the fastest.
+
+    optimizer: "sgd" (fused into the weight-gradient GEMM) or one of soap.optim's, with its
+    hyperparameters as keywords (momentum, betas, eps).
     """
 
     def __init__(self, sizes: list[int], members: list[Member], activation: str, device: torch.device,
-                 decay: float = KOLEN_POLLACK_DECAY, second_order: ActivityPropagation | None = None,
-                 dtype: torch.dtype = torch.float32):
+                 optimizer: str = "sgd", decay: float = KOLEN_POLLACK_DECAY,
+                 second_order: ActivityPropagation | None = None, dtype: torch.dtype = torch.float32,
+                 **hyperparameters):
         self.sizes, self.members, self.device = sizes, members, device
+        self.optimizer = None if optimizer == "sgd" else StackedOptimizer(optimizer, **hyperparameters)
+        scales = [m.feedback_scale for m in members]
+        # alpha per member, (pop, 1, 1); a plain 1.0 when no member scales, which skips the product
+        self.feedback_scale = 1.0 if set(scales) == {1.0} else torch.tensor(scales, device=device).view(-1, 1, 1)
         self.activation = ACTIVATIONS[activation]
         self.group_seeds = [seed for seed, _ in itertools.groupby(m.seed for m in members)]
         group_sizes = [len(list(run)) for _, run in itertools.groupby(m.seed for m in members)]
@@ -103,25 +112,28 @@ class PopulationMLP:
         return acts
 
     def error_signals(self, acts: list[Tensor], output_error: Tensor, feedback: list[Tensor],
-                      apply_sgd: bool = False, lr: Tensor | None = None, scaled: bool = True,
+                      scale: float | Tensor = 1.0, lr: Tensor | None = None, scaled: bool = True,
                       direct: bool = True, replace: dict[int, Callable[[Tensor], Tensor]] | None = None) -> list[Tensor]:
-        """delta_l = dL/da_l at every layer's pre-activation, sent down from the logits through `feedback`.
+        """delta_l = dL/da_l at every layer's pre-activation, sent down from the logits as
+        scale * delta B through `feedback`.
 
-        With apply_sgd, SGD at `lr` (pop,) is applied in place on the way down (W_l is updated only after
-        its own feedback product is taken, so every gradient sees the pre-step weights); `scaled` says
-        that `output_error` is already multiplied by lr (then so is every delta). `direct`: DFA members'
-        hidden layers get the output error through their D_l. `replace` (hidden layer -> function):
-        the delta sent below that layer is the function of the plain delta there (activity
-        propagation); the plain signal also continues down to the replaced layers below.
+        With lr (pop,), every member takes its optimizer step in place on the way down (W_l is updated
+        only after its own feedback product is taken, so every gradient sees the pre-step weights).
+        Under sgd, `output_error` must already be scaled by lr (the step fuses into the gradient GEMM),
+        unless `scaled` is False. `direct`: DFA members' hidden layers get the output error through
+        their D_l. `replace` (hidden layer -> function): the delta sent below that layer is the
+        function of the plain delta there (activity propagation); the plain signal also continues
+        down to the replaced layers below.
         """
         delta, plain = output_error, None  # plain: the unreplaced signal, where it differs from delta
         deltas = [delta]
         for layer in reversed(range(len(self.weights))):
             if layer:
-                upstream = self._upstream(delta, feedback, layer, output_error, direct)  # (pop, batch, in)
-                plain_upstream = None if plain is None else self._upstream(plain, feedback, layer, output_error, direct)
-            if apply_sgd:
-                self._sgd_update(layer, delta if scaled else delta * lr.view(-1, 1, 1), acts[layer], lr)
+                upstream = self._upstream(delta, feedback, layer, output_error, scale, direct)  # (pop, batch, in)
+                plain_upstream = (None if plain is None else
+                                  self._upstream(plain, feedback, layer, output_error, scale, direct))
+            if lr is not None:
+                self._update(layer, delta, acts[layer], lr, scaled)
             if layer:
                 delta = self.activation.backward(upstream, acts[layer])
                 if plain is not None:
@@ -134,31 +146,49 @@ class PopulationMLP:
         return deltas
 
     def _upstream(self, delta: Tensor, feedback: list[Tensor], layer: int, output_error: Tensor,
-                  direct: bool) -> Tensor:
-        upstream = feedback_grad_input(delta, feedback[layer])
+                  scale: float | Tensor, direct: bool) -> Tensor:
+        upstream = feedback_grad_input(delta, feedback[layer], scale)
         if direct and self.direct is not None and layer < len(self.weights) - 1:
-            # DFA: e D_l, straight from the output error (the output layer's D is its FA matrix, above)
-            upstream[self.direct] = feedback_grad_input(output_error[self.direct], self.direct_matrices[layer])
+            # DFA: alpha e D_l, straight from the output error (the output layer's D is its FA matrix)
+            rows = scale if isinstance(scale, float) else scale[self.direct]
+            upstream[self.direct] = feedback_grad_input(output_error[self.direct], self.direct_matrices[layer], rows)
         return upstream
 
-    def _sgd_update(self, layer: int, scaled_delta: Tensor, x: Tensor, lr: Tensor | None) -> None:
-        """SGD on layer `layer` from lr-scaled deltas (pop, batch, out) and its input x: (pop, batch, in),
-        or for the first layer one batch per data-order group (groups, batch, in)."""
+    def _update(self, layer: int, delta: Tensor, x: Tensor, lr: Tensor, scaled: bool = True) -> None:
+        """Every member's optimizer step on layer `layer` from its deltas (pop, batch, out) and input x
+        (pop, batch, in), for the first layer one batch per data-order group (groups, batch, in)."""
         w, b, fb = self.weights[layer], self.biases[layer], self.feedback[layer]
-        coupled = []
-        for name, index in self.coupled_groups.items():  # B trained alongside W (Kolen-Pollack)
+        blocks = self.blocks if layer == 0 else [(slice(None), slice(None))]
+        if self.optimizer is None:  # sgd: the step lr * dL/da rides in the gradient GEMMs
+            step = delta if scaled else delta * lr.view(-1, 1, 1)
+            coupled = self._coupled_signals(layer, step, x, self.decay * lr)  # lr times each signal
+            for members, groups in blocks:
+                sgd_update_(w[members], b[members], step[members], x[groups])
+            for index, grad, signal_w, signal_fb in coupled:
+                w[index] -= signal_w - grad  # the fused update above has subtracted grad already
+                fb[index] -= signal_fb
+            return
+        grads = [weight_grad(delta[members], x[groups]) for members, groups in blocks]
+        grad = grads[0] if len(grads) == 1 else torch.cat(grads)
+        coupled = self._coupled_signals(layer, delta, x, self.decay * torch.ones_like(lr))
+        if coupled:  # B takes its own optimizer step, as torch.optim does for a parameter
+            grad_fb = torch.zeros_like(fb)  # a zero gradient moves no other member's B, in any optimizer
+            for index, _, signal_w, signal_fb in coupled:
+                grad[index], grad_fb[index] = signal_w, signal_fb
+            self.optimizer.step_(2 * len(self.weights) + layer, fb, grad_fb, lr)
+        self.optimizer.step_(2 * layer, w, grad, lr)
+        self.optimizer.step_(2 * layer + 1, b, delta.sum(-2), lr)
+
+    def _coupled_signals(self, layer: int, delta: Tensor, x: Tensor, decay: Tensor) -> list[tuple]:
+        """(members, grad_W, signal for W, signal for B) of each rule whose B is trained alongside W
+        (Kolen-Pollack), from deltas and decay (pop,) that may carry each member's lr (the hook is linear)."""
+        signals = []
+        for name, index in self.coupled_groups.items():
             inputs = x.index_select(0, self.member_group[index]) if layer == 0 else x[index]
-            step = weight_grad(scaled_delta[index], inputs)  # lr * grad_W
-            decay = self.decay * lr[index].view(-1, 1, 1)
-            coupled.append((index, step, *get_rule(name).coupled(step, w[index], fb[index], decay)))
-        if layer:
-            sgd_update_(w, b, scaled_delta, x)
-        else:
-            for members, groups in self.blocks:
-                sgd_update_(w[members], b[members], scaled_delta[members], x[groups])
-        for index, step, signal_w, signal_fb in coupled:
-            w[index] -= signal_w - step  # the fused update above has subtracted `step` already
-            fb[index] -= signal_fb
+            grad = weight_grad(delta[index], inputs)
+            w, fb = self.weights[layer][index], self.feedback[layer][index]
+            signals.append((index, grad, *get_rule(name).coupled(grad, w, fb, decay[index].view(-1, 1, 1))))
+        return signals
 
     @torch.no_grad()
     def train_step(self, x: Tensor, y: Tensor, lr: Tensor) -> Tensor:
@@ -171,8 +201,10 @@ class PopulationMLP:
         else:
             acts = self.forward(x)
             loss, log_probs = _cross_entropy(acts[-1], y)
-            scaled_error = _output_error_(log_probs, y).mul_(lr.view(-1, 1, 1))
-            self.error_signals(acts, scaled_error, self.feedback, apply_sgd=True, lr=lr)
+            output_error = _output_error_(log_probs, y)
+            if self.optimizer is None:
+                output_error.mul_(lr.view(-1, 1, 1))  # sgd's step rides in the gradient GEMMs
+            self.error_signals(acts, output_error, self.feedback, self.feedback_scale, lr)
         # The first layer's B sends nothing down (no gradient goes to the data): only alignment() reads
         # it, and syncs it then, which spares copying the largest weight every step.
         self._sync_tracking(range(1, len(self.weights)))
@@ -183,7 +215,7 @@ class PopulationMLP:
         settings = self.second_order
         acts = self.forward(x)
         loss, log_probs = _cross_entropy(acts[-1], y)
-        g1 = self.error_signals(acts, _output_error_(log_probs, y), self.feedback)
+        g1 = self.error_signals(acts, _output_error_(log_probs, y), self.feedback, self.feedback_scale)
         scales = {h: perturbation_scale(settings.eta, g1[h]) for h in self.second_order_layers}
         acts = self.forward(x, shifts={h: g1[h] * scales[h] for h in self.second_order_layers})
         error = _output_error_(_cross_entropy(acts[-1], y)[1], y)
@@ -196,7 +228,7 @@ class PopulationMLP:
             return step
 
         replace = {h: newton(h) for h in self.second_order_layers}
-        self.error_signals(acts, error, self.feedback, apply_sgd=True, lr=lr, scaled=False, replace=replace)
+        self.error_signals(acts, error, self.feedback, self.feedback_scale, lr, scaled=False, replace=replace)
         return loss
 
     def _init_rule_hooks(self, inits: dict, decay: float, second_order: ActivityPropagation | None) -> None:
@@ -281,6 +313,8 @@ class PopulationMLP:
         """Zero the parameters of diverged members so non-finite values never reach later arithmetic."""
         for tensor in [*self.weights, *self.biases, *self.feedback]:
             tensor[members] = 0.0
+        if self.optimizer is not None:
+            self.optimizer.freeze(members)
 
     @torch.no_grad()
     def evaluate(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
@@ -304,7 +338,7 @@ class PopulationMLP:
         y = y.index_select(0, self.member_group)
         acts = self.forward(x)
         output_error = _output_error_(_cross_entropy(acts[-1], y)[1], y)
-        rule = self.error_signals(acts, output_error, self.feedback)
+        rule = self.error_signals(acts, output_error, self.feedback, self.feedback_scale)
         bp = self.error_signals(acts, output_error, self.weights, direct=False)
         out = {}
         for layer, (w, fb) in enumerate(zip(self.weights, self.feedback)):
@@ -388,8 +422,8 @@ class PopulationGroups:
 
 def population_model(sizes: list[int], members: list[Member], activation: str, device: torch.device,
                      **hooks) -> PopulationMLP | PopulationGroups:
-    """One PopulationMLP, or one per step shape when plain and so_ members are mixed. `hooks`: decay,
-    second_order (PopulationMLP's keyword arguments)."""
+    """One PopulationMLP, or one per step shape when plain and so_ members are mixed. `hooks`:
+    PopulationMLP's keyword arguments (optimizer and its hyperparameters, decay, second_order)."""
     if len({get_rule(m.method).second_order for m in members}) > 1:
         return PopulationGroups(sizes, members, activation, device, **hooks)
     return PopulationMLP(sizes, members, activation, device, **hooks)
@@ -435,7 +469,14 @@ class TrainResult:
 
 def run_id(config: TrainConfig, member: Member) -> str:
     period = "" if member.refresh_period == config.refresh_period else f"-T{member.refresh_period}"
-    return f"{config.dataset}-{config.phase}-{member.method}-lr{member.lr:.6g}-s{member.seed}{period}"
+    scale = "" if member.feedback_scale == 1.0 else f"-a{member.feedback_scale:.6g}"
+    optimizer = "" if config.optimizer == "sgd" else f"-{config.optimizer}"
+    return f"{config.dataset}-{config.phase}-{member.method}-lr{member.lr:.6g}-s{member.seed}{period}{scale}{optimizer}"
+
+
+def _hyperparameters(config: TrainConfig) -> dict:
+    return {"momentum": {"momentum": config.momentum},
+            "adam": {"betas": tuple(config.adam_betas), "eps": config.adam_eps}}.get(config.optimizer, {})
 
 
 def versions() -> dict[str, str]:
@@ -477,8 +518,8 @@ def train_population(config: TrainConfig, data: Splits | None = None, progress: 
     members = [configured[i] for i in placement]
     pop, batch = len(members), config.batch_size
     sizes = [data.input_dim, *config.hidden, data.num_classes]
-    model = population_model(sizes, members, config.activation, device, decay=config.kp_decay,
-                             second_order=config.second_order())
+    model = population_model(sizes, members, config.activation, device, optimizer=config.optimizer,
+                             decay=config.kp_decay, second_order=config.second_order(), **_hyperparameters(config))
     lr = torch.tensor([m.lr for m in members], device=device, dtype=torch.float32)
     periods = np.array([m.refresh_period for m in members])
     divergence_loss = config.divergence_factor * math.log(data.num_classes)
@@ -622,6 +663,8 @@ def _runs_table(config, members, sizes, finals, diverged_at, seen, eval_log, cur
     runs["passes_to_target"] = steps + np.where(second_order, np.clip(steps - config.soap_warmup, 0, None), 0)
     runs["target_loss"] = np.nan if config.target_loss is None else config.target_loss
     runs["refresh_period"] = [m.refresh_period for m in members]
+    runs["feedback_scale"] = [m.feedback_scale for m in members]
+    runs["optimizer"] = config.optimizer
     runs["diverged_at"] = diverged_at
     runs["examples_seen"] = seen
     runs["epochs"] = config.epochs

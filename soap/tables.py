@@ -36,6 +36,8 @@ RUNS_COLUMNS: dict[str, str] = {
 RUNS_EXTRA_COLUMNS = (
     "effective_lr",  # lr * feedback_gain
     "refresh_period",  # examples between feedback refreshes
+    "feedback_scale",  # alpha: errors sent down as alpha * grad_y B
+    "optimizer",  # sgd | momentum | adam | signsgd
     "target_loss",  # the training-loss target examples_to_target refers to (NaN if none)
     "diverged_at",  # examples seen when divergence was detected (NaN if not diverged)
     "examples_seen",

@@ -136,9 +136,10 @@ def test_kolen_pollack_distance_between_b_and_w_decays_geometrically():
             assert distance == pytest.approx(d0 * (1 - lr * decay) ** t, rel=1e-5)
 
 
-def test_dfa_gradients_match_a_hand_written_backward():
+@pytest.mark.parametrize("alpha", [1.0, 2.5])
+def test_dfa_gradients_match_a_hand_written_backward(alpha):
     seed = 4
-    model = mlp(SIZES, "dfa", seed=seed)
+    model = mlp(SIZES, "dfa", seed=seed, feedback_scale=alpha)
     assert isinstance(model, DirectFeedbackMLP)
     inits = initial_parameters(SIZES, seed)
     w = [init.weight for init in inits]
@@ -154,14 +155,14 @@ def test_dfa_gradients_match_a_hand_written_backward():
     h2 = torch.tanh(h1 @ w[1].T + b[1])
     logits = h2 @ w[2].T + b[2]
     e = (torch.softmax(logits, 1) - F.one_hot(DATA_Y, 3)) / len(DATA_Y)
-    delta1 = (1 - h2**2) * (e @ d[2])
-    delta0 = (1 - h1**2) * (e @ d[1])  # straight from the output error, not through layer 1
+    delta1 = (1 - h2**2) * (alpha * e @ d[2])  # alpha scales the error sent down, as for every rule
+    delta0 = (1 - h1**2) * (alpha * e @ d[1])  # straight from the output error, not through layer 1
     expected = [(delta0.T @ DATA_X, delta0.sum(0)), (delta1.T @ h1, delta1.sum(0)), (e.T @ h2, e.sum(0))]
     for layer, (grad_w, grad_b) in zip(model.layers, expected):
         torch.testing.assert_close(layer.weight.grad, grad_w, atol=1e-6, rtol=1e-5)
         torch.testing.assert_close(layer.bias.grad, grad_b, atol=1e-6, rtol=1e-5)
     # paired with fa: same weights and FA matrices, so the output layer's (true) gradient is fa's too
-    fa = mlp(SIZES, "fa", seed=seed)
+    fa = mlp(SIZES, "fa", seed=seed, feedback_scale=alpha)
     F.cross_entropy(fa(DATA_X), DATA_Y).backward()
     torch.testing.assert_close(fa[4].weight.grad, model.layers[2].weight.grad)
     torch.testing.assert_close(fa[2].weight.grad, model.layers[1].weight.grad)  # top hidden: fa's signal

@@ -17,27 +17,40 @@ from soap.seeding import generator
 from soap.tables import validate_runs
 
 DATA = synthetic_dataset(n_train=960, n_val=256, n_test=256, dim=12, num_classes=3, seed=5)
+# For sign-of-gradient steps: with sign(W) feedback at the output, a hidden unit whose column of signs
+# is constant gets an error that sums softmax - onehot over classes, exactly zero, so sign() of it is a
+# coin flip on rounding. Likely with 3 classes (1 column in 4), rare with 10 (1 in 512).
+DATA10 = synthetic_dataset(n_train=960, n_val=256, n_test=256, dim=12, num_classes=10, seed=5)
 BASE = dict(dataset="synthetic", hidden=[16, 16], batch_size=48, epochs=2.5, refresh_period=500,
             log_every=96, eval_every=480, eval_subset=128, device="cpu")
 
 
-def train(**overrides):
-    return train_population(TrainConfig.from_dict({**BASE, **overrides}), DATA, progress=False)
+def train(data=DATA, **overrides):
+    return train_population(TrainConfig.from_dict({**BASE, **overrides}), data, progress=False)
 
 
-def reference_run(method: str, lr: float, seed: int, epochs: float, batch: int, period: int):
-    """One run trained the conventional way: nn.Sequential of FeedbackLinear, torch.optim.SGD."""
-    model = mlp([12, 16, 16, 3], method, seed=seed)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+def reference_run(method: str, lr: float, seed: int, epochs: float, batch: int, period: int,
+                  optimizer: str = "sgd", feedback_scale: float = 1.0, layer_lrs: list[float] | None = None,
+                  data=DATA):
+    """One run trained the conventional way: nn.Sequential of FeedbackLinear, a torch.optim optimizer
+    (signsgd, which torch.optim lacks, written out: W -= lr sign(grad)). layer_lrs: one lr per layer."""
+    model = mlp([12, 16, 16, data.num_classes], method, seed=seed, feedback_scale=feedback_scale)
+    linears = [m for m in model if isinstance(m, FeedbackLinear)]
+    groups = [{"params": list(layer.parameters()), "lr": layer_lr}
+              for layer, layer_lr in zip(linears, layer_lrs or [lr] * len(linears))]
+    optimizer = {"sgd": lambda: torch.optim.SGD(groups, lr=lr),
+                 "momentum": lambda: torch.optim.SGD(groups, lr=lr, momentum=0.9),
+                 "adam": lambda: torch.optim.Adam(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8),
+                 "signsgd": lambda: SignSGD(groups, lr=lr)}[optimizer]()
     order_gen = generator(seed, "data")
-    n = len(DATA.train_y)
+    n = len(data.train_y)
     steps, seen = int(epochs * n) // batch, 0
     for step in range(steps):
         epoch, offset = divmod(step, n // batch)
         if offset == 0:
             order = torch.randperm(n, generator=order_gen)
         index = order[offset * batch:(offset + 1) * batch]
-        loss = F.cross_entropy(model(DATA.train_x[index]), DATA.train_y[index])
+        loss = F.cross_entropy(model(data.train_x[index]), data.train_y[index])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -47,9 +60,20 @@ def reference_run(method: str, lr: float, seed: int, epochs: float, batch: int, 
                 if isinstance(layer, FeedbackLinear):
                     layer.refresh_feedback()
     with torch.no_grad():
-        val = F.cross_entropy(model(DATA.val_x), DATA.val_y).item()
-        test_acc = (model(DATA.test_x).argmax(1) == DATA.test_y).float().mean().item()
+        val = F.cross_entropy(model(data.val_x), data.val_y).item()
+        test_acc = (model(data.test_x).argmax(1) == data.test_y).float().mean().item()
     return val, test_acc
+
+
+class SignSGD(torch.optim.SGD):
+    """W -= lr sign(grad): plain SGD on the gradient's sign."""
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            for param in group["params"]:
+                param.grad.sign_()
+        super().step()
 
 
 @pytest.mark.parametrize("method", ["bp", "fa", "sign", "sign_scaled", "stale_bp"])
@@ -239,3 +263,58 @@ def test_a_captured_step_trains_exactly_as_an_uncaptured_one():
     assert plain.runs["diverged"].tolist() == [False, True, False]
     pd.testing.assert_frame_equal(captured.runs, plain.runs)
     pd.testing.assert_frame_equal(captured.curves, plain.curves)
+
+
+@pytest.mark.parametrize("optimizer,lrs", [("momentum", [0.1, 0.03]), ("adam", [0.01, 0.003]),
+                                           ("signsgd", [0.003, 0.001])])
+def test_each_optimizer_matches_torch_optim_member_by_member(optimizer, lrs):
+    # three members with their own rules, lrs and seeds, trained as one population with stacked state
+    members = [{"method": "bp", "lr": lrs[0], "seed": 7}, {"method": "sign", "lr": lrs[1], "seed": 7},
+               {"method": "fa", "lr": lrs[1], "seed": 2}]
+    runs = train(DATA10, members=members, optimizer=optimizer).runs
+    assert (runs["optimizer"] == optimizer).all() and runs["run_id"].str.endswith(f"-{optimizer}").all()
+    for member, run in zip(members, runs.itertuples()):
+        val, test_acc = reference_run(member["method"], member["lr"], member["seed"], BASE["epochs"],
+                                      BASE["batch_size"], BASE["refresh_period"], optimizer=optimizer, data=DATA10)
+        assert run.val_loss == pytest.approx(val, rel=1e-4), run.run_id
+        assert run.test_acc == pytest.approx(test_acc, abs=1e-6), run.run_id
+
+
+def test_under_signsgd_sign_and_sign_scaled_follow_one_trajectory():
+    # B differs by one positive scalar per layer (mean|W| at each refresh); sign() of the gradient drops it
+    def losses(optimizer, lr):
+        result = train(DATA10, methods=["sign", "sign_scaled"], lrs=[lr], seeds=[3], optimizer=optimizer,
+                       log_every=48)
+        curves = result.curves.merge(result.runs[["run_id", "method"]]).dropna(subset=["train_loss"])
+        return [curves[curves.method == m]["train_loss"].to_numpy() for m in ("sign", "sign_scaled")]
+
+    sign, scaled = losses("signsgd", 0.003)
+    np.testing.assert_allclose(scaled, sign, rtol=1e-6)
+    sign, scaled = losses("sgd", 0.1)  # the contrast: under sgd the scale is a learning rate
+    assert np.abs(scaled / sign - 1).max() > 0.01
+
+
+@pytest.mark.parametrize("method", ["fa", "sign_scaled"])
+def test_feedback_scale_in_a_population_equals_the_scaled_layer(method):
+    members = [{"method": method, "lr": 0.2, "seed": 7, "feedback_scale": 4.0},
+               {"method": method, "lr": 0.2, "seed": 7}]
+    runs = train(members=members).runs
+    assert runs["feedback_scale"].tolist() == [4.0, 1.0]
+    assert runs["run_id"].tolist()[0].endswith("-a4") and runs["run_id"].nunique() == 2
+    val, test_acc = reference_run(method, 0.2, 7, BASE["epochs"], BASE["batch_size"], BASE["refresh_period"],
+                                  feedback_scale=4.0)
+    assert runs["val_loss"].iloc[0] == pytest.approx(val, rel=1e-4)
+    assert runs["val_loss"].iloc[0] != pytest.approx(runs["val_loss"].iloc[1], rel=1e-3)
+
+
+def test_bp_with_feedback_scale_is_bp_with_per_layer_learning_rates():
+    # Exact identity: alpha multiplies the error once per feedback product it passes through, so layer l
+    # of bp with scale alpha steps like plain bp at lr * alpha^k_l, k = (2, 1, 0) from input to output.
+    alpha, lr = 1.7, 0.1
+    runs = train(members=[{"method": "bp", "lr": lr, "seed": 5, "feedback_scale": alpha}]).runs
+    val, test_acc = reference_run("bp", lr, 5, BASE["epochs"], BASE["batch_size"], BASE["refresh_period"],
+                                  layer_lrs=[lr * alpha**2, lr * alpha, lr])
+    assert runs["val_loss"].iloc[0] == pytest.approx(val, rel=1e-4)
+    assert runs["test_acc"].iloc[0] == pytest.approx(test_acc, abs=1e-6)
+    # bp's gain is the scale itself, compounded per layer: geometric mean of alpha^2 and alpha
+    assert runs["feedback_gain"].iloc[0] == pytest.approx(alpha**1.5, rel=1e-5)

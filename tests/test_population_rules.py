@@ -28,10 +28,13 @@ def train(**overrides):
     return train_population(TrainConfig.from_dict({**BASE, **overrides}), DATA, progress=False)
 
 
-def reference_run(method: str, lr: float, seed: int):
-    """One run the conventional way: soap.nn's mlp, torch.optim.SGD, autograd."""
-    model = mlp(SIZES, method, seed=seed, decay=BASE["kp_decay"])
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+def reference_run(method: str, lr: float, seed: int, optimizer: str = "sgd", feedback_scale: float = 1.0):
+    """One run the conventional way: soap.nn's mlp, a torch.optim optimizer over model.parameters()
+    (kolen_pollack's B among them), autograd."""
+    model = mlp(SIZES, method, seed=seed, decay=BASE["kp_decay"], feedback_scale=feedback_scale)
+    optimizer = {"sgd": lambda: torch.optim.SGD(model.parameters(), lr=lr),
+                 "momentum": lambda: torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9),
+                 "adam": lambda: torch.optim.Adam(model.parameters(), lr=lr)}[optimizer]()
     order_gen, batch, period = generator(seed, "data"), BASE["batch_size"], BASE["refresh_period"]
     n = len(DATA.train_y)
     seen = 0
@@ -65,15 +68,28 @@ def test_population_of_one_equals_single_model_training(method):
     assert np.isnan(run["soap_gain"])
 
 
+@pytest.mark.parametrize("method, optimizer, alpha, lr", [
+    ("kolen_pollack", "adam", 1.0, 0.01), ("kolen_pollack", "momentum", 2.5, 0.05), ("dfa", "adam", 2.5, 0.01),
+    ("dfa", "sgd", 3.0, 0.2), ("brsf", "momentum", 1.0, 0.05), ("usf", "sgd", 3.0, 0.2)])
+def test_population_of_one_with_an_optimizer_or_a_feedback_scale_equals_single_model_training(method, optimizer,
+                                                                                             alpha, lr):
+    result = train(members=[{"method": method, "lr": lr, "seed": 3, "feedback_scale": alpha}], optimizer=optimizer)
+    val, test_acc = reference_run(method, lr, 3, optimizer=optimizer, feedback_scale=alpha)
+    assert result.runs.iloc[0]["val_loss"] == pytest.approx(val, rel=1e-4)
+    assert result.runs.iloc[0]["test_acc"] == pytest.approx(test_acc, abs=1e-6)
+
+
 @pytest.mark.parametrize("method", ["so_bp", "so_fa", "so_brsf", "so_kolen_pollack"])
-@pytest.mark.parametrize("layers", [(0,), None])
-def test_second_order_population_step_equals_two_pass_backward(method, layers):
+@pytest.mark.parametrize("layers, alpha", [((0,), 1.0), (None, 1.0), (None, 2.0)])
+def test_second_order_population_step_equals_two_pass_backward(method, layers, alpha):
     """Float64, in a regime where n moves the weights (gain ~100): the secant g1 - g2 cancels digits,
-    so float32 implementations that round differently (tanh, GEMM order) part ways; float64 does not."""
+    so float32 implementations that round differently (tanh, GEMM order) part ways; float64 does not.
+    The cancellation still lifts float64 rounding (1e-16) by up to ~1e7, hence atol 1e-8 on weights
+    that move by more than 0.3."""
     settings = ActivityPropagation(eta=20.0, curvature_bias=1e-7, layers=layers, warmup=1)
-    model = mlp(SIZES, method, seed=7, decay=0.05, second_order=settings).double()
+    model = mlp(SIZES, method, seed=7, decay=0.05, second_order=settings, feedback_scale=alpha).double()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    population = PopulationMLP(SIZES, [Member(method, 0.1, 7)], "tanh", torch.device("cpu"), decay=0.05,
+    population = PopulationMLP(SIZES, [Member(method, 0.1, 7, feedback_scale=alpha)], "tanh", torch.device("cpu"), decay=0.05,
                                second_order=settings, dtype=torch.float64)
     linears = [m for m in model if isinstance(m, FeedbackLinear)]
     start = [layer.weight.detach().clone() for layer in linears]
@@ -85,13 +101,13 @@ def test_second_order_population_step_equals_two_pass_backward(method, layers):
         population.train_step(x[None], y[None], torch.tensor([0.1], dtype=torch.float64))
         population.refresh(np.zeros(1, dtype=bool))
         for l, layer in enumerate(linears):
-            torch.testing.assert_close(population.weights[l][0], layer.weight.detach(), rtol=0, atol=1e-10)
+            torch.testing.assert_close(population.weights[l][0], layer.weight.detach(), rtol=0, atol=1e-8)
             if method in ("so_fa", "so_kolen_pollack"):  # (brsf's population B is already next step's)
-                torch.testing.assert_close(population.feedback[l][0], layer.feedback.detach(), rtol=0, atol=1e-10)
+                torch.testing.assert_close(population.feedback[l][0], layer.feedback.detach(), rtol=0, atol=1e-8)
     assert (linears[0].weight - start[0]).abs().max() > 0.3  # n moved the weights
     points = [m for m in model if isinstance(m, SecondOrderActivity)]
     for point, (layer, gain) in zip(points, population.soap_gains.items()):
-        assert gain.item() == pytest.approx(point.gain, rel=1e-8) and gain.item() > 10
+        assert gain.item() == pytest.approx(point.gain, rel=1e-6) and gain.item() > 10
 
 
 def test_second_order_on_one_hidden_layer_in_the_runs_and_curves():

@@ -180,3 +180,18 @@ def test_members_sharing_an_input_equal_per_member_calls():
     sgd_update_(w, b, upstream, x)
     torch.testing.assert_close(w, expected_w)
     torch.testing.assert_close(b, expected_b)
+
+
+@pytest.mark.parametrize("rule", sorted(B_AFTER_REFRESH))
+def test_feedback_scale_multiplies_only_the_error_sent_down(rule):
+    layer = hand_layer(rule)
+    layer.feedback_scale = 2.5
+    layer.refresh_feedback()
+    x = X.clone().requires_grad_()
+    layer(x).backward(GRAD_Y)
+    assert torch.equal(x.grad, 2.5 * torch.tensor([GRAD_X_AFTER_REFRESH[rule]]))  # alpha grad_y B
+    assert torch.equal(layer.weight.grad, torch.tensor([[1.0, 1.0], [2.0, 2.0]]))  # grad_W unscaled
+    if not get_rule(rule).uses_weight:
+        assert torch.equal(layer.feedback, B_AFTER_REFRESH[rule])  # B itself stays the rule's
+    with pytest.raises(ValueError, match="feedback_scale must be a positive number"):
+        FeedbackLinear(2, 2, rule=rule, feedback_scale=0.0)
