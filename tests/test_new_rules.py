@@ -255,3 +255,19 @@ def test_two_pass_backward_matches_a_hand_written_two_pass_step():
         torch.testing.assert_close(layer.weight.grad, grad, rtol=1e-9, atol=1e-14)
     points = [m for m in model if isinstance(m, SecondOrderActivity)]
     assert points[0].gain == pytest.approx((n[0].norm() / g2[0].norm()).item())
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("kp_decay", -0.1, "kp_decay must be >= 0"),
+    ("soap_eta", 0.0, "eta must be positive"),
+    ("soap_curvature_bias", -1e-3, "curvature_bias must be positive"),
+    ("soap_warmup", -1, "warmup must be >= 0"),
+    ("soap_layers", [0, 2], r"hidden layers \[2\] do not exist \(the network has 2\)"),
+])
+def test_config_rejects_bad_rule_settings_in_one_line(key, value, message):
+    from soap.config import ConfigError, TrainConfig
+
+    with pytest.raises(ConfigError, match=message) as error:
+        TrainConfig.from_dict({"methods": ["so_fa", "kolen_pollack"], key: value})
+    assert "\n" not in str(error.value)
+    assert TrainConfig.from_dict({"methods": ["so_fa"], "soap_layers": [1]}).second_order().layers == (1,)
