@@ -30,7 +30,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 import soap
-from soap.activity_propagation import ActivityPropagation, newton_step, perturbation_scale, soap_gain
+from soap.activity_propagation import (ActivityPropagation, forward_backward_passes, newton_step,
+                                       perturbation_scale, soap_gain)
 from soap.config import ConfigError, Member, TrainConfig
 from soap.data import Splits, load_dataset, load_prepared
 from soap.devices import describe, resolve_device
@@ -658,9 +659,10 @@ def _runs_table(config, members, sizes, finals, diverged_at, seen, eval_log, cur
     else:
         runs["examples_to_target"], runs["reached_target"] = np.nan, False
     # forward-backward passes (over one batch) to the target: an so_ step after the warm-up costs two
-    steps = runs["examples_to_target"] / config.batch_size
-    second_order = np.array([get_rule(m.method).second_order for m in members])
-    runs["passes_to_target"] = steps + np.where(second_order, np.clip(steps - config.soap_warmup, 0, None), 0)
+    runs["two_pass_from"] = [config.soap_warmup * config.batch_size if get_rule(m.method).second_order else np.nan
+                             for m in members]
+    runs["passes_to_target"] = forward_backward_passes(runs["examples_to_target"], config.batch_size,
+                                                       runs["two_pass_from"])
     runs["target_loss"] = np.nan if config.target_loss is None else config.target_loss
     runs["refresh_period"] = [m.refresh_period for m in members]
     runs["feedback_scale"] = [m.feedback_scale for m in members]

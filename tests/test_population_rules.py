@@ -208,3 +208,14 @@ def test_a_captured_step_trains_every_new_rule_as_an_uncaptured_one(caplog):
     assert "step capture is off" in caplog.text
     capturable = config.population()[:-1]
     assert population_model(SIZES, capturable, "tanh", torch.device("cpu")).capturable
+
+
+def test_passes_to_target_follow_the_pipelines_target_too():
+    from soap.pipeline import fill_targets
+
+    result = train(members=[{"method": "so_fa", "lr": 0.3, "seed": 2}, {"method": "fa", "lr": 0.3, "seed": 2}])
+    runs = fill_targets(result.runs, result.curves, 1.13)  # the pipeline sets the target after training
+    so_fa, fa = runs.iloc[0], runs.iloc[1]
+    assert fa["passes_to_target"] == fa["examples_to_target"] / 48
+    steps = so_fa["examples_to_target"] / 48
+    assert steps > 3 and so_fa["passes_to_target"] == 3 + 2 * (steps - 3)
