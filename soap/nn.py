@@ -211,7 +211,8 @@ class FeedbackLinear(nn.Linear):
     grad enabled, as dropout draws its mask, unless `hold_feedback` is set (a second pass of the same
     step); periodic rules form it when `refresh_feedback()` is called. brsf draws R_t with `generator`
     (torch's global RNG when None; `mlp(seed=...)` gives it the seed's feedback_redraw stream). Errors
-    go down as feedback_scale * grad_y B.
+    go down as feedback_scale * grad_y B. dfa and the so_ part of a rule act on a whole network
+    (`mlp` builds it); a lone layer with them sends grad_y B like fa, or like the so_ rule's base rule.
     """
 
     def __init__(self, in_features: int, out_features: int, rule: str = "fa", bias: bool = True,
