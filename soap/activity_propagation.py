@@ -25,6 +25,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -65,6 +66,15 @@ def newton_step(g1: Tensor, g2: Tensor, eps: float, curvature_bias: float) -> Te
     diff = g1 - g2
     d = torch.where(diff == 0, curvature_bias, diff + 2 * curvature_bias * torch.sign(diff))
     return eps * g1 * g1 / d
+
+
+def forward_backward_passes(examples, batch_size, two_pass_from):
+    """Forward-backward passes over one batch that a run makes to see `examples` examples: one a step,
+    two a step once an so_ run's warm-up is over. two_pass_from: the examples seen when its two-pass
+    steps begin (warmup x batch size); NaN for one-pass runs. NumPy arrays or pandas columns."""
+    start = np.nan_to_num(np.asarray(two_pass_from, dtype=float), nan=np.inf)
+    examples = np.asarray(examples, dtype=float)
+    return (examples + np.clip(examples - start, 0, None)) / np.asarray(batch_size, dtype=float)
 
 
 def soap_gain(n: Tensor, g2: Tensor) -> Tensor:
