@@ -240,15 +240,18 @@ class PopulationMLP:
         def members_where(test) -> list[int]:
             return [i for i, r in enumerate(self.rules) if test(r)]
 
-        def by_name(test) -> dict[str, Tensor]:
+        def by_name(test) -> dict[str, slice | Tensor]:
+            # a slice where a rule's members are consecutive (the usual case): views, no gather/scatter
             names = sorted({r.name for r in self.rules if test(r)})
-            return {name: torch.as_tensor(members_where(lambda r, n=name: r.name == n), device=self.device)
-                    for name in names}
+            chosen = {name: members_where(lambda r, n=name: r.name == n) for name in names}
+            return {name: slice(index[0], index[-1] + 1) if index[-1] - index[0] == len(index) - 1
+                    else torch.as_tensor(index, device=self.device) for name, index in chosen.items()}
 
         self.steps = 0
         self.decay = decay
         self.step_groups = by_name(lambda r: r.when == "step")
-        self.step_seeds = {name: [self.members[i].seed for i in index.tolist()] for name, index in self.step_groups.items()}
+        self.step_seeds = {name: [m.seed for m in np.array(self.members, dtype=object)[_host(index)]]
+                           for name, index in self.step_groups.items()}
         # frsf's R: the members' own FA matrices, kept apart from B
         self.fa_matrices = {name: [fb[index].clone() for fb in self.feedback]
                             for name, index in self.step_groups.items() if get_rule(name).random == "fa"}
@@ -428,6 +431,10 @@ def population_model(sizes: list[int], members: list[Member], activation: str, d
     if len({get_rule(m.method).second_order for m in members}) > 1:
         return PopulationGroups(sizes, members, activation, device, **hooks)
     return PopulationMLP(sizes, members, activation, device, **hooks)
+
+
+def _host(index: slice | Tensor) -> slice | np.ndarray:
+    return index if isinstance(index, slice) else index.cpu().numpy()
 
 
 def _contiguous_runs(indices: list[int]) -> list[slice]:
