@@ -5,7 +5,7 @@
 #   snakemake --cores 2 tune_all                     # phase 1 only: every method's tuned lr
 #   snakemake --cores 16 --resources gpu=4           # 4 training jobs at once, one GPU each
 #   snakemake --workflow-profile workflow/profiles/slurm  # every job an sbatch job, one GPU each
-#   snakemake --report results/report.zip            # Snakemake's own report, with captions
+#   snakemake --report results/snakemake-report.html  # Snakemake's own report, with captions
 #
 # Stages live in workflow/rules/*.smk; every computation lives in the soap package.
 

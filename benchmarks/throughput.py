@@ -13,8 +13,12 @@ of two references that training reaches:
 Every training measurement is bracketed by both references, measured just before and just after it,
 so drift in a shared machine's speed cancels. With --profile, a breakdown of where a step's time goes.
 
+On a machine other jobs share, wall time measures the neighbours as much as the code: `--threads 1
+--clock cpu` times everything by the process's CPU time instead, which other processes do not inflate
+(one thread, so no thread spins waiting for another), and gives per-core rates.
+
     python benchmarks/throughput.py --data-root ../shared/data [--device cpu] [--pops 1,4,16,64]
-                                    [--repeats 3] [--profile] [--capture]
+                                    [--repeats 3] [--profile] [--capture] [--threads N] [--clock cpu]
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from soap.config import TrainConfig
+from soap.config import OPTIMIZERS, TrainConfig
 from soap.data import load_dataset
 from soap.devices import resolve_device
 from soap.nn import feedback_grad_input, linear_forward, mlp, sgd_update_
@@ -50,16 +54,20 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+CLOCK = {"wall": time.perf_counter, "cpu": time.process_time}
+clock = CLOCK["wall"]  # set by --clock
+
+
 def timed(fn, device: torch.device, repeats: int) -> float:
     """Median seconds of fn() over `repeats` calls, after one warm-up call."""
     fn()
     times = []
     for _ in range(repeats):
         sync(device)
-        start = time.perf_counter()
+        start = clock()
         fn()
         sync(device)
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return statistics.median(times)
 
 
@@ -91,18 +99,21 @@ def step_gemm_flops(pop: int, shape: str, device: torch.device, repeats: int = 5
     return pop * BATCH * flops_per_example(SIZES) / timed(step, device, repeats)
 
 
-def population_config(data, pop: int, shape: str, examples: int, device: torch.device, logging: bool) -> TrainConfig:
+def population_config(data, pop: int, shape: str, examples: int, device: torch.device, logging: bool,
+                      optimizer: str = "sgd") -> TrainConfig:
     quiet = {} if logging else {"log_every": 10**9, "eval_every": 10**9}
     members = (dict(lrs=[0.05], seeds=list(range(pop))) if shape == "independent"
                else dict(lrs=np.geomspace(0.01, 0.1, pop).tolist(), seeds=[0]))
-    return TrainConfig.from_dict(dict(dataset="mnist", methods=["fa"], device=str(device),
+    return TrainConfig.from_dict(dict(dataset="mnist", methods=["fa"], device=str(device), optimizer=optimizer,
                                       epochs=examples / len(data.train_y), **members, **quiet))
 
 
 def population_rate(data, pop: int, shape: str, examples: int, device: torch.device, logging: bool = True,
-                    capture: bool = False) -> float:
-    config = population_config(data, pop, shape, examples, device, logging)
-    return train_population(config, data, progress=False, capture=capture).meta["run_examples_per_s"]
+                    capture: bool = False, optimizer: str = "sgd") -> float:
+    config = population_config(data, pop, shape, examples, device, logging, optimizer)
+    meta = train_population(config, data, progress=False, capture=capture).meta
+    return meta["run_examples_per_s"] if clock is CLOCK["wall"] else meta["run_examples_per_s"] * (
+        meta["train_loop_s"] / meta["train_loop_cpu_s"])
 
 
 def conventional_rate(data_root: str, examples: int, device: torch.device) -> float:
@@ -116,7 +127,7 @@ def conventional_rate(data_root: str, examples: int, device: torch.device) -> fl
     model = mlp(SIZES, "fa", seed=0).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     steps, done = examples // BATCH, 0
-    start = time.perf_counter()
+    start = clock()
     for images, labels in loader:
         images, labels = images.view(-1, 784).to(device), labels.to(device)
         loss = F.cross_entropy(model(images), labels)
@@ -127,7 +138,7 @@ def conventional_rate(data_root: str, examples: int, device: torch.device) -> fl
         if done == steps:
             break
     sync(device)
-    return steps * BATCH / (time.perf_counter() - start)
+    return steps * BATCH / (clock() - start)
 
 
 # torch operator -> part of the step, for the profile
@@ -135,7 +146,8 @@ PARTS = {
     "GEMM": ("aten::bmm", "aten::baddbmm", "aten::baddbmm_", "aten::mm", "aten::addmm", "aten::addmm_"),
     "batch gather": ("aten::index_select",),
     "activation (tanh forward and backward)": ("aten::sigmoid", "aten::tanh", "aten::tanh_", "aten::tanh_backward"),
-    "layout copies (shared-order GEMM operands)": ("aten::copy_", "aten::clone", "aten::_reshape_alias"),
+    # baddbmm copies the broadcast bias into its output before the GEMM; shared orders reshape operands
+    "copies (bias into GEMM outputs, shared-order operand layout)": ("aten::copy_", "aten::clone"),
     "loss and output error": ("aten::_log_softmax", "aten::gather", "aten::exp_", "aten::scatter_add_",
                               "aten::mean", "aten::full", "aten::fill_"),
     "bias sums": ("aten::sum",),
@@ -167,14 +179,23 @@ def main() -> None:
     parser.add_argument("--pops", default="1,4,16,64", help="population sizes to measure")
     parser.add_argument("--repeats", type=int, default=3, help="measurements per figure (median reported)")
     parser.add_argument("--profile", action="store_true", help="also break a P = 16 step down by operator")
+    parser.add_argument("--optimizers", action="store_true",
+                        help="also each optimizer's cost against sgd's (P = 16, independent, no logging)")
     parser.add_argument("--capture", action="store_true", help="replay steps from a CUDA graph (CUDA only)")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    parser.add_argument("--clock", choices=sorted(CLOCK), default="wall",
+                        help="time by wall clock, or by this process's CPU time (steadier on a shared machine)")
     args = parser.parse_args()
+    global clock
+    clock = CLOCK[args.clock]
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     data = load_dataset("mnist", args.data_root, download=False)
     per_example = flops_per_example(SIZES)
     conventional = statistics.median(
         conventional_rate(args.data_root, args.examples // 4, device) for _ in range(args.repeats))
-    print(f"device {device}, {torch.get_num_threads()} threads, capture {args.capture}; medians of "
+    print(f"device {device}, {torch.get_num_threads()} threads, {args.clock} clock, capture {args.capture}; medians of "
           f"{args.repeats}. Both references are measured just before and just after each training "
           f"measurement, and each fraction is taken against the mean of the two.")
     print(f"conventional loop (DataLoader + nn.Module, fa): {conventional:,.0f} examples/s")
@@ -212,6 +233,17 @@ def main() -> None:
             ratios = [s / i for s, i in zip(quiet_rates["shared order", pop], quiet_rates["independent", pop])]
             print(f"{'':>17} shared order / independent, paired by repeat: median {statistics.median(ratios):.2f}x "
                   f"(range {min(ratios):.2f}-{max(ratios):.2f})")
+    if args.optimizers:
+        print("\noptimizers, P = 16, independent, no logging (each repeat runs every optimizer in turn):")
+        rates = defaultdict(list)
+        for _ in range(args.repeats):
+            for optimizer in OPTIMIZERS:
+                rates[optimizer].append(population_rate(data, 16, "independent", args.examples, device, False,
+                                                        args.capture, optimizer))
+        for optimizer, measured in rates.items():
+            ratios = [r / s for r, s in zip(measured, rates["sgd"])]
+            print(f"  {optimizer:>9} {statistics.median(measured):>10,.0f} run-examples/s, "
+                  f"{statistics.median(ratios):.2f}x sgd's (paired by repeat)")
     if args.profile:
         for shape in SHAPES:
             print(f"\nwhere the time of a quiet P = 16 run goes, {shape} (operator self time):")

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from soap.tables import write_table, write_text
-from soap.tuning import add_tune_arguments
+from soap.tuning.cli import add_tune_arguments
 
 log = logging.getLogger("soap")
 
@@ -35,15 +35,23 @@ def train_command(args: argparse.Namespace) -> None:
 
 
 def prepare_data_command(args: argparse.Namespace) -> None:
-    from soap.data import prepare_dataset
+    from soap.data import data_root, prepare_dataset
 
-    path = prepare_dataset(args.dataset, args.data_root, args.out, download=not args.no_download,
+    path = prepare_dataset(args.dataset, args.data_root or data_root("data"), args.out, download=not args.no_download,
                            val_size=args.val_size, split_seed=args.split_seed)
     log.info("prepared %s -> %s", args.dataset, path)
 
 
+def schema_command(args: argparse.Namespace) -> None:
+    import yaml
+
+    from soap.pipeline import study_schema
+
+    print(yaml.safe_dump(study_schema(), sort_keys=False, width=100), end="")
+
+
 def tune_command(args: argparse.Namespace) -> None:
-    from soap.tuning import run_tune_command
+    from soap.tuning.cli import run_tune_command
 
     run_tune_command(args)
 
@@ -51,7 +59,8 @@ def tune_command(args: argparse.Namespace) -> None:
 def analyze_command(args: argparse.Namespace) -> None:
     from soap.analysis import run_analysis
 
-    run_analysis(args.runs, args.out, fixed_lr=args.fixed_lr, seed=args.seed, n_boot=args.n_boot)
+    run_analysis(args.runs, args.out, fixed_lr=args.fixed_lr, seed=args.seed, n_boot=args.n_boot,
+                 mediation_design=args.mediation_design, curves_path=args.curves)
 
 
 def report_command(args: argparse.Namespace) -> None:
@@ -68,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train a population; write runs, curves and meta")
-    train.add_argument("--config", help="YAML file of TrainConfig keys (see soap/config.py)")
+    train.add_argument("--config", help="YAML file of TrainConfig keys (see soap/config.py); data_root "
+                                        "defaults to $SOAP_DATA_ROOT when set")
     train.add_argument("--out", default="results/train", help="output directory")
     train.add_argument("--device", help="auto, cpu, cuda or cuda:N (overrides the config)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -77,12 +87,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     prepare = commands.add_parser("prepare-data", help="load, verify, split and save a dataset once")
     prepare.add_argument("--dataset", required=True, help="mnist, fashion_mnist or synthetic")
-    prepare.add_argument("--data-root", default="data", help="torchvision root (MNIST/raw/...)")
+    prepare.add_argument("--data-root", default=None,
+                         help="torchvision root (MNIST/raw/...); default: $SOAP_DATA_ROOT, else data")
     prepare.add_argument("--out", required=True, help="prepared file to write (.pt)")
     prepare.add_argument("--no-download", action="store_true", help="fail instead of downloading")
     prepare.add_argument("--val-size", type=int, default=10_000)
     prepare.add_argument("--split-seed", type=int, default=0)
     prepare.set_defaults(func=prepare_data_command)
+
+    schema = commands.add_parser("schema", help="print every study-config key with its meaning and default")
+    schema.set_defaults(func=schema_command)
 
     tune = commands.add_parser("tune", help="tune one method's learning rate with Optuna")
     add_tune_arguments(tune)
@@ -91,9 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     analyze = commands.add_parser("analyze", help="estimate the study's estimands from a runs table")
     analyze.add_argument("--runs", required=True, help="runs table (.parquet or .csv)")
     analyze.add_argument("--out", required=True, help="output directory")
+    analyze.add_argument("--curves", help="curves table: adds time to target at other target losses")
     analyze.add_argument("--fixed-lr", type=float, help="shared lr for fixed_lr (default: bp's tuned)")
     analyze.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     analyze.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples")
+    analyze.add_argument("--mediation-design", choices=("pooled", "fixed_lr"), default="pooled",
+                         help="mediation runs: every healthy grid lr (pooled) or the shared lr only")
     analyze.set_defaults(func=analyze_command)
 
     report = commands.add_parser("report", help="figures and the self-contained HTML report")

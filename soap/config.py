@@ -1,14 +1,19 @@
-"""Training configuration: one dataclass, defaults with meanings and units, strict loading.
+"""Training configuration: one dataclass, the single definition of every training key.
 
-A config file is YAML with any subset of TrainConfig's fields; command-line overrides are `key=value`
-with YAML values (`lrs=[0.01,0.1]`). Unknown keys and wrong types raise ConfigError naming the key.
+Each TrainConfig field carries its default, its meaning and its JSON-schema constraints. The JSON schema
+that checks a training config (`train_schema()`) and the `train` block of the study config's schema
+(soap/schemas/config.schema.yaml, see soap.pipeline) are generated from these fields, so a default or a
+limit lives in exactly one place. A config file is YAML with any subset of the fields; command-line
+overrides are `key=value` with YAML values (`lrs=[0.01,0.1]`). Unknown keys and invalid values raise
+ConfigError naming the key.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
-import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,6 +27,22 @@ from soap.rules import KOLEN_POLLACK_DECAY, RULES
 
 class ConfigError(ValueError):
     """A configuration value that is missing, unknown or of the wrong type."""
+
+
+def _field(default, meaning: str, **schema):
+    """A TrainConfig field: its default, what it means, and JSON-schema keywords beyond its type."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata={"meaning": meaning, "schema": schema})
+    return field(default=default, metadata={"meaning": meaning, "schema": schema})
+
+
+POSITIVE = {"exclusiveMinimum": 0}
+MEMBER_SCHEMA = {
+    "type": "object", "additionalProperties": False, "required": ["method", "lr", "seed"],
+    "properties": {"method": {"type": "string"}, "lr": {"type": "number", **POSITIVE},
+                   "seed": {"type": "integer"}, "refresh_period": {"type": "integer", "minimum": 1},
+                   "feedback_scale": {"type": "number", **POSITIVE}},
+}
 
 
 @dataclass(frozen=True)
@@ -40,111 +61,87 @@ OPTIMIZERS = ("sgd", "momentum", "adam", "signsgd")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    dataset: str = "mnist"  # mnist | fashion_mnist | synthetic
-    data_root: str = "data"  # torchvision root holding MNIST/raw/...
-    download: bool = True  # download through torchvision when the files are missing
-    prepared: str | None = None  # a file from `soap prepare-data`; replaces data_root when set
-    val_size: int = 10_000  # validation examples split off the training set
-    split_seed: int = 0  # seed of that split (fixed across the study)
-    hidden: list[int] = field(default_factory=lambda: [256, 256])  # hidden layer widths
-    activation: str = "tanh"
-    batch_size: int = 64  # examples per SGD step
-    epochs: float = 1.0  # passes over the training split; fractions allowed
-    methods: list[str] = field(default_factory=lambda: ["bp", "fa"])
-    lrs: list[float] = field(default_factory=lambda: [0.1])  # nominal SGD learning rates
-    seeds: list[int] = field(default_factory=lambda: [0])
-    # explicit [{method, lr, seed, refresh_period (optional)}]; replaces methods x lrs x seeds
-    members: list[dict] | None = None
-    refresh_period: int = 6400  # examples between feedback refreshes (sign, sign_scaled, stale_bp)
-    feedback_scale: float = 1.0  # alpha of every member not given its own (see Member)
-    optimizer: str = "sgd"  # sgd | momentum | adam | signsgd (W -= lr sign(grad_W), "Batch Manhattan")
-    momentum: float = 0.9  # of the momentum optimizer (torch.optim.SGD's, no dampening)
-    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # Adam's beta1, beta2
-    adam_eps: float = 1e-8
-    phase: str = "grid"  # grid | tuned | tune: recorded in the runs table
-    log_every: int = 640  # examples between training-loss log points
-    eval_every: int = 10_000  # examples between validation and alignment log points
-    eval_subset: int = 1_000  # validation examples used at intermediate points (all at the end)
-    ema_beta: float = 0.99  # smoothing of the logged training loss (per step)
-    target_loss: float | None = None  # EMA training loss for examples_to_target; None: not computed
-    divergence_factor: float = 10.0  # diverged when the EMA loss exceeds this x ln(num_classes)
-    kp_decay: float = KOLEN_POLLACK_DECAY  # kolen_pollack's lambda: B - W shrinks by (1 - lr lambda) a step
-    # so_ methods (soap.activity_propagation): activity step eta_ap / (batch * units) times g1, curvature
-    # bias c, hidden layers carrying it (0 = first; None: all), plain steps before the first two-pass step
-    soap_eta: float = ActivityPropagation.eta
-    soap_curvature_bias: float = ActivityPropagation.curvature_bias
-    soap_layers: list[int] | None = None
-    soap_warmup: int = ActivityPropagation.warmup
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dataset: str = _field("mnist", "Dataset: mnist, fashion_mnist or synthetic.",
+                          enum=["mnist", "fashion_mnist", "synthetic"])
+    data_root: str = _field("data", "torchvision data root holding MNIST/raw/... ($SOAP_DATA_ROOT overrides it "
+                                    "for `soap train` and `soap tune`).")
+    download: bool = _field(True, "Download through torchvision when the raw files are missing.")
+    prepared: str | None = _field(None, "A file from `soap prepare-data`; replaces data_root when set.")
+    val_size: int = _field(10_000, "Validation examples split off the training set (never used for training).",
+                           minimum=1)
+    split_seed: int = _field(0, "Seed of the train/validation split, fixed across the whole study.", minimum=0)
+    hidden: list[int] = _field([256, 256], "Hidden layer widths of the MLP.", minItems=1, items={"minimum": 1})
+    activation: str = _field("tanh", "Hidden nonlinearity (soap.nn.ACTIVATIONS).")
+    batch_size: int = _field(64, "Examples per SGD step.", minimum=1)
+    epochs: float = _field(1.0, "Passes over the training split (fractions allowed).", **POSITIVE)
+    methods: list[str] = _field(["bp", "fa"], "Feedback rules (soap.rules), crossed with lrs and seeds.",
+                                minItems=1)
+    lrs: list[float] = _field([0.1], "Nominal SGD learning rates.", minItems=1, items=POSITIVE)
+    seeds: list[int] = _field([0], "Paired seeds.", minItems=1)
+    members: list[dict] | None = _field(None, "Explicit [{method, lr, seed, refresh_period (optional)}]; "
+                                              "replaces methods x lrs x seeds.", minItems=1, items=MEMBER_SCHEMA)
+    refresh_period: int = _field(6400, "Examples between feedback refreshes (sign, sign_scaled, stale_bp).",
+                                 minimum=1)
+    feedback_scale: float = _field(1.0, "Feedback scale alpha of every member not given its own: errors go "
+                                        "down as alpha * grad_y B (bp's B = alpha W).", **POSITIVE)
+    optimizer: str = _field("sgd", "sgd, momentum, adam or signsgd (W -= lr sign(grad_W), 'Batch Manhattan').",
+                            enum=list(OPTIMIZERS))
+    momentum: float = _field(0.9, "Momentum of the momentum optimizer (torch.optim.SGD's, no dampening).",
+                             minimum=0, exclusiveMaximum=1)
+    adam_betas: list[float] = _field([0.9, 0.999], "Adam's beta1 and beta2.", minItems=2, maxItems=2,
+                                     items={"minimum": 0, "exclusiveMaximum": 1})
+    adam_eps: float = _field(1e-8, "Adam's epsilon.", **POSITIVE)
+    phase: str = _field("grid", "Study phase recorded in the runs table.", enum=["grid", "tuned", "tune"])
+    log_every: int = _field(640, "Examples between training-loss log points (the resolution of "
+                                 "examples_to_target).", minimum=1)
+    eval_every: int = _field(10_000, "Examples between validation and alignment log points.", minimum=1)
+    eval_subset: int = _field(1_000, "Validation examples used at intermediate log points (all at the end).",
+                              minimum=1)
+    ema_beta: float = _field(0.99, "Per-step smoothing of the logged training loss.", minimum=0,
+                             exclusiveMaximum=1)
+    target_loss: float | None = _field(None, "EMA training loss for examples_to_target; null: not computed.")
+    divergence_factor: float = _field(10.0, "A run has diverged when its EMA loss exceeds this times "
+                                            "ln(num_classes).", **POSITIVE)
+    kp_decay: float = _field(KOLEN_POLLACK_DECAY, "kolen_pollack's lambda: W and B both decay by it, so B - W "
+                                                  "shrinks by (1 - lr lambda) a step.", minimum=0)
+    soap_eta: float = _field(ActivityPropagation.eta, "so_ methods: eta_ap; pass 2 moves the hidden activity by "
+                                                      "eta_ap / (batch * units) times g1.", **POSITIVE)
+    soap_curvature_bias: float = _field(ActivityPropagation.curvature_bias, "so_ methods: the curvature bias c of "
+                                        "d = (g1 - g2) + 2c sign(g1 - g2).", **POSITIVE)
+    soap_layers: list[int] | None = _field(None, "so_ methods: the hidden layers (0 = first) carrying activity "
+                                                 "propagation; null: every hidden layer.", items={"minimum": 0})
+    soap_warmup: int = _field(ActivityPropagation.warmup, "so_ methods: plain single-pass steps before the first "
+                                                          "two-pass step.", minimum=0)
+    device: str = _field("auto", "auto, cpu, cuda or cuda:N.")
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
         if not isinstance(values, dict):
             raise ConfigError(f"a config must be a mapping of keys to values, got {type(values).__name__}")
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - set(known))
-        if unknown:
-            raise ConfigError(f"unknown config key(s): {', '.join(unknown)}; known keys: {', '.join(known)}")
-        hints = typing.get_type_hints(cls)
-        checked = {key: _check_type(key, value, hints[key]) for key, value in values.items()}
-        return cls(**checked)
+        check(values, train_schema())  # before construction, so an unknown key gets this message
+        return cls(**values)
 
     def __post_init__(self) -> None:
         self.validate()
+        # Integers given for float fields become floats (2 -> 2.0): equal configs compare and hash equal.
+        for key, value in _float_fields(self.to_dict()).items():
+            object.__setattr__(self, key, value)
 
     def validate(self) -> None:
-        positive = ("batch_size", "refresh_period", "log_every", "eval_every", "eval_subset", "val_size")
-        for key in positive:
-            if getattr(self, key) <= 0:
-                raise ConfigError(f"{key} must be positive, got {getattr(self, key)}")
-        if self.epochs <= 0:
-            raise ConfigError(f"epochs must be positive, got {self.epochs}")
-        if not 0 <= self.ema_beta < 1:
-            raise ConfigError(f"ema_beta must be in [0, 1), got {self.ema_beta}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"unknown optimizer {self.optimizer!r}; known: {', '.join(OPTIMIZERS)}")
-        if not 0 <= self.momentum < 1:
-            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
-        if len(self.adam_betas) != 2 or not all(0 <= beta < 1 for beta in self.adam_betas):
-            raise ConfigError(f"adam_betas must be two numbers in [0, 1), got {self.adam_betas}")
-        if not self.adam_eps > 0:
-            raise ConfigError(f"adam_eps must be positive, got {self.adam_eps}")
-        if self.phase not in ("grid", "tuned", "tune"):
-            raise ConfigError(f"phase must be grid, tuned or tune, got {self.phase!r}")
-        from soap.nn import ACTIVATIONS
-
-        if self.activation not in ACTIVATIONS:
-            raise ConfigError(f"unknown activation {self.activation!r}; known: {', '.join(ACTIVATIONS)}")
-        if any(width <= 0 for width in self.hidden):
-            raise ConfigError(f"hidden widths must be positive, got {self.hidden}")
-        if self.kp_decay < 0:
-            raise ConfigError(f"kp_decay must be >= 0, got {self.kp_decay}")
-        try:
+        """Check every field against the schema generated from the fields (one validator for from_dict
+        and direct construction)."""
+        check(self.to_dict(), train_schema())
+        try:  # the one limit the schema cannot state: the so_ layers must exist in `hidden`
             self.second_order().hidden_layers(len(self.hidden))
         except ValueError as err:
-            raise ConfigError(str(err)) from None
-        members = self.population()
-        if not members:
-            raise ConfigError("the population is empty: give methods, lrs and seeds, or members")
-        for member in members:
-            if member.method not in RULES:
-                raise ConfigError(f"unknown method {member.method!r}; known methods: {', '.join(RULES)}")
-            if not member.lr > 0:
-                raise ConfigError(f"learning rates must be positive, got {member.lr}")
-            if member.refresh_period <= 0:
-                raise ConfigError(f"refresh_period must be positive, got {member.refresh_period}")
-            if not (math.isfinite(member.feedback_scale) and member.feedback_scale > 0):
-                raise ConfigError(f"feedback_scale must be a positive number, got {member.feedback_scale}")
+            raise ConfigError(f"soap_layers: {err}") from None
 
     def population(self) -> list[Member]:
         """The members to train, in a fixed order (methods x lrs x seeds, or the explicit list)."""
         if self.members is not None:
-            try:
-                return [Member(str(m["method"]), float(m["lr"]), int(m["seed"]),
-                               int(m.get("refresh_period", self.refresh_period)),
-                               float(m.get("feedback_scale", self.feedback_scale))) for m in self.members]
-            except (KeyError, TypeError, ValueError) as err:
-                raise ConfigError(f"members: each entry needs method, lr and seed ({err})") from None
+            return [Member(str(m["method"]), float(m["lr"]), int(m["seed"]),
+                           int(m.get("refresh_period", self.refresh_period)),
+                           float(m.get("feedback_scale", self.feedback_scale))) for m in self.members]
         return [Member(m, float(lr), int(s), self.refresh_period, self.feedback_scale)
                 for m, lr, s in itertools.product(self.methods, self.lrs, self.seeds)]
 
@@ -157,39 +154,104 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-def _check_type(key: str, value, hint):
-    """Return value converted to the field's type (ints accepted for floats), or raise naming the key."""
+# --- the schema, generated from the fields ---------------------------------------------------------------
+
+_JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", dict: "object"}
+
+
+def _json_schema(hint) -> dict:
+    """The JSON-schema type of a field's annotation (str, int, float, bool, dict, list[X], X | None)."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(hint)
-        if value is None and type(None) in options:
-            return None
-        errors = []
-        for option in (o for o in options if o is not type(None)):
-            try:
-                return _check_type(key, value, option)
-            except ConfigError as err:
-                errors.append(str(err))
-        raise ConfigError(errors[0])
+        options = [o for o in typing.get_args(hint) if o is not type(None)]
+        (inner,) = options
+        schema = _json_schema(inner)
+        return {**schema, "type": [schema["type"], "null"]}
     if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{key} must be a list, got {value!r}")
-        (item_hint,) = typing.get_args(hint)
-        return [_check_type(f"{key}[{i}]", item, item_hint) for i, item in enumerate(value)]
-    if hint is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key} must be a mapping, got {value!r}")
-        return value
-    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if hint is float and isinstance(value, str):
-        try:  # YAML reads 1e-3 (no dot) as a string
-            return float(value)
-        except ValueError:
-            pass
-    if isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
-        return value
-    raise ConfigError(f"{key} must be of type {hint.__name__}, got {value!r}")
+        (item,) = typing.get_args(hint)
+        return {"type": "array", "items": _json_schema(item)}
+    return {"type": _JSON_TYPES[hint]}
+
+
+def train_schema(keys: typing.Iterable[str] | None = None) -> dict:
+    """JSON schema of TrainConfig (or of the fields `keys`): types, defaults, meanings and limits."""
+    from soap.nn import ACTIVATIONS  # soap.nn imports nothing from here; imported late to keep this light
+
+    hints = typing.get_type_hints(TrainConfig)
+    properties = {}
+    for f in dataclasses.fields(TrainConfig):
+        if keys is not None and f.name not in keys:
+            continue
+        schema = _json_schema(hints[f.name])
+        extra = dict(f.metadata["schema"])
+        if "items" in extra:
+            schema["items"] = {**schema["items"], **extra.pop("items")}
+        schema.update(extra)
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        properties[f.name] = {"description": f.metadata["meaning"], **schema, "default": default}
+    # Enums that follow the registries, so that adding a rule or an activation needs no schema edit.
+    if "activation" in properties:
+        properties["activation"]["enum"] = list(ACTIVATIONS)
+    if "methods" in properties:
+        properties["methods"]["items"]["enum"] = list(RULES)
+    if "members" in properties:
+        properties["members"]["items"] = copy.deepcopy(MEMBER_SCHEMA)
+        properties["members"]["items"]["properties"]["method"]["enum"] = list(RULES)
+    return {"type": "object", "additionalProperties": False, "properties": properties}
+
+
+def check(values: dict, schema: dict, label: str | None = None) -> None:
+    """Validate `values` against a JSON schema with jsonschema; ConfigError names the first bad key."""
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(schema)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(values))
+    if error is None:
+        return
+    key = ".".join(str(part) for part in error.absolute_path) or "(top level)"
+    message = error.message
+    if error.validator == "additionalProperties":  # name the keys that are allowed, for a misspelling
+        allowed = ", ".join(error.schema.get("properties", {}))
+        message = f"{message}; known keys: {allowed}"
+    raise ConfigError(f"{label + ': ' if label else ''}{key}: {message}")
+
+
+def _float_fields(values: dict) -> dict:
+    """The float-typed fields of `values`, as floats."""
+    hints = typing.get_type_hints(TrainConfig)
+    out = {}
+    for key, value in values.items():
+        hint = hints[key]
+        if hint is float or (typing.get_origin(hint) in (typing.Union, types.UnionType)
+                             and float in typing.get_args(hint)):
+            out[key] = None if value is None else float(value)
+        elif hint == list[float]:
+            out[key] = [float(v) for v in value]
+    return out
+
+
+# --- YAML -----------------------------------------------------------------------------------------------
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads 1e-3 (no dot) as a string; configs mean the number, as YAML 1.2 does."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                    |[-+]?\.(?:inf|Inf|INF)
+                    |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def load_yaml(text: str, source: str = "config"):
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{source} is not valid YAML: {err}") from None
 
 
 def parse_overrides(overrides: list[str]) -> dict:
@@ -199,21 +261,22 @@ def parse_overrides(overrides: list[str]) -> dict:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not of the form key=value")
-        parsed[key.strip()] = yaml.safe_load(raw)
+        parsed[key.strip()] = load_yaml(raw, f"override {item!r}")
     return parsed
 
 
 def load_train_config(path: str | Path | None = None, overrides: list[str] = ()) -> TrainConfig:
+    """A config file, then $SOAP_DATA_ROOT (for data_root), then key=value overrides, each winning over the last."""
+    from soap.data import data_root
+
     values: dict = {}
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path} is not valid YAML: {err}") from None
+        values = load_yaml(path.read_text(), str(path)) or {}
         if not isinstance(values, dict):
             raise ConfigError(f"{path} must hold a mapping of config keys")
+    values["data_root"] = data_root(values.get("data_root", TrainConfig.data_root))
     values.update(parse_overrides(list(overrides)))
     return TrainConfig.from_dict(values)

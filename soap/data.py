@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import pickle
+import zipfile
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -22,6 +25,15 @@ log = logging.getLogger(__name__)
 
 class DataError(RuntimeError):
     """A dataset that cannot be found, downloaded or trusted."""
+
+
+DATA_ROOT_ENV = "SOAP_DATA_ROOT"
+
+
+def data_root(configured: str | Path) -> str:
+    """The data root every command reads: $SOAP_DATA_ROOT when set (machines without internet keep
+    MNIST elsewhere), else the configured one."""
+    return os.environ.get(DATA_ROOT_ENV) or str(configured)
 
 
 @dataclass(frozen=True)
@@ -108,7 +120,9 @@ def _torchvision_split(name: str, root: Path, train: bool, download: bool):
     dataset_class = getattr(torchvision.datasets, spec.torchvision_name)
     try:
         return dataset_class(str(root), train=train, download=download)
-    except Exception as err:  # torchvision raises RuntimeError or URLError subclasses on no network
+    # torchvision raises RuntimeError when the files are missing or fail its check, and an OSError
+    # (URLError, socket errors) when the download fails.
+    except (RuntimeError, OSError) as err:
         raise DataError(
             f"{name}: could not load from {root / spec.folder / 'raw'} "
             f"(expected {', '.join(spec.md5)}); download {'failed' if download else 'disabled'}: {err}"
@@ -176,7 +190,9 @@ def load_prepared(path: str | Path) -> Splits:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
         return Splits(**payload)
-    except Exception as err:
+    # What torch.load raises on a file that is not its format (zip, pickle, EOF), one whose tensors
+    # are not allowed under weights_only, or a payload without the Splits fields.
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, TypeError) as err:
         raise DataError(f"prepared dataset {path} is unreadable ({err}); delete it to prepare it again") from err
 
 

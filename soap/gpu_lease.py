@@ -2,9 +2,9 @@
 
 Snakemake's `--resources gpu=N` caps how many training jobs run at once, but gives a job no slot id,
 so it cannot say *which* device a job should use. Each job therefore leases a device itself: it takes
-an exclusive `fcntl.flock` on `<lock_dir>/gpu-<device>.lock` for the first free device and holds it for
-its whole life. The kernel drops a flock when its holder dies, however it dies (SIGKILL included), so a
-crashed job never leaves a device locked. The job then sees only its device (CUDA_VISIBLE_DEVICES), so
+an exclusive file lock (the `filelock` library: flock on Linux) on `<lock_dir>/gpu-<device>.lock` for
+the first free device and holds it for its whole life. The kernel drops the lock when its holder dies,
+however it dies (SIGKILL included), so a crashed job never leaves a device locked. The job then sees only its device (CUDA_VISIBLE_DEVICES), so
 code inside it just asks for "cuda".
 
 Devices are leased among the ones already visible: an existing CUDA_VISIBLE_DEVICES (set by SLURM, or
@@ -20,7 +20,7 @@ Two ways in:
 from __future__ import annotations
 
 import argparse
-import fcntl
+import logging
 import os
 import re
 import shutil
@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Iterator, MutableMapping
 
 ENV = "CUDA_VISIBLE_DEVICES"
+log = logging.getLogger(__name__)
 
 
 class LeaseError(RuntimeError):
@@ -45,12 +46,16 @@ class LeaseError(RuntimeError):
 class Lease:
     device: str  # identifier as the parent process sees it ("0", "3", "GPU-<uuid>", ...)
     path: Path  # the lock file
-    fd: int  # open descriptor that holds the flock; closing it releases the device
+    lock: object  # the held filelock.FileLock; releasing it frees the device
 
     def release(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)  # closing the last descriptor drops the flock
-            self.fd = -1
+        self.lock.release()
+
+
+def _holder(fd: int) -> None:
+    """Write who holds a device into its lock file, for a person looking at a stuck queue."""
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{socket.gethostname()} pid {os.getpid()}\n".encode())
 
 
 def default_lock_dir() -> Path:
@@ -63,20 +68,25 @@ def count_gpus() -> int:
 
     CUDA reads CUDA_VISIBLE_DEVICES once, when it initialises; counting through torch here could
     initialise it before the lease has chosen a device, so the count comes from nvidia-smi or a
-    throwaway interpreter.
+    throwaway interpreter. A count that fails is 0 (run on the CPU), with a warning saying why.
     """
     if shutil.which("nvidia-smi"):
         try:
             out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30)
             if out.returncode == 0:
                 return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
-        except (OSError, subprocess.SubprocessError):
-            pass
+            log.warning("nvidia-smi -L failed (exit %d: %s); asking torch instead", out.returncode,
+                        out.stderr.strip()[:200])
+        except (OSError, subprocess.SubprocessError) as err:
+            log.warning("nvidia-smi -L failed (%s); asking torch instead", err)
     try:
         out = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.device_count())"],
                              capture_output=True, text=True, timeout=120)
-        return int(out.stdout.strip() or 0)
-    except (OSError, subprocess.SubprocessError, ValueError):
+        if out.returncode != 0:
+            raise ValueError(out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}")
+        return int(out.stdout.strip())
+    except (OSError, subprocess.SubprocessError, ValueError) as err:
+        log.warning("GPU detection failed (%s): running on the CPU", err)
         return 0
 
 
@@ -110,34 +120,44 @@ def _lock_path(lock_dir: Path, device: str) -> Path:
     return lock_dir / f"gpu-{re.sub(r'[^A-Za-z0-9_.-]', '_', device)}.lock"
 
 
+def _device_lock(path: Path, **options):
+    from filelock import FileLock
+
+    # No soft fallback: a soft lock outlives a SIGKILLed holder, which is the one thing the lease relies on.
+    return FileLock(path, fallback_to_soft=False, **options)
+
+
 def try_acquire(devices: list[str], lock_dir: str | os.PathLike) -> Lease | None:
     """Lease the first free device of `devices`, or return None if all are held."""
+    from filelock import Timeout
+
     lock_dir = Path(lock_dir)
     lock_dir.mkdir(parents=True, exist_ok=True)
     for device in devices:
         path = _lock_path(lock_dir, device)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        lock = _device_lock(path, on_acquired=_holder)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+            lock.acquire(blocking=False)
+        except Timeout:
             continue
-        # Who holds it, for a person looking at a stuck queue; the lock itself is the flock.
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{socket.gethostname()} pid {os.getpid()}\n".encode())
-        return Lease(device, path, fd)
+        return Lease(device, path, lock)
     return None
 
 
 def acquire(devices: list[str], lock_dir: str | os.PathLike | None = None, *, poll_s: float = 0.5,
             timeout_s: float | None = None) -> Lease:
     """Block until one of `devices` is free and lease it (LeaseError after `timeout_s`)."""
+    return _wait(try_acquire, devices, lock_dir, poll_s, timeout_s)
+
+
+def _wait(take, devices: list[str], lock_dir, poll_s: float, timeout_s: float | None):
+    """Poll take(devices, lock_dir) until it leases a device."""
     if not devices:
         raise LeaseError("no devices to lease")
     lock_dir = Path(lock_dir) if lock_dir is not None else default_lock_dir()
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     while True:
-        lease = try_acquire(devices, lock_dir)
+        lease = take(devices, lock_dir)
         if lease is not None:
             return lease
         if deadline is not None and time.monotonic() > deadline:
@@ -186,12 +206,31 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("no command given")
     devices = visible_devices(args.gpus)
     if devices:
-        lease = acquire(devices, args.lock_dir, timeout_s=args.timeout)
-        # exec keeps the open descriptor, so the flock lives exactly as long as the command.
-        os.set_inheritable(lease.fd, True)
-        os.environ[ENV] = lease.device
-        print(f"soap.gpu_lease: device {lease.device} ({lease.path})", file=sys.stderr, flush=True)
+        device, path = _wait(_try_acquire_for_exec, devices, args.lock_dir, 0.5, args.timeout)
+        os.environ[ENV] = device
+        print(f"soap.gpu_lease: device {device} ({path})", file=sys.stderr, flush=True)
     os.execvp(command[0], command)
+
+
+def _try_acquire_for_exec(devices: list[str], lock_dir: Path) -> tuple[str, Path] | None:
+    """Lease a device on a descriptor that survives exec, so the lock lives exactly as long as the command.
+
+    FileLock keeps its descriptor to itself, so here filelock.lock_descriptor locks one we own (the same
+    primitive, so it contends with FileLock holders), left open and inheritable across exec.
+    """
+    from filelock import lock_descriptor
+
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    for device in devices:
+        path = _lock_path(lock_dir, device)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        if lock_descriptor(fd, blocking=False):
+            _holder(fd)
+            os.set_inheritable(fd, True)
+            return device, path
+        os.close(fd)
+    return None
+
 
 
 if __name__ == "__main__":

@@ -2,13 +2,15 @@
 the training jobs' tables to the study's runs table (STUDY.md contract).
 
 The Snakefile decides what runs where; everything it computes lives here, so the workflow scripts stay
-thin and the same logic is importable and tested. The study config is a plain dict validated against
-workflow/schemas/config.schema.yaml (defaults filled in); TrainConfig (soap.config) is what one
-population is trained with.
+thin and the same logic is importable and tested. The study config is a plain dict validated with
+jsonschema against soap/schemas/config.schema.yaml (package data; defaults filled in), whose `train`
+block is generated from TrainConfig (soap.config), what one population is trained with. Nothing here
+imports Snakemake: a wheel install of soap runs `soap tune` and `soap analyze` without the workflow.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -25,7 +27,11 @@ from soap.tables import validate_curves, validate_runs, write_table, write_text
 
 log = logging.getLogger(__name__)
 
-SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+# Package data, so a wheel install validates configs without the workflow folder.
+SCHEMA_RESOURCE = ("soap", "schemas/config.schema.yaml")
+# TrainConfig fields the pipeline sets itself; the rest form the study config's `train` block.
+PIPELINE_TRAIN_KEYS = ("dataset", "data_root", "download", "prepared", "methods", "lrs", "seeds", "members",
+                       "phase", "device", "target_loss")
 
 
 def log_to_file(path) -> None:
@@ -35,28 +41,60 @@ def log_to_file(path) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+def study_schema() -> dict:
+    """The study config's JSON schema: soap/schemas/config.schema.yaml with its `train` block's keys
+    generated from soap.config.TrainConfig (their one definition)."""
+    from dataclasses import fields
+    from importlib.resources import files
+
+    from soap.config import load_yaml, train_schema
+
+    package, name = SCHEMA_RESOURCE
+    schema = load_yaml(files(package).joinpath(name).read_text(), name)
+    keys = [f.name for f in fields(TrainConfig) if f.name not in PIPELINE_TRAIN_KEYS]
+    schema["properties"]["train"].update(train_schema(keys))
+    return schema
+
+
+def _validator_filling_defaults():
+    """A Draft 2020-12 validator that also fills in each property's default: the recipe from
+    jsonschema's FAQ, since jsonschema only validates (Snakemake's validate does the same)."""
+    import jsonschema
+
+    base = jsonschema.Draft202012Validator
+    check_properties = base.VALIDATORS["properties"]
+
+    def properties(validator, props, instance, schema):
+        if isinstance(instance, dict):
+            for key, sub in props.items():
+                if "default" in sub and key not in instance:
+                    instance[key] = copy.deepcopy(sub["default"])
+        yield from check_properties(validator, props, instance, schema)
+
+    return jsonschema.validators.extend(base, {"properties": properties})
+
+
 def load_study_config(path: str | Path | list | None = None, values: dict | None = None) -> dict:
     """Read config.yaml (or several files, each overriding the last key by key, as Snakemake's
-    --configfile does; or take `values`), validate against the schema and fill in its defaults."""
-    import yaml
-    from snakemake.utils import validate
+    --configfile does; or take `values`, filled in place), validate it against the schema and fill in
+    its defaults. ConfigError names the file and the first bad key."""
+    from soap.config import check, load_yaml
 
+    label = path or "study config"
+    label = ", ".join(map(str, label)) if isinstance(label, (list, tuple)) else str(label)
     if values is None:
         paths = path if isinstance(path, (list, tuple)) else [path]
         values = {}
         for one in paths:
             if one is None or not Path(one).is_file():
                 raise ConfigError(f"study config not found: {one}")
-            _merge(values, yaml.safe_load(Path(one).read_text()) or {})
-    try:
-        validate(values, str(SCHEMA))
-    except Exception as err:  # snakemake wraps jsonschema's error, which names the key
-        cause, label = err.__context__, path or "study config"
-        label = ", ".join(map(str, label)) if isinstance(label, (list, tuple)) else label
-        if hasattr(cause, "absolute_path") and hasattr(cause, "message"):  # jsonschema: one line, key first
-            key = ".".join(str(part) for part in cause.absolute_path) or "(top level)"
-            raise ConfigError(f"{label}: {key}: {cause.message}") from None
-        raise ConfigError(f"{label}: {err}") from None
+            loaded = load_yaml(Path(one).read_text(), str(one)) or {}
+            if not isinstance(loaded, dict):
+                raise ConfigError(f"{one} must hold a mapping of config keys")
+            _merge(values, loaded)
+    schema = study_schema()
+    check(values, schema, label)  # one line naming the first bad key
+    _validator_filling_defaults()(schema).validate(values)  # valid already: this fills in the defaults
     check_study_config(values)
     return values
 
@@ -122,15 +160,28 @@ def train_config(train: dict, dataset: str, phase: str, members: list[dict], *, 
     values.update(dataset=dataset, phase=phase, members=members, prepared=prepared, device=device,
                   methods=sorted({m["method"] for m in members}))
     if data is not None:
-        values.update(data_root=data["root"], download=data["download"])
+        from soap.data import data_root
+
+        values.update(data_root=data_root(data["root"]), download=data["download"])
     if epochs is not None:
         values["epochs"] = epochs
     return TrainConfig.from_dict(values)
 
 
-def grid_members(methods: list[str], lrs: list[float], seeds: Iterable[int]) -> list[dict]:
-    """The crossed design: every method at every grid learning rate on every paired seed."""
-    return [{"method": m, "lr": float(lr), "seed": int(s)} for m in methods for lr in lrs for s in seeds]
+def grid_members(methods: list[str], lrs: list[float], seeds: Iterable[int],
+                 refresh_periods: list[int] | None = None, refresh_period: int | None = None) -> list[dict]:
+    """The crossed design: every method at every grid learning rate on every paired seed, and, for
+    the rules that refresh their feedback, at every refresh period in `refresh_periods` (a sensitivity
+    axis; None: the config's one period). Rules that never refresh run once, at `refresh_period`."""
+    from soap.rules import get_rule
+
+    members = []
+    for m in methods:
+        periods = refresh_periods if refresh_periods and get_rule(m).refresh is not None else [None]
+        for period in periods:
+            extra = {} if period is None or period == refresh_period else {"refresh_period": int(period)}
+            members += [{"method": m, "lr": float(lr), "seed": int(s), **extra} for lr in lrs for s in seeds]
+    return members
 
 
 def tuned_members(methods: list[str], tuned_lrs: dict, seeds: Iterable[int]) -> list[dict]:

@@ -79,8 +79,11 @@ def register(rule: FeedbackRule) -> FeedbackRule:
     for variant in variants:
         if variant.name in RULES:
             raise ValueError(f"feedback rule {variant.name!r} is already registered")
-    for variant in variants:
-        RULES[variant.name] = variant
+    # every plain rule before every so_ variant, so listings (errors, schema enums) read plainly
+    ordered = {**{n: r for n, r in RULES.items() if not r.second_order}, rule.name: rule,
+               **{n: r for n, r in RULES.items() if r.second_order}, **{v.name: v for v in variants[1:]}}
+    RULES.clear()
+    RULES.update(ordered)
     return rule
 
 

@@ -6,6 +6,14 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture
+def workflow(tmp_path):
+    """A scratch copy of the workflow in tmp_path (tests/workflows.py); .snakemake(*args) runs it there."""
+    from workflows import Workflow
+
+    return Workflow(tmp_path)
+
+
 @pytest.fixture(scope="session")
 def data_root() -> Path:
     """The real MNIST/FashionMNIST files: $SOAP_DATA_ROOT, else ../shared/data beside the repository,

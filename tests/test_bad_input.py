@@ -8,33 +8,18 @@ earlier run in place and checks that they are byte-for-byte untouched afterwards
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
 import yaml
-
-REPO = Path(__file__).resolve().parents[1]
-QUICK = yaml.safe_load((REPO / "config" / "quick.yaml").read_text())
-
-
-def _env() -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "SOAP_DATA_ROOT"}  # it would override data.root
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    return env
+from workflows import Workflow, environment
 
 
 def soap(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "soap.cli", *args], cwd=cwd, env=_env(), capture_output=True,
-                          text=True, timeout=300)
-
-
-def snakemake(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=cwd, env=_env(), capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "soap.cli", *args], cwd=cwd, env=environment(keep_data_root=False),
+                          capture_output=True, text=True, timeout=300)
 
 
 def one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
@@ -93,18 +78,11 @@ def test_unknown_method_name(tmp_path):
                 "--out", "results/tune/synthetic/fa/r0", "--quiet")
     print(one_line_error(proc, "'sgn'", "unknown method", "known: bp, fa"))
     # In the study config, through Snakemake: stops before any job, naming the method.
-    _workflow(tmp_path, tmp_path, methods=["bp", "sgn"])
-    dry = snakemake(tmp_path, "-n", "--configfile", "test.yaml")
+    flow = Workflow(tmp_path)
+    dry = flow.snakemake("-n", "--configfile", flow.write_config(tmp_path, methods=["bp", "sgn"]),
+                         env=environment(keep_data_root=False))
     assert dry.returncode != 0 and "unknown method(s) ['sgn']" in dry.stdout + dry.stderr
     assert fingerprints(tmp_path) == before
-
-
-def _workflow(tmp_path: Path, data_root: Path, **changes) -> None:
-    for name in ("Snakefile", "config.yaml", "workflow", "profiles"):
-        source = REPO / name
-        (shutil.copytree if source.is_dir() else shutil.copy)(source, tmp_path / name)
-    config = {**QUICK, "data": {"root": str(data_root), "download": False}, **changes}
-    (tmp_path / "test.yaml").write_text(yaml.safe_dump(config))
 
 
 def test_data_root_without_the_dataset(tmp_path):
@@ -118,8 +96,10 @@ def test_data_root_without_the_dataset(tmp_path):
 
     # Through Snakemake, a dataset never prepared: the prepare_data job fails and its log names the
     # missing files; the other dataset's prepared file and every other result stay as they were.
-    _workflow(tmp_path, empty, datasets=["mnist", "fashion_mnist"])
-    run = snakemake(tmp_path, "results/data/fashion_mnist.pt", "--cores", "1", "--configfile", "test.yaml")
+    flow = Workflow(tmp_path)
+    config = flow.write_config(empty, datasets=["mnist", "fashion_mnist"])
+    run = flow.snakemake("results/data/fashion_mnist.pt", "--cores", "1", "--configfile", config,
+                         env=environment(keep_data_root=False))
     assert run.returncode != 0
     log = (tmp_path / "logs" / "data" / "fashion_mnist.log").read_text()
     assert "DataError: fashion_mnist: files missing under" in log, log[-2000:]

@@ -9,29 +9,17 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from workflows import REPO, Workflow, environment, run_snakemake
+
 PROFILE = ("--workflow-profile", "workflow/profiles/slurm")
 
 
-def snakemake(workdir: Path, *args: str, path_prefix: str | None = None, **kwargs):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    if path_prefix:
-        env["PATH"] = f"{path_prefix}{os.pathsep}{env['PATH']}"
-    command = [sys.executable, "-m", "snakemake", *args]
-    if kwargs.pop("background", False):
-        return subprocess.Popen(command, cwd=workdir, env=env, start_new_session=True, **kwargs)
-    return subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=300, **kwargs)
-
-
 def test_dry_run_with_the_slurm_profile_plans_every_job_with_resources():
-    dry = snakemake(REPO, "-n", *PROFILE)
+    dry = run_snakemake(REPO, "-n", *PROFILE, timeout=300)
     out = dry.stdout + dry.stderr
     assert dry.returncode == 0, out[-3000:]
     assert "Using workflow specific profile workflow/profiles/slurm" in out
@@ -55,20 +43,19 @@ def test_training_job_is_submitted_with_a_gpu_memory_time_and_cpus(tmp_path):
     bin_dir, work = tmp_path / "bin", tmp_path / "work"
     bin_dir.mkdir()
     work.mkdir()
+    flow = Workflow(work)
     calls = tmp_path / "calls.log"
     for name in ("sbatch", "sacct", "squeue", "sinfo", "scontrol", "sacctmgr", "sshare", "scancel"):
         (bin_dir / name).write_text(FAKE.format(log=calls))
         (bin_dir / name).chmod(0o755)
-    for name in ("Snakefile", "config.yaml", "workflow", "config", "profiles"):
-        source = REPO / name
-        (shutil.copytree if source.is_dir() else shutil.copy)(source, work / name)
     (work / "results" / "data").mkdir(parents=True)
     (work / "results" / "data" / "mnist.pt").touch()  # its job is not the one under test
 
     with open(tmp_path / "snakemake.log", "w") as log:
-        process = snakemake(work, *PROFILE, "results/train/grid/mnist/chunk0/runs.parquet",
-                            "--default-resources", "slurm_account=soap", "slurm_partition=gpu",
-                            path_prefix=str(bin_dir), background=True, stdout=log, stderr=subprocess.STDOUT)
+        process = flow.snakemake(*PROFILE, "results/train/grid/mnist/chunk0/runs.parquet",
+                                 "--default-resources", "slurm_account=soap", "slurm_partition=gpu",
+                                 env=environment(path_prefix=str(bin_dir)), background=True, stdout=log,
+                                 stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + 120
             while not (calls.exists() and "sbatch " in calls.read_text()):

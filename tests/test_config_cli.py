@@ -21,17 +21,47 @@ def test_overrides_are_yaml_values(tmp_path):
 
 
 @pytest.mark.parametrize("values, message", [
-    ({"epoch": 2}, "unknown config key.*epoch"),
-    ({"lrs": 0.1}, "lrs must be a list"),
-    ({"methods": ["bp", "sgn"]}, "unknown method 'sgn'"),
-    ({"batch_size": 0}, "batch_size must be positive"),
-    ({"epochs": "many"}, "epochs must be of type float"),
-    ({"members": [{"method": "bp"}]}, "members: each entry needs method, lr and seed"),
-    ({"activation": "swish"}, "unknown activation 'swish'"),
+    ({"epoch": 2}, r"'epoch' was unexpected\); known keys: dataset, data_root"),
+    ({"lrs": 0.1}, "lrs: 0.1 is not of type 'array'"),
+    ({"methods": ["bp", "sgn"]}, r"methods.1: 'sgn' is not one of \['bp', 'fa'"),
+    ({"batch_size": 0}, "batch_size: 0 is less than the minimum of 1"),
+    ({"epochs": "many"}, "epochs: 'many' is not of type 'number'"),
+    ({"members": [{"method": "bp"}]}, "members.0: 'lr' is a required property"),
+    ({"members": [{"method": "bp", "lr": -1, "seed": 0}]}, "members.0.lr: -1 is less than or equal to the minimum"),
+    ({"activation": "swish"}, r"activation: 'swish' is not one of \['tanh'"),
+    ({"ema_beta": 1.0}, "ema_beta: 1.0 is greater than or equal to the maximum of 1"),
 ])
 def test_bad_config_values_name_the_key(values, message):
     with pytest.raises(ConfigError, match=message):
         TrainConfig.from_dict(values)
+
+
+def test_constructor_and_from_dict_share_one_validator():
+    with pytest.raises(ConfigError, match="hidden.1: 0 is less than the minimum of 1"):
+        TrainConfig(hidden=[8, 0])
+    assert TrainConfig(epochs=2, lrs=[1]).to_dict() == TrainConfig.from_dict({"epochs": 2.0, "lrs": [1.0]}).to_dict()
+    assert isinstance(TrainConfig(epochs=2).epochs, float)  # equal configs fingerprint equal
+
+
+def test_study_train_block_defaults_are_the_dataclass_defaults():
+    """One definition: the study config's train defaults are TrainConfig's, key for key."""
+    import dataclasses
+
+    from soap.pipeline import PIPELINE_TRAIN_KEYS, load_study_config, study_schema
+
+    filled = load_study_config(values={})["train"]
+    defaults = TrainConfig().to_dict()
+    expected = {k: v for k, v in defaults.items() if k not in PIPELINE_TRAIN_KEYS}
+    assert filled == expected and set(expected) == set(study_schema()["properties"]["train"]["properties"])
+    meanings = {f.name: f.metadata["meaning"] for f in dataclasses.fields(TrainConfig)}
+    assert study_schema()["properties"]["train"]["properties"]["ema_beta"]["description"] == meanings["ema_beta"]
+
+
+def test_yaml_numbers_without_a_dot_are_numbers(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("dataset: synthetic\nlrs: [1e-3, 2E+1]\ntarget_loss: 5e-1\n")
+    config = load_train_config(path)
+    assert config.lrs == [0.001, 20.0] and config.target_loss == 0.5
 
 
 def test_train_command_writes_contract_tables(tmp_path):
@@ -51,5 +81,26 @@ def test_train_command_reports_bad_input_in_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "soap.cli", "train", "--out", str(tmp_path),
                            "dataset=synthetic", "methods=[bp,sgn]"], capture_output=True, text=True)
     assert proc.returncode == 2
-    assert "unknown method 'sgn'" in proc.stderr and "Traceback" not in proc.stderr
+    assert "methods.1: 'sgn' is not one of" in proc.stderr and "Traceback" not in proc.stderr
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+@pytest.mark.parametrize("command", [
+    ["train", "--out", "out", "dataset=mnist", "download=false", "epochs=0.01"],
+    ["tune", "--method", "fa", "--dataset", "mnist", "--config", "study.yaml", "--quiet"],
+    ["prepare-data", "--dataset", "mnist", "--no-download", "--out", "mnist.pt"],
+])
+def test_soap_data_root_is_where_every_command_reads_data(tmp_path, command):
+    """$SOAP_DATA_ROOT wins over the configured root (offline machines keep MNIST elsewhere): pointed at
+    an empty folder, each command fails naming that folder, never the config's data/ or a download."""
+    import os
+
+    import yaml
+
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump({"data": {"root": "data", "download": False}, "gpus": 0}))
+    empty = tmp_path / "elsewhere"
+    empty.mkdir()
+    env = {**os.environ, "SOAP_DATA_ROOT": str(empty)}
+    proc = subprocess.run([sys.executable, "-m", "soap.cli", *command], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2 and f"files missing under {empty / 'MNIST' / 'raw'}" in proc.stderr, proc.stderr

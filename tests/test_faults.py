@@ -1,4 +1,5 @@
-"""Faults: a NaN or inf that appears in one member mid-run, and a training job SIGKILLed mid-training.
+"""Faults: a NaN or inf that appears in one member mid-run, a training job SIGKILLed mid-training or
+while it writes its outputs, and a writer that fails halfway.
 
 (Tuning studies killed mid-way: tests/test_tuning.py and tests/test_parallel_tuning.py. The whole
 pipeline killed and rerun: tests/test_pipeline.py.)
@@ -8,23 +9,20 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
-import yaml
+from workflows import QUICK, environment
 
 from soap.config import TrainConfig
 from soap.data import synthetic_dataset
 from soap.population import PopulationMLP, train_population
-from soap.tables import validate_runs
-
-REPO = Path(__file__).resolve().parents[1]
+from soap.tables import validate_curves, validate_runs, write_atomic, write_table, write_text
 DATA = synthetic_dataset(n_train=960, n_val=256, n_test=256, dim=12, num_classes=3, seed=5)
 CONFIG = TrainConfig.from_dict(dict(
     dataset="synthetic", hidden=[16], batch_size=48, epochs=1.0, log_every=96, eval_every=480,
@@ -83,21 +81,22 @@ def _job_pid(session: int, script: str) -> int | None:
     return None
 
 
-def test_sigkilled_training_job_leaves_no_output_and_the_rerun_completes(tmp_path, data_root):
-    for name in ("Snakefile", "config.yaml", "workflow", "config", "profiles"):
-        source = REPO / name
-        (shutil.copytree if source.is_dir() else shutil.copy)(source, tmp_path / name)
-    quick = yaml.safe_load((REPO / "config" / "quick.yaml").read_text())
-    quick["train"]["epochs"] = 0.2  # long enough for the kill to land inside the training loop
-    (tmp_path / "test.yaml").write_text(yaml.safe_dump({**quick, "data": {"root": str(data_root),
-                                                                          "download": False}}))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    target = "results/train/grid/mnist/chunk0/runs.parquet"
-    command = [sys.executable, "-m", "snakemake", target, "--cores", "2", "--configfile", "test.yaml"]
-    job_log = tmp_path / "logs/train/grid/mnist/chunk0.log"
+TARGET = "results/train/grid/mnist/chunk0/runs.parquet"
 
-    process = subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+def _quick_job(workflow, data_root, epochs: float) -> tuple[list[str], dict]:
+    quick = {**QUICK, "train": {**QUICK["train"], "epochs": epochs}}
+    config = workflow.write_config(data_root, train=quick["train"])
+    return [TARGET, "--cores", "2", "--configfile", config], quick
+
+
+def test_sigkilled_training_job_leaves_no_output_and_the_rerun_completes(workflow, data_root):
+    # Long enough for the kill to land inside the training loop.
+    args, quick = _quick_job(workflow, data_root, epochs=0.2)
+    job_log = workflow.root / "logs/train/grid/mnist/chunk0.log"
+
+    process = workflow.snakemake(*args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                 background=True)
     deadline = time.monotonic() + 240
     # The progress bar is the trainer's first output: from then on the job is inside the training loop.
     while not (job_log.exists() and "grid x" in job_log.read_text()):
@@ -110,13 +109,92 @@ def test_sigkilled_training_job_leaves_no_output_and_the_rerun_completes(tmp_pat
     first = process.communicate(timeout=120)[0]
     assert process.returncode != 0 and "Error in rule train_grid" in first, first[-3000:]
 
-    chunk = tmp_path / "results/train/grid/mnist/chunk0"
+    chunk = workflow.root / "results/train/grid/mnist/chunk0"
     left = sorted(p.name for p in chunk.iterdir()) if chunk.exists() else []
     assert left == [], f"the killed job left {left}"
-    assert not list((tmp_path / "results").rglob("*.tmp"))  # not even a temporary file
+    assert not list((workflow.root / "results").rglob("*.tmp"))  # not even a temporary file
 
-    rerun = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    rerun = workflow.snakemake(*args, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    runs = validate_runs(pd.read_parquet(tmp_path / target))
+    runs = validate_runs(pd.read_parquet(workflow.root / TARGET))
     assert len(runs) == len(quick["methods"]) * quick["grid"]["n_lrs"] * quick["grid"]["seeds"]
     assert (chunk / "meta.json").is_file() and (chunk / "curves.parquet").is_file()
+
+
+# Loaded by every Python process started with this folder on PYTHONPATH (the `site` module imports
+# sitecustomize): the training job kills itself the moment its curves table is written in full to its
+# temporary file, just before the rename that would publish it. By then runs.parquet is in place.
+DIE_WHILE_WRITING = """
+import os, signal
+_replace = os.replace
+
+def replace(src, dst, *args, **kwargs):
+    if str(dst).endswith("chunk0/curves.parquet") and os.path.getsize(src) > 0:
+        open(os.environ["SOAP_TEST_KILLED_AT"], "w").write(str(src))
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _replace(src, dst, *args, **kwargs)
+
+os.replace = replace
+"""
+
+
+def test_job_killed_while_writing_its_outputs_is_redone_not_trusted(workflow, data_root, tmp_path_factory):
+    """A job SIGKILLed after it has written one output and while it writes the next: no output path ever
+    holds a partial file, Snakemake does not keep the half-written job, and the rerun redoes it."""
+    hook = tmp_path_factory.mktemp("hook")
+    (hook / "sitecustomize.py").write_text(DIE_WHILE_WRITING)
+    marker = hook / "killed_at"
+    args, quick = _quick_job(workflow, data_root, epochs=0.02)
+    env = environment(SOAP_TEST_KILLED_AT=str(marker))
+    env["PYTHONPATH"] = os.pathsep.join([str(hook), env["PYTHONPATH"]])
+    first = workflow.snakemake(*args, env=env, timeout=300)
+    assert first.returncode != 0 and "Error in rule train_grid" in first.stderr, first.stderr[-3000:]
+    temp = Path(marker.read_text())
+    assert temp.name.startswith(".curves.parquet.") and temp.stat().st_size > 0  # killed mid-publication
+
+    chunk = workflow.root / "results/train/grid/mnist/chunk0"
+    # Snakemake removed the output the dead job had finished (runs.parquet): a job is kept whole or not at all.
+    assert sorted(p.name for p in chunk.iterdir() if not p.name.startswith(".")) == []
+    # What SIGKILL leaves is the hidden temporary file (no cleanup runs in a killed process), never a
+    # partial table at an output path.
+    assert [p.name for p in chunk.iterdir()] == [temp.name]
+
+    rerun = workflow.snakemake(*args, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    runs = validate_runs(pd.read_parquet(workflow.root / TARGET))
+    assert len(runs) == len(quick["methods"]) * quick["grid"]["n_lrs"] * quick["grid"]["seeds"]
+    curves = validate_curves(pd.read_parquet(chunk / "curves.parquet"))
+    assert set(curves["run_id"]) == set(runs["run_id"]) and (chunk / "meta.json").is_file()
+
+
+class _HalfWritten(RuntimeError):
+    pass
+
+
+@pytest.mark.parametrize("failure", [_HalfWritten, KeyboardInterrupt])
+def test_write_atomic_keeps_the_old_file_when_the_writer_fails_halfway(tmp_path, failure):
+    path = tmp_path / "table.parquet"
+    old = pd.DataFrame({"run_id": ["a", "b"], "val_loss": [0.5, 0.25]})
+    write_table(old, path)
+    before = path.read_bytes()
+
+    def half(tmp):
+        new = pd.DataFrame({"run_id": [f"r{i}" for i in range(10_000)], "val_loss": np.arange(10_000.0)})
+        new.to_parquet(tmp)
+        blob = Path(tmp).read_bytes()
+        Path(tmp).write_bytes(blob[: len(blob) // 2])  # half of the new file on disk
+        raise failure("disk full")
+
+    with pytest.raises(failure):
+        write_atomic(path, half)
+    assert path.read_bytes() == before  # the old file, byte for byte
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["table.parquet"]  # no temporary file remains
+    pd.testing.assert_frame_equal(pd.read_parquet(path), old)
+
+
+def test_write_atomic_publishes_the_whole_new_file_readable_by_others(tmp_path):
+    path = tmp_path / "sub" / "summary.json"
+    write_text('{"old": 1}', path)
+    write_text('{"new": 2}', path)
+    assert path.read_text() == '{"new": 2}' and sorted(p.name for p in path.parent.iterdir()) == ["summary.json"]
+    assert path.stat().st_mode & 0o044  # readable by group/others under the usual umask, unlike mkstemp's 0600

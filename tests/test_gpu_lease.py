@@ -128,3 +128,13 @@ def test_waiting_for_a_held_device_times_out_with_a_clear_error(tmp_path):
     lease = acquire(["0"], tmp_path, timeout_s=0.3)  # free again: leased at once
     assert lease.device == "0"
     lease.release()
+
+
+def test_failed_gpu_detection_warns_and_falls_back_to_cpu(monkeypatch, caplog):
+    import soap.gpu_lease as gl
+
+    monkeypatch.setattr(gl.shutil, "which", lambda name: None)  # no nvidia-smi
+    monkeypatch.setattr(gl.sys, "executable", "/nonexistent/python")  # and the torch probe cannot start
+    with caplog.at_level("WARNING", logger="soap.gpu_lease"):
+        assert visible_devices("auto", env={}) == []
+    assert "GPU detection failed" in caplog.text and "/nonexistent/python" in caplog.text

@@ -258,11 +258,11 @@ def test_two_pass_backward_matches_a_hand_written_two_pass_step():
 
 
 @pytest.mark.parametrize("key, value, message", [
-    ("kp_decay", -0.1, "kp_decay must be >= 0"),
-    ("soap_eta", 0.0, "eta must be positive"),
-    ("soap_curvature_bias", -1e-3, "curvature_bias must be positive"),
-    ("soap_warmup", -1, "warmup must be >= 0"),
-    ("soap_layers", [0, 2], r"hidden layers \[2\] do not exist \(the network has 2\)"),
+    ("kp_decay", -0.1, "kp_decay: -0.1 is less than the minimum of 0"),
+    ("soap_eta", 0.0, "soap_eta: 0.0 is less than or equal to the minimum of 0"),
+    ("soap_curvature_bias", -1e-3, "soap_curvature_bias: -0.001 is less than or equal to the minimum of 0"),
+    ("soap_warmup", -1, "soap_warmup: -1 is less than the minimum of 0"),
+    ("soap_layers", [0, 2], r"soap_layers: .*hidden layers \[2\] do not exist \(the network has 2\)"),
 ])
 def test_config_rejects_bad_rule_settings_in_one_line(key, value, message):
     from soap.config import ConfigError, TrainConfig

@@ -1,5 +1,6 @@
 """Several workers on one Optuna study: exactly n_trials finished, none lost or duplicated, and a dead
-worker's trials (only its) redone by its live peers. On a journal file and on a real PostgreSQL server.
+worker's trials (only its) redone by its live peers, with their learning rates. On a journal file, on
+SQLite and on a real PostgreSQL server (heartbeats every second, stale after 2 s).
 
 Studies train on the synthetic dataset; a sleep in the trainer makes workers overlap on 2 cores.
 """
@@ -30,7 +31,8 @@ TRAIN = {"hidden": [16], "epochs": 0.25, "log_every": 128, "eval_every": 256, "e
 
 def study_config(**tune) -> dict:
     values = {"datasets": ["synthetic"], "train": TRAIN, "gpus": 0,
-              "tune": {"n_trials": 8, "batch": 2, "lr_low": 1e-3, "lr_high": 3.0, "epochs": 0.25, **tune}}
+              "tune": {"n_trials": 8, "batch": 2, "lr_low": 1e-3, "lr_high": 3.0, "epochs": 0.25,
+                       "heartbeat_interval": 1, "grace_period": 2, **tune}}
     return load_study_config(values=values)
 
 
@@ -62,7 +64,7 @@ def _worker(storage, cfg, hang: bool, train_s: float):
         return train(config, **kwargs)
 
     soap.population.train_population = slow
-    tuning.run_study(cfg, "synthetic", "fa", 0, str(storage), poll_s=0.2)
+    tuning.run_study(cfg, "synthetic", "fa", 0, storage, poll_s=0.2)
 
 
 def _wait_for(condition, what: str, timeout_s: float = 120):
@@ -76,17 +78,34 @@ def _by_worker(trials, state: str) -> Counter:
     return Counter(t.user_attrs.get(tuning.WORKER_ATTR) for t in trials if t.state.name == state)
 
 
-@pytest.fixture(params=["journal", "postgresql"])
+@pytest.fixture(params=["journal", "sqlite", "postgresql"])
 def storage(request, tmp_path):
+    """Each way of telling a dead worker: its kernel-released file lock (journal), or Optuna's heartbeats
+    with a file study lock (SQLite) or an advisory study lock (PostgreSQL)."""
     if request.param == "journal":
         return tmp_path / "study.journal"
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/study.db"
     return request.getfixturevalue("postgres_url")
 
 
-def test_dead_worker_trials_are_redone_and_live_peers_are_left_alone(storage, tmp_path):
+@pytest.fixture
+def processes():
+    """Worker processes a test starts; any still alive when it ends (a failed assertion) are killed,
+    so a failure ends the test instead of waiting on a worker that hangs by design."""
+    started: list = []
+    yield started
+    for process in started:
+        if process.is_alive():
+            process.kill()
+        process.join(timeout=30)
+
+
+def test_dead_worker_trials_are_redone_and_live_peers_are_left_alone(storage, tmp_path, processes):
     cfg = study_config(n_trials=8, batch=2)
     # The doomed worker reserves a batch first and hangs in training, alive.
     doomed = CTX.Process(target=_worker, args=(storage, cfg, True, 0))
+    processes.append(doomed)
     doomed.start()
 
     def doomed_running():
@@ -95,6 +114,7 @@ def test_dead_worker_trials_are_redone_and_live_peers_are_left_alone(storage, tm
 
     _wait_for(doomed_running, "the doomed worker's first batch")
     peers = [CTX.Process(target=_worker, args=(storage, cfg, False, 0.3)) for _ in range(2)]
+    processes.extend(peers)
     for peer in peers:
         peer.start()
 
@@ -121,6 +141,9 @@ def test_dead_worker_trials_are_redone_and_live_peers_are_left_alone(storage, tm
     failed = [t for t in trials if t.state.name == "FAIL"]
     # Only the dead worker's two trials failed, and they were asked again: 8 finished + 2 failed.
     assert [t.number for t in failed] == [t.number for t in doomed_trials] and len(trials) == 10
+    finished_lrs = [t.params["lr"] for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
+    for dead in failed:  # redone with the same learning rate
+        assert finished_lrs.count(dead.params["lr"]) == 1
     finished_by = _by_worker(trials, "COMPLETE") + _by_worker(trials, "PRUNED")
     assert len(finished_by) == 2 and sum(finished_by.values()) == 8
     if isinstance(storage, Path):  # every liveness lock file is gone: peers' at exit, the dead one's reaped

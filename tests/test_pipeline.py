@@ -10,41 +10,19 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
+import re
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
+from workflows import QUICK, REPO, Workflow, environment, run_snakemake
 
-from soap.pipeline import bp_reference_loss, fill_targets, grid_lrs, load_study_config
+from soap.pipeline import bp_reference_loss, fill_targets, grid_lrs, grid_members, load_study_config
 from soap.tables import validate_runs
 
-REPO = Path(__file__).resolve().parents[1]
-QUICK = yaml.safe_load((REPO / "config" / "quick.yaml").read_text())
 METHODS = QUICK["methods"]
-
-
-def snakemake(workdir: Path, *args: str, **kwargs) -> subprocess.Popen | subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    command = [sys.executable, "-m", "snakemake", *args]
-    if kwargs.pop("background", False):
-        return subprocess.Popen(command, cwd=workdir, env=env, start_new_session=True, **kwargs)
-    return subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=600, **kwargs)
-
-
-def scratch_copy(tmp: Path, data_root: Path, **changes) -> Path:
-    """The workflow in a scratch directory, with config/test.yaml = quick.yaml on the real data."""
-    for name in ("Snakefile", "config.yaml", "workflow", "config", "profiles"):
-        source = REPO / name
-        (shutil.copytree if source.is_dir() else shutil.copy)(source, tmp / name)
-    config = {**QUICK, "data": {"root": str(data_root), "download": False}, **changes}
-    (tmp / "config" / "test.yaml").write_text(yaml.safe_dump(config))
-    return tmp
 
 
 def finished_jobs(log: str, rule: str) -> int:
@@ -54,11 +32,12 @@ def finished_jobs(log: str, rule: str) -> int:
 @pytest.fixture(scope="module")
 def killed_and_rerun(tmp_path_factory, data_root):
     """Run the quick study, SIGKILL it after the grid job, rerun it; return what was seen."""
-    work = scratch_copy(tmp_path_factory.mktemp("study"), data_root)
-    args = ("--cores", "2", "--configfile", "config/test.yaml")
+    flow = Workflow(tmp_path_factory.mktemp("study"))
+    work = flow.root
+    args = ("--cores", "2", "--configfile", flow.write_config(data_root))
     first_log = work / "first.log"
     with open(first_log, "w") as log:
-        process = snakemake(work, *args, background=True, stdout=log, stderr=subprocess.STDOUT)
+        process = flow.snakemake(*args, background=True, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 300
         while finished_jobs(first_log.read_text(), "train_grid") == 0:
             assert process.poll() is None, first_log.read_text()
@@ -71,17 +50,17 @@ def killed_and_rerun(tmp_path_factory, data_root):
     mtimes = {path: path.stat().st_mtime_ns for path in kept}
     assert not (work / "results/runs.parquet").exists()
 
-    unlock = snakemake(work, "--unlock", *args)  # a killed run leaves its lock behind
+    unlock = flow.snakemake("--unlock", *args)  # a killed run leaves its lock behind
     assert unlock.returncode == 0, unlock.stderr
     started = time.monotonic()
-    rerun = snakemake(work, *args)
+    rerun = flow.snakemake(*args)
     assert rerun.returncode == 0, rerun.stderr[-5000:]
-    return {"work": work, "mtimes": mtimes, "first": first_log.read_text(), "rerun": rerun.stderr,
+    return {"work": work, "flow": flow, "mtimes": mtimes, "first": first_log.read_text(), "rerun": rerun.stderr,
             "rerun_s": time.monotonic() - started}
 
 
 def test_rerun_after_kill_completes_and_reuses_finished_outputs(killed_and_rerun):
-    work, rerun = killed_and_rerun["work"], killed_and_rerun["rerun"]
+    work, flow, rerun = killed_and_rerun["work"], killed_and_rerun["flow"], killed_and_rerun["rerun"]
     for path, mtime in killed_and_rerun["mtimes"].items():
         assert path.stat().st_mtime_ns == mtime, f"{path} was rewritten"
     assert finished_jobs(rerun, "train_grid") == 0 and finished_jobs(rerun, "prepare_data") == 0
@@ -90,10 +69,37 @@ def test_rerun_after_kill_completes_and_reuses_finished_outputs(killed_and_rerun
     for method in METHODS:
         best = json.loads((work / f"results/tune/mnist/{method}/r0/best.json").read_text())
         assert best["n_trials"] == QUICK["tune"]["n_trials"]
-    nothing = snakemake(work, "-n", "--cores", "2", "--configfile", "config/test.yaml")
+    nothing = flow.snakemake("-n", "--cores", "2", "--configfile", "config/test.yaml")
     assert "Nothing to be done" in nothing.stdout + nothing.stderr
-    report = snakemake(work, "--report", "report.zip", "--configfile", "config/test.yaml")
-    assert report.returncode == 0 and (work / "report.zip").stat().st_size > 0, report.stderr[-3000:]
+
+
+def _readme_report_command() -> list[str]:
+    (command,) = re.findall(r"`(snakemake --report \S+)`", (REPO / "README.md").read_text())
+    return command.split()[1:]
+
+
+def test_readme_report_command_builds_the_report_and_needs_pygments(killed_and_rerun, tmp_path):
+    """The README's `snakemake --report ...` on the finished quick study, in the test venv.
+
+    Honest about the environment: this venv also holds the test extras, so on its own this would pass
+    even if soap did not depend on pygments (pytest brings it). So the same command is run once more
+    with pygments made unimportable, and must fail with Snakemake's "pygments must be installed": the
+    dependency is needed, and tests/test_install.py checks that soap's metadata pulls it in with the
+    README's plain `pip install -e .` (soap -> snakemake[reports] -> pygments). A fresh venv installed
+    exactly as the README says would need the network, which CI does not have for this.
+    """
+    flow, args = killed_and_rerun["flow"], _readme_report_command()
+    report = flow.snakemake(*args, "--configfile", "config/test.yaml")
+    html = flow.root / args[-1]
+    assert report.returncode == 0 and html.stat().st_size > 10_000, report.stderr[-3000:]
+    assert "results/report.html" in html.read_text(errors="replace")
+
+    blocker = tmp_path / "sitecustomize.py"
+    blocker.write_text("import sys\nsys.modules['pygments'] = None  # as if it were not installed\n")
+    env = environment()
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env["PYTHONPATH"]])
+    without = flow.snakemake(*args[:-1], "results/without-pygments.html", "--configfile", "config/test.yaml", env=env)
+    assert without.returncode != 0 and "pygments must be installed" in without.stdout + without.stderr
 
 
 def test_runs_table_follows_the_contract(killed_and_rerun):
@@ -125,25 +131,27 @@ def test_runs_table_follows_the_contract(killed_and_rerun):
     assert (results / "analysis" / "summary.json").is_file()
 
 
-def test_invalid_config_stops_before_any_job_and_names_the_key(tmp_path, data_root):
-    work = scratch_copy(tmp_path, data_root, tune={**QUICK["tune"], "n_trial": 5})
-    result = snakemake(work, "-n", "--configfile", "config/test.yaml")
+def test_invalid_config_stops_before_any_job_and_names_the_key(workflow, data_root):
+    config = workflow.write_config(data_root, tune={**QUICK["tune"], "n_trial": 5})
+    result = workflow.snakemake("-n", "--configfile", config)
     message = result.stdout + result.stderr
     assert result.returncode != 0
-    assert "'n_trial' was unexpected" in message and "schema['properties']['tune']" in message
+    assert "tune: Additional properties are not allowed ('n_trial' was unexpected)" in message
 
-    (work / "config" / "test.yaml").write_text(yaml.safe_dump({**QUICK, "grid": {**QUICK["grid"], "seeds": 0}}))
-    result = snakemake(work, "--cores", "1", "--configfile", "config/test.yaml")
+    workflow.write_config(data_root, grid={**QUICK["grid"], "seeds": 0})
+    result = workflow.snakemake("--cores", "1", "--configfile", config)
     message = result.stdout + result.stderr
-    assert result.returncode != 0
-    assert "0 is less than the minimum of 1" in message and "['grid']['properties']['seeds']" in message
-    assert not (work / "results").exists()
+    assert result.returncode != 0 and "grid.seeds: 0 is less than the minimum of 1" in message
+    workflow.write_config(data_root, train={**QUICK["train"], "ema_beta": 1.5})  # a key from TrainConfig
+    result = workflow.snakemake("-n", "--configfile", config)
+    assert "train.ema_beta: 1.5 is greater than or equal to the maximum of 1" in result.stdout + result.stderr
+    assert not (workflow.root / "results").exists()
 
 
 def test_lint_and_dry_run_of_the_default_study():
-    lint = snakemake(REPO, "--lint")
+    lint = run_snakemake(REPO, "--lint")
     assert lint.returncode == 0 and "Congratulations" in lint.stdout + lint.stderr
-    dry = snakemake(REPO, "-n")
+    dry = run_snakemake(REPO, "-n")
     assert dry.returncode == 0, dry.stderr
     for rule in ("prepare_data", "tune_study", "tuned_lrs", "train_grid", "train_tuned", "gather_runs",
                  "analyze", "report"):
@@ -173,3 +181,32 @@ def test_default_target_is_bp_tuned_median_after_one_epoch():
     assert filled["reached_target"].to_dict() == {"a": True, "b": True, "c": False, "d": True}
     fixed = fill_targets(runs, curves, 0.35).set_index("run_id")
     assert fixed["examples_to_target"]["a"] == 200.0 and not fixed["reached_target"]["c"]
+
+
+def test_refresh_periods_are_a_grid_axis_for_the_rules_that_refresh():
+    members = grid_members(["bp", "fa", "sign", "stale_bp"], [0.1, 1.0], [0, 1], [640, 6400, 64000], 6400)
+    by_method = {m: [x.get("refresh_period", 6400) for x in members if x["method"] == m]
+                 for m in ("bp", "fa", "sign", "stale_bp")}
+    assert by_method["bp"] == by_method["fa"] == [6400] * 4  # B never refreshed: T changes nothing
+    for method in ("sign", "stale_bp"):
+        assert sorted(by_method[method]) == sorted([640] * 4 + [6400] * 4 + [64000] * 4)
+    # The default period keeps the plain run id (no refresh_period key); the others carry theirs.
+    assert not any("refresh_period" in x for x in members if x.get("refresh_period", 6400) == 6400)
+    assert grid_members(["sign"], [0.1], [0], None, 6400) == [{"method": "sign", "lr": 0.1, "seed": 0}]
+
+
+def test_report_reruns_when_a_tuning_file_it_reads_changes(killed_and_rerun):
+    """The report reads every study's trials.csv and best.json (soap.report), so they are its declared
+    inputs: a changed one makes Snakemake plan the report again, and nothing upstream."""
+    flow = killed_and_rerun["flow"]
+    trials = flow.root / "results/tune/mnist/sign/r0/trials.csv"
+    content, stat = trials.read_bytes(), trials.stat()
+    try:
+        # A new content, not only a new mtime: Snakemake compares checksums of small inputs.
+        trials.write_bytes(content + b"\n")
+        plan = flow.snakemake("-n", "--cores", "2", "--configfile", "config/test.yaml")
+        jobs = set(re.findall(r"^rule (\w+):", plan.stdout + plan.stderr, flags=re.MULTILINE))
+        assert jobs == {"report", "all"}, plan.stdout[-3000:]
+    finally:
+        trials.write_bytes(content)
+        os.utime(trials, ns=(stat.st_atime_ns, stat.st_mtime_ns))

@@ -11,11 +11,13 @@ import multiprocessing as mp
 import os
 import signal
 
+import numpy as np
 import pandas as pd
 import pytest
 
 import soap.population
 from soap import tuning
+from soap.tuning.cli import add_tune_arguments, run_tune_command
 from soap.pipeline import load_study_config
 
 # spawn, not fork: a forked child of a process that has run torch can deadlock in its thread pool.
@@ -67,7 +69,7 @@ def test_batches_train_as_one_population_and_finish_the_requested_trials(tmp_pat
 def test_diverged_trials_are_pruned_and_use_the_budget(tmp_path):
     # Learning rates this large make the loss explode within a few steps.
     cfg = study_config(lr_low=1e4, lr_high=1e6, n_trials=3, batch=3)
-    study = tuning.run_study(cfg, "synthetic", "bp", 0, tuning.open_storage(tmp_path / "s.journal"))
+    study = tuning.run_study(cfg, "synthetic", "bp", 0, tmp_path / "s.journal")
     assert [t.state.name for t in study.trials] == ["PRUNED"] * 3
     assert all(t.user_attrs["diverged"] for t in study.trials)
     with pytest.raises(tuning.TuneError, match="every trial diverged"):
@@ -86,7 +88,7 @@ def _tune_then_die(storage_path, cfg):
         return train(config, **kwargs)
 
     soap.population.train_population = dying
-    tuning.run_study(cfg, "synthetic", "fa", 0, tuning.open_storage(storage_path))
+    tuning.run_study(cfg, "synthetic", "fa", 0, storage_path)
 
 
 def test_resume_after_kill_keeps_finished_trials_and_fails_stale_ones(tmp_path):
@@ -100,15 +102,19 @@ def test_resume_after_kill_keeps_finished_trials_and_fails_stale_ones(tmp_path):
     before = journal_study(journal, cfg).trials
     assert [t.state.name for t in before] == ["COMPLETE", "COMPLETE", "RUNNING", "RUNNING"]
 
-    resumed = tuning.run_study(cfg, "synthetic", "fa", 0, tuning.open_storage(journal))
+    resumed = tuning.run_study(cfg, "synthetic", "fa", 0, journal)
     states = [t.state.name for t in resumed.trials]
     assert states == ["COMPLETE", "COMPLETE", "FAIL", "FAIL"] + ["COMPLETE"] * 4
     for old, new in zip(before[:2], resumed.trials[:2]):  # finished trials are untouched
         assert (new.params, new.value) == (old.params, old.value)
     assert len(tuning.finished_trials(resumed)) == 6
+    # The dead worker's trials were enqueued again: the next two trials redo their lrs, same origin.
+    for failed, retried in zip(resumed.trials[2:4], resumed.trials[4:6]):
+        assert retried.params == failed.params
+        assert retried.user_attrs[tuning.ORIGIN_ATTR] == failed.user_attrs[tuning.ORIGIN_ATTR]
 
     # Per-batch seeding: the resumed study asks exactly what an uninterrupted one asks.
-    straight = tuning.run_study(cfg, "synthetic", "fa", 0, tuning.open_storage(tmp_path / "straight.journal"))
+    straight = tuning.run_study(cfg, "synthetic", "fa", 0, tmp_path / "straight.journal")
     complete = [t.params["lr"] for t in resumed.trials if t.state.name == "COMPLETE"]
     assert complete == pytest.approx([t.params["lr"] for t in straight.trials])
 
@@ -165,9 +171,59 @@ def test_soap_tune_command_tunes_one_method(tmp_path):
                                     "tune": {"n_trials": 8, "batch": 4, "epochs": 0.25}, "gpus": 0}))
     override.write_text(yaml.safe_dump({"tune": {"n_trials": 3}}))  # overrides key by key
     parser = argparse.ArgumentParser()
-    tuning.add_tune_arguments(parser)
+    add_tune_arguments(parser)
     args = parser.parse_args(["--method", "sign", "--dataset", "synthetic", "--config", str(base),
                               "--config", str(override), "--out", str(tmp_path / "out"), "--quiet"])
-    summary = tuning.run_tune_command(args)
+    summary = run_tune_command(args)
     assert summary["n_trials"] == 3
     assert json.loads((tmp_path / "out" / "best.json").read_text()) == summary
+
+
+class _Objective:
+    """Stands in for the trainer: a run's validation loss is a known function of its lr (no training)."""
+
+    def __init__(self, best_log_lr: float):
+        self.best = best_log_lr
+
+    def __call__(self, config, **kwargs):
+        lrs = [m.lr for m in config.population()]
+        loss = [(math.log10(lr) - self.best) ** 2 for lr in lrs]
+        runs = pd.DataFrame({"lr": lrs, "val_loss": loss, "diverged": False, "val_acc": 0.5,
+                             "feedback_gain": 1.0, "final_train_loss": loss})
+        return type("Result", (), {"runs": runs})()
+
+
+def _lrs(tmp_path, monkeypatch, name, sampler, best_log_lr, n_trials=24):
+    monkeypatch.setattr(soap.population, "train_population", _Objective(best_log_lr))
+    cfg = study_config(n_trials=n_trials, batch=4, sampler=sampler)
+    tuning.tune_one(cfg, "synthetic", "fa", 0, tmp_path / name)
+    trials = pd.read_csv(tmp_path / name / "trials.csv")
+    return trials["params_lr"].to_numpy(), trials["origin"].tolist()
+
+
+def test_random_sampler_draws_independently_of_results_and_records_its_origin(tmp_path, monkeypatch):
+    """tune.sampler=random: the same lrs whatever the objective (drawn without looking at results),
+    log-uniform over the range; tpe: its first batch is random, later batches follow the objective."""
+    from scipy import stats
+
+    low, high = study_config()["tune"]["lr_low"], study_config()["tune"]["lr_high"]
+    rand_a, origin_a = _lrs(tmp_path, monkeypatch, "ra", "random", best_log_lr=-2.5, n_trials=200)
+    rand_b, origin_b = _lrs(tmp_path, monkeypatch, "rb", "random", best_log_lr=0.3, n_trials=200)
+    assert rand_a == pytest.approx(rand_b) and set(origin_a) == set(origin_b) == {"random"}
+    u = (np.log(rand_a) - np.log(low)) / (np.log(high) - np.log(low))
+    assert stats.kstest(u, "uniform").pvalue > 0.01  # log-uniform
+    # Independent draws: no dependence between consecutive trials (a TPE study would fail this).
+    assert abs(stats.spearmanr(u[:-1], u[1:]).statistic) < 0.2
+
+    tpe_a, origin = _lrs(tmp_path, monkeypatch, "ta", "tpe", best_log_lr=-2.5)
+    tpe_b, _ = _lrs(tmp_path, monkeypatch, "tb", "tpe", best_log_lr=0.3)
+    assert origin == ["random"] * 4 + ["tpe"] * 20  # TPE's startup batch is marked random
+    assert tpe_a[:4] == pytest.approx(tpe_b[:4]) and tpe_a[4:] != pytest.approx(tpe_b[4:])
+    # TPE concentrates near each objective's optimum.
+    assert abs(np.median(np.log10(tpe_a[4:])) + 2.5) < abs(np.median(np.log10(tpe_b[4:])) + 2.5)
+
+
+def test_sampler_choice_starts_a_new_study():
+    cfg, other = study_config(sampler="tpe"), study_config(sampler="random")
+    train = tuning.train_config_values(cfg, "synthetic", "fa", 0)
+    assert tuning.fingerprint(train, cfg["tune"]) != tuning.fingerprint(train, other["tune"])

@@ -3,20 +3,17 @@
 import sys
 from pathlib import Path
 
-from snakemake.utils import validate
-
 # A fresh clone works without installing soap: the package beside the Snakefile is imported here, and
 # Snakemake hands this sys.path on to every script job.
 _REPO = Path(workflow.basedir)
 if (_REPO / "soap" / "__init__.py").is_file():
     sys.path.insert(0, str(_REPO))
 
-# Stops the workflow before any job runs; the message names the offending key. Fills in defaults.
-validate(config, schema="../schemas/config.schema.yaml")
-
 from soap import pipeline  # noqa: E402  (needs the path set above)
 
-pipeline.check_study_config(config)
+# The one validator (soap/schemas/config.schema.yaml, train keys from soap.config.TrainConfig): stops
+# the workflow before any job runs with one line naming the offending key, and fills in defaults.
+pipeline.load_study_config(values=config)
 
 DATASETS = config["datasets"]
 METHODS = config["methods"]
@@ -56,11 +53,17 @@ def prepared_data(wildcards):
 
 def tune_bests(wildcards):
     """best.json of every (method, repeat) study of one dataset."""
+    return tune_outputs("best.json", [wildcards.dataset])
+
+
+def tune_outputs(name, datasets=DATASETS):
+    """One file (best.json, trials.csv) of every tuning study."""
     return expand(
-        "results/tune/{dataset}/{method}/r{repeat}/best.json",
-        dataset=wildcards.dataset,
+        "results/tune/{dataset}/{method}/r{repeat}/{name}",
+        dataset=datasets,
         method=METHODS,
         repeat=REPEATS,
+        name=name,
     )
 
 
@@ -92,7 +95,13 @@ def grid_members(wildcards):
     seeds = pipeline.chunk_seeds(
         config["grid"]["seeds"], config["grid"]["seeds_per_job"], int(wildcards.chunk)
     )
-    return pipeline.grid_members(METHODS, GRID_LRS, seeds)
+    return pipeline.grid_members(
+        METHODS,
+        GRID_LRS,
+        seeds,
+        config["grid"]["refresh_periods"],
+        config["train"]["refresh_period"],
+    )
 
 
 def tuned_seeds(wildcards):
@@ -102,7 +111,7 @@ def tuned_seeds(wildcards):
 
 
 def tune_settings(wildcards=None):
-    keys = ("n_trials", "batch", "lr_low", "lr_high", "epochs", "seed", "storage")
+    keys = ("n_trials", "batch", "lr_low", "lr_high", "epochs", "seed", "sampler", "storage")
     return {key: config["tune"][key] for key in keys}
 
 

@@ -8,6 +8,9 @@ rule report:
         provenance="results/provenance.json",
         analysis="results/analysis",
         tuned_lrs=tuned_lr_files(),
+        # read by soap.report (tuning figure and tables): declared, so a changed study reruns the report
+        trials=tune_outputs("trials.csv"),
+        best=tune_outputs("best.json"),
     output:
         html=report("results/report.html", category="Report"),
         **{

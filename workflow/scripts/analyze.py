@@ -1,26 +1,21 @@
-"""Snakemake script: the analysis stage (soap.analysis.run_analysis) on the runs table.
+"""The analysis stage (soap.analysis.run_analysis) on the runs table.
 
-input: runs; output: the analysis directory, or named files in it (estimates=.../estimates.csv,
-summary=..., models=..., km=...); params (all optional): fixed_lr, seed, n_boot; log: one file.
+input: runs, curves (time to target at other target losses); output: the analysis directory;
+params: fixed_lr, seed, n_boot, mediation_design; log: one file.
 """
 
-import logging
-import sys
 from pathlib import Path
 
 from soap.analysis import run_analysis
+from soap.pipeline import log_to_file
 
-snakemake = globals()["snakemake"]  # injected by Snakemake's script directive
-log_file = open(snakemake.log[0], "w")
-sys.stderr = log_file  # warnings and tracebacks land in the rule's log too
-logging.basicConfig(stream=log_file, level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-
-outputs, params = snakemake.output, snakemake.params
-out_dir = Path(outputs.estimates).parent if hasattr(outputs, "estimates") else Path(outputs[0])
+log_to_file(snakemake.log[0])
 run_analysis(
     snakemake.input.runs,
-    out_dir,
-    fixed_lr=params.get("fixed_lr"),
-    seed=int(params.get("seed", 0)),
-    n_boot=int(params.get("n_boot", 2000)),
+    Path(snakemake.output.analysis),
+    fixed_lr=snakemake.params.fixed_lr,
+    seed=int(snakemake.params.seed),
+    n_boot=int(snakemake.params.n_boot),
+    mediation_design=snakemake.params.mediation_design,
+    curves_path=snakemake.input.curves,
 )

@@ -1,24 +1,16 @@
-"""Snakemake script: build the study report with soap.report.build_report.
+"""The study report (soap.report.build_report): figures, tables and the HTML page.
 
-params: results_dir (default: the folder of input.runs), figures_dir and tables_dir (default: figures/
-and tables/ beside output.html). Figures and tables are written there whatever outputs the rule names.
+params: results_dir, figures_dir, tables_dir. Figures and tables are written there whatever outputs the
+rule names.
 """
 
-import logging
-import sys
-from pathlib import Path
-
+from soap.pipeline import log_to_file
 from soap.report import build_report
 
-sm = snakemake  # noqa: F821 (injected by Snakemake)
-sys.stderr = open(sm.log[0], "a")  # tracebacks and warnings go to the rule's log
-logging.basicConfig(stream=sys.stderr, level=logging.INFO,
-                    format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-html = Path(sm.output.html)
+log_to_file(snakemake.log[0])
 build_report(
-    results_dir=sm.params.get("results_dir", Path(sm.input.runs).parent),
-    out_html=html,
-    figures_dir=sm.params.get("figures_dir", html.parent / "figures"),
-    tables_dir=sm.params.get("tables_dir", html.parent / "tables"),
+    results_dir=snakemake.params.results_dir,
+    out_html=snakemake.output.html,
+    figures_dir=snakemake.params.figures_dir,
+    tables_dir=snakemake.params.tables_dir,
 )

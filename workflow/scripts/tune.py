@@ -13,7 +13,8 @@ torch.set_num_threads(snakemake.threads)
 config = snakemake.config
 study_config = {
     "train": snakemake.params.train,
-    "tune": snakemake.params.tune,
+    # how workers on a database detect a dead peer: not a params entry, as it does not change results
+    "tune": {**snakemake.params.tune, **{k: config["tune"][k] for k in ("heartbeat_interval", "grace_period")}},
     "data": config["data"],
     "gpus": config["gpus"] if snakemake.resources.gpu else 0,
 }
