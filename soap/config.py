@@ -21,7 +21,8 @@ from pathlib import Path
 
 import yaml
 
-from soap.rules import RULES
+from soap.activity_propagation import ActivityPropagation
+from soap.rules import KOLEN_POLLACK_DECAY, RULES
 
 
 class ConfigError(ValueError):
@@ -101,6 +102,16 @@ class TrainConfig:
     target_loss: float | None = _field(None, "EMA training loss for examples_to_target; null: not computed.")
     divergence_factor: float = _field(10.0, "A run has diverged when its EMA loss exceeds this times "
                                             "ln(num_classes).", **POSITIVE)
+    kp_decay: float = _field(KOLEN_POLLACK_DECAY, "kolen_pollack's lambda: W and B both decay by it, so B - W "
+                                                  "shrinks by (1 - lr lambda) a step.", minimum=0)
+    soap_eta: float = _field(ActivityPropagation.eta, "so_ methods: eta_ap; pass 2 moves the hidden activity by "
+                                                      "eta_ap / (batch * units) times g1.", **POSITIVE)
+    soap_curvature_bias: float = _field(ActivityPropagation.curvature_bias, "so_ methods: the curvature bias c of "
+                                        "d = (g1 - g2) + 2c sign(g1 - g2).", **POSITIVE)
+    soap_layers: list[int] | None = _field(None, "so_ methods: the hidden layers (0 = first) carrying activity "
+                                                 "propagation; null: every hidden layer.", items={"minimum": 0})
+    soap_warmup: int = _field(ActivityPropagation.warmup, "so_ methods: plain single-pass steps before the first "
+                                                          "two-pass step.", minimum=0)
     device: str = _field("auto", "auto, cpu, cuda or cuda:N.")
 
     @classmethod
@@ -120,6 +131,10 @@ class TrainConfig:
         """Check every field against the schema generated from the fields (one validator for from_dict
         and direct construction)."""
         check(self.to_dict(), train_schema())
+        try:  # the one limit the schema cannot state: the so_ layers must exist in `hidden`
+            self.second_order().hidden_layers(len(self.hidden))
+        except ValueError as err:
+            raise ConfigError(f"soap_layers: {err}") from None
 
     def population(self) -> list[Member]:
         """The members to train, in a fixed order (methods x lrs x seeds, or the explicit list)."""
@@ -129,6 +144,11 @@ class TrainConfig:
                            float(m.get("feedback_scale", self.feedback_scale))) for m in self.members]
         return [Member(m, float(lr), int(s), self.refresh_period, self.feedback_scale)
                 for m, lr, s in itertools.product(self.methods, self.lrs, self.seeds)]
+
+    def second_order(self) -> ActivityPropagation:
+        """The so_ methods' settings."""
+        layers = None if self.soap_layers is None else tuple(self.soap_layers)
+        return ActivityPropagation(self.soap_eta, self.soap_curvature_bias, layers, self.soap_warmup)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -23,14 +23,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from soap.rules import get_rule
+from soap.rules import KOLEN_POLLACK_DECAY, draw_like_weight, get_rule
 from soap.seeding import generator
+
 
 @dataclass(frozen=True)
 class Activation:
@@ -129,31 +131,44 @@ def _weight_grad_factors(grad_out: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class FeedbackLinearFunction(torch.autograd.Function):
-    """y = x W^T + b, with grad_x = scale * grad_y B. Leading population dimension optional."""
+    """y = x W^T + b, with grad_x = scale * grad_y B. Leading population dimension optional.
+
+    `coupling` (optional): for a B trained alongside W (Kolen-Pollack), a function
+    (grad_W, W, B) -> (signal for W, signal for B); B must then require grad.
+    """
 
     @staticmethod
-    def forward(x: Tensor, weight: Tensor, bias: Tensor | None, feedback: Tensor, scale: float = 1.0) -> Tensor:
+    def forward(x: Tensor, weight: Tensor, bias: Tensor | None, feedback: Tensor, scale: float = 1.0,
+                coupling: Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]] | None = None) -> Tensor:
         return linear_forward(x, weight, bias)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, _, bias, feedback, *scale = inputs
-        ctx.save_for_backward(x, feedback)
-        ctx.has_bias, ctx.scale = bias is not None, float(scale[0]) if scale else 1.0
+        x, weight, bias, feedback, *options = inputs
+        ctx.save_for_backward(x, weight, feedback)
+        ctx.has_bias = bias is not None
+        ctx.scale = float(options[0]) if options else 1.0
+        ctx.coupling = options[1] if len(options) > 1 else None
+        ctx.n_inputs = len(inputs)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        x, feedback = ctx.saved_tensors
+        x, weight, feedback = ctx.saved_tensors
+        coupled = ctx.coupling is not None and ctx.needs_input_grad[3]
         grad_x = feedback_grad_input(grad_out, feedback, ctx.scale) if ctx.needs_input_grad[0] else None
         if grad_x is not None and x.dim() == 3 and x.shape[0] < grad_x.shape[0]:  # a shared input
             grad_x = grad_x.view(x.shape[0], -1, *grad_x.shape[1:]).sum(1)
-        grad_w = weight_grad(grad_out, x) if ctx.needs_input_grad[1] else None
+        grad_w = weight_grad(grad_out, x) if ctx.needs_input_grad[1] or coupled else None
         grad_b = grad_out.sum(-2) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return grad_x, grad_w, grad_b, None, None
+        grad_fb = None
+        if coupled:
+            grad_w, grad_fb = ctx.coupling(grad_w, weight, feedback)
+        return (grad_x, grad_w, grad_b, grad_fb, None, None)[:ctx.n_inputs]
 
 
-def feedback_linear(x: Tensor, weight: Tensor, bias: Tensor | None, feedback: Tensor, scale: float = 1.0) -> Tensor:
-    return FeedbackLinearFunction.apply(x, weight, bias, feedback, scale)
+def feedback_linear(x: Tensor, weight: Tensor, bias: Tensor | None, feedback: Tensor, scale: float = 1.0,
+                    coupling=None) -> Tensor:
+    return FeedbackLinearFunction.apply(x, weight, bias, feedback, scale, coupling)
 
 
 @dataclass
@@ -161,82 +176,140 @@ class LayerInit:
     weight: Tensor  # (out, in)
     bias: Tensor  # (out,)
     feedback: Tensor  # (out, in): the FA matrix, from its own seed stream
+    # DFA's D for this layer's input, (classes, in): the output layer's is its FA matrix; None for layer 0
+    direct: Tensor | None = None
 
 
 def initial_parameters(sizes: Sequence[int], seed: int) -> list[LayerInit]:
-    """Initial weights, biases and FA matrices of an MLP for one seed.
+    """Initial weights, biases, FA matrices and DFA matrices of an MLP for one seed.
 
-    Distribution as torch.nn.Linear: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for W and b; the FA matrix is
-    drawn from W's distribution with the 'feedback' stream, so it is the same for every method.
+    Distribution as torch.nn.Linear: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for W and b; the FA matrices are
+    drawn from W's distribution with the 'feedback' stream, so they are the same for every method. The
+    DFA matrices of the hidden layers' outputs follow them in that stream, drawn like a W of shape
+    (classes, units), so adding them shifts no FA matrix.
     """
     init_gen, feedback_gen = generator(seed, "init"), generator(seed, "feedback")
     layers = []
     for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
         bound = 1.0 / math.sqrt(fan_in)
-        weight = torch.empty(fan_out, fan_in).uniform_(-bound, bound, generator=init_gen)
+        weight = draw_like_weight((fan_out, fan_in), init_gen)
         bias = torch.empty(fan_out).uniform_(-bound, bound, generator=init_gen)
-        feedback = torch.empty(fan_out, fan_in).uniform_(-bound, bound, generator=feedback_gen)
-        layers.append(LayerInit(weight, bias, feedback))
+        layers.append(LayerInit(weight, bias, draw_like_weight((fan_out, fan_in), feedback_gen)))
+    for layer in range(1, len(layers) - 1):
+        layers[layer].direct = draw_like_weight((sizes[-1], sizes[layer]), feedback_gen)
+    if len(layers) > 1:
+        layers[-1].direct = layers[-1].feedback  # the top hidden layer gets the same signal under fa and dfa
     return layers
 
 
 class FeedbackLinear(nn.Linear):
     """Drop-in for torch.nn.Linear (same weight, bias, initialisation, forward) with a feedback rule.
 
-    `feedback` is a buffer (saved in the state dict, never trained). For `bp` the backward uses the
-    weight itself; other rules use the buffer, which `refresh_feedback()` updates by the rule. Errors
-    go down as feedback_scale * grad_y B.
+    `feedback` is B: a buffer (saved in the state dict, never trained), except for rules whose B is
+    trained alongside W (kolen_pollack), where it is a parameter: give it to the optimizer with W.
+    Rules formed every step (usf, frsf, brsf) form B in each forward pass made in training mode with
+    grad enabled, as dropout draws its mask, unless `hold_feedback` is set (a second pass of the same
+    step); periodic rules form it when `refresh_feedback()` is called. brsf draws R_t with `generator`
+    (torch's global RNG when None; `mlp(seed=...)` gives it the seed's feedback_redraw stream). Errors
+    go down as feedback_scale * grad_y B. dfa and the so_ part of a rule act on a whole network
+    (`mlp` builds it); a lone layer with them sends grad_y B like fa, or like the so_ rule's base rule.
     """
 
     def __init__(self, in_features: int, out_features: int, rule: str = "fa", bias: bool = True,
-                 device=None, dtype=None, feedback_scale: float = 1.0):
+                 device=None, dtype=None, feedback_scale: float = 1.0, decay: float = KOLEN_POLLACK_DECAY):
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.rule = get_rule(rule)
         if not (math.isfinite(feedback_scale) and feedback_scale > 0):
             raise ValueError(f"feedback_scale must be a positive number, got {feedback_scale}")
         self.feedback_scale = float(feedback_scale)
-        bound = 1.0 / math.sqrt(in_features)
-        self.register_buffer("feedback", torch.empty_like(self.weight).uniform_(-bound, bound))
+        feedback = draw_like_weight(self.weight.shape).to(self.weight)
+        if self.rule.coupled is not None:
+            self.feedback = nn.Parameter(feedback)
+            self.coupling = partial(self.rule.coupled, decay=decay)
+        else:
+            self.register_buffer("feedback", feedback)
+            self.coupling = None
+        if self.rule.random == "fa":  # the fixed R whose magnitudes B keeps
+            self.register_buffer("fa_matrix", feedback.clone())
+        self.generator: torch.Generator | None = None
+        self.hold_feedback = False
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.rule.when == "step" and self.training and torch.is_grad_enabled() and not self.hold_feedback:
+            self._form_feedback()
         feedback = self.weight.detach() if self.rule.uses_weight else self.feedback
         leading = x.shape[:-1]
-        out = feedback_linear(x.reshape(-1, self.in_features), self.weight, self.bias, feedback, self.feedback_scale)
+        out = feedback_linear(x.reshape(-1, self.in_features), self.weight, self.bias, feedback, self.feedback_scale,
+                              self.coupling)
         return out.reshape(*leading, self.out_features)
 
     @torch.no_grad()
     def refresh_feedback(self) -> None:
-        """Apply the rule's refresh (sign, sign_scaled, stale_bp); a no-op for fa and bp."""
-        if self.rule.refresh is not None:
-            self.feedback.copy_(self.rule.refresh(self.weight))
+        """Apply a periodic rule's refresh (sign, sign_scaled, stale_bp); a no-op for other rules."""
+        if self.rule.when == "period":
+            self._form_feedback()
+
+    @torch.no_grad()
+    def _form_feedback(self) -> None:
+        random = None
+        if self.rule.random == "fa":
+            random = self.fa_matrix
+        elif self.rule.random == "redraw":
+            random = draw_like_weight(self.weight.shape, self.generator).to(self.weight)
+        self.feedback.copy_(self.rule.form(self.weight, random))
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, rule={self.rule.name}, feedback_scale={self.feedback_scale:g}"
 
 
 def mlp(sizes: Sequence[int], rule: str, activation: str = "tanh", bias: bool = True,
-        seed: int | None = None, feedback_scale: float = 1.0) -> nn.Sequential:
+        seed: int | None = None, feedback_scale: float = 1.0, decay: float = KOLEN_POLLACK_DECAY,
+        second_order=None) -> nn.Module:
     """An MLP of FeedbackLinear layers, e.g. mlp([784, 256, 256, 10], "fa").
 
-    With `seed`, parameters and the FA matrix come from soap's seed streams (identical to the population
-    trainer's member with that seed); without, from torch's global RNG like nn.Linear.
+    With `seed`, parameters, the FA (and DFA) matrices and brsf's redraws come from soap's seed streams
+    (identical to the population trainer's member with that seed); without, from torch's global RNG like
+    nn.Linear. `decay` is kolen_pollack's lambda. A `dfa` network is a soap.direct_feedback
+    DirectFeedbackMLP; an `so_` rule inserts soap.activity_propagation.SecondOrderActivity modules
+    (settings `second_order`, an ActivityPropagation) and trains with its `two_pass_backward`.
     """
     if activation not in ACTIVATIONS:
         raise ValueError(f"unknown activation {activation!r}; known: {', '.join(ACTIVATIONS)}")
     if len(sizes) < 2:
         raise ValueError(f"an MLP needs at least input and output sizes, got {list(sizes)}")
-    modules: list[nn.Module] = []
-    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        modules.append(FeedbackLinear(fan_in, fan_out, rule=rule, bias=bias, feedback_scale=feedback_scale))
-        if i < len(sizes) - 2:
-            modules.append(ACTIVATIONS[activation].module())
-    model = nn.Sequential(*modules)
+    spec = get_rule(rule)
+    if spec.direct:
+        from soap.direct_feedback import DirectFeedbackMLP
+
+        model = DirectFeedbackMLP(sizes, activation, bias=bias, feedback_scale=feedback_scale)
+    else:
+        from soap.activity_propagation import ActivityPropagation, SecondOrderActivity
+
+        settings = (second_order or ActivityPropagation()) if spec.second_order else None
+        carrying = settings.hidden_layers(len(sizes) - 2) if settings else ()
+        modules: list[nn.Module] = []
+        for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            modules.append(FeedbackLinear(fan_in, fan_out, rule=rule, bias=bias, feedback_scale=feedback_scale,
+                                          decay=decay))
+            if i in carrying:
+                modules.append(SecondOrderActivity(settings))
+            if i < len(sizes) - 2:
+                modules.append(ACTIVATIONS[activation].module())
+        model = nn.Sequential(*modules)
+    linears = [m for m in model.modules() if isinstance(m, FeedbackLinear)]
     if seed is not None:
-        linears = [m for m in model if isinstance(m, FeedbackLinear)]
+        inits = initial_parameters(sizes, seed)
+        redraws = generator(seed, "feedback_redraw")  # one stream, drawn layer after layer each step
         with torch.no_grad():
-            for layer, init in zip(linears, initial_parameters(sizes, seed)):
+            for layer, init in zip(linears, inits):
                 layer.weight.copy_(init.weight)
                 if layer.bias is not None:
                     layer.bias.copy_(init.bias)
                 layer.feedback.copy_(init.feedback)
+                if layer.rule.random == "fa":
+                    layer.fa_matrix.copy_(init.feedback)
+                layer.generator = redraws
+            if spec.direct:
+                for matrix, init in zip(model.direct_matrices(), inits[1:]):
+                    matrix.copy_(init.direct)
     return model

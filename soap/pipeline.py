@@ -263,6 +263,11 @@ def fill_targets(runs: pd.DataFrame, curves: pd.DataFrame, target) -> pd.DataFra
         log.info("%s: target loss %.4f, reached by %d of %d runs", dataset, loss,
                  int(runs.loc[rows, "reached_target"].sum()), len(rows))
     runs["reached_target"] = runs["reached_target"].astype(bool)
+    if "two_pass_from" in runs:  # so_ runs: time to target in forward-backward passes too
+        from soap.activity_propagation import forward_backward_passes
+
+        runs["passes_to_target"] = forward_backward_passes(runs["examples_to_target"], runs["batch_size"],
+                                                           runs["two_pass_from"])
     return runs
 
 

@@ -21,6 +21,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -29,13 +30,15 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 import soap
+from soap.activity_propagation import (ActivityPropagation, forward_backward_passes, newton_step,
+                                       perturbation_scale, soap_gain)
 from soap.config import ConfigError, Member, TrainConfig
 from soap.data import Splits, load_dataset, load_prepared
 from soap.devices import describe, resolve_device
 from soap.metrics import angle_degrees, examples_to_target, feedback_gain, signal_agreement
 from soap.nn import ACTIVATIONS, feedback_grad_input, initial_parameters, linear_forward, sgd_update_, weight_grad
 from soap.optim import StackedOptimizer
-from soap.rules import get_rule, refresh_due
+from soap.rules import KOLEN_POLLACK_DECAY, draw_like_weight, get_rule, refresh_due
 from soap.seeding import generator
 from soap.step_graph import StepGraph
 
@@ -58,7 +61,9 @@ class PopulationMLP:
     """
 
     def __init__(self, sizes: list[int], members: list[Member], activation: str, device: torch.device,
-                 optimizer: str = "sgd", **hyperparameters):
+                 optimizer: str = "sgd", decay: float = KOLEN_POLLACK_DECAY,
+                 second_order: ActivityPropagation | None = None, dtype: torch.dtype = torch.float32,
+                 **hyperparameters):
         self.sizes, self.members, self.device = sizes, members, device
         self.optimizer = None if optimizer == "sgd" else StackedOptimizer(optimizer, **hyperparameters)
         scales = [m.feedback_scale for m in members]
@@ -74,7 +79,7 @@ class PopulationMLP:
         self.rules = [get_rule(m.method) for m in members]
 
         def stack(part: str, layer: int) -> Tensor:
-            return torch.stack([getattr(inits[m.seed][layer], part) for m in members]).to(device)
+            return torch.stack([getattr(inits[m.seed][layer], part) for m in members]).to(device, dtype)
 
         layers = range(len(sizes) - 1)
         self.weights = [stack("weight", l) for l in layers]  # (pop, out, in)
@@ -87,8 +92,9 @@ class PopulationMLP:
         self.refresh_groups = {
             name: np.array([i for i, r in enumerate(self.rules) if r.name == name]) for name in refreshing
         }
+        self._init_rule_hooks(inits, decay, second_order)
 
-    def forward(self, x: Tensor) -> list[Tensor]:
+    def forward(self, x: Tensor, shifts: dict[int, Tensor] | None = None) -> list[Tensor]:
         """Inputs of every layer, then the logits: [x, h_1, ..., h_{L-1}, logits].
 
         x: (groups, batch, in), one batch per data-order group, or (batch, in) shared by every member;
@@ -101,66 +107,204 @@ class PopulationMLP:
                 a = parts[0] if len(parts) == 1 else torch.cat(parts)
             else:
                 a = linear_forward(acts[-1], w, b)  # (pop, batch, out)
+            if shifts is not None and layer in shifts:
+                a.sub_(shifts[layer])  # pass 2 of activity propagation: a - eps g1
             acts.append(self.activation.forward_(a) if layer < len(self.weights) - 1 else a)
         return acts
 
     def error_signals(self, acts: list[Tensor], output_error: Tensor, feedback: list[Tensor],
-                      scale: float | Tensor = 1.0, lr: Tensor | None = None) -> list[Tensor]:
+                      scale: float | Tensor = 1.0, lr: Tensor | None = None, scaled: bool = True,
+                      direct: bool = True, replace: dict[int, Callable[[Tensor], Tensor]] | None = None) -> list[Tensor]:
         """delta_l = dL/da_l at every layer's pre-activation, sent down from the logits as
         scale * delta B through `feedback`.
 
         With lr (pop,), every member takes its optimizer step in place on the way down (W_l is updated
         only after its own feedback product is taken, so every gradient sees the pre-step weights).
-        Under sgd, `output_error` must already be scaled by lr: the step fuses into the gradient GEMM.
+        Under sgd, `output_error` must already be scaled by lr (the step fuses into the gradient GEMM),
+        unless `scaled` is False. `direct`: DFA members' hidden layers get the output error through
+        their D_l. `replace` (hidden layer -> function): the delta sent below that layer is the
+        function of the plain delta there (activity propagation); the plain signal also continues
+        down to the replaced layers below.
         """
-        delta = output_error
+        delta, plain = output_error, None  # plain: the unreplaced signal, where it differs from delta
         deltas = [delta]
         for layer in reversed(range(len(self.weights))):
-            upstream = feedback_grad_input(delta, feedback[layer], scale) if layer else None  # (pop, batch, in)
+            if layer:
+                upstream = self._upstream(delta, feedback, layer, output_error, scale, direct)  # (pop, batch, in)
+                plain_upstream = (None if plain is None else
+                                  self._upstream(plain, feedback, layer, output_error, scale, direct))
             if lr is not None:
-                self._update(layer, delta, acts[layer], lr)
+                self._update(layer, delta, acts[layer], lr, scaled)
             if layer:
                 delta = self.activation.backward(upstream, acts[layer])
+                if plain is not None:
+                    plain = self.activation.backward(plain_upstream, acts[layer])
+                if replace and layer - 1 in replace:
+                    signal = delta if plain is None else plain
+                    delta = replace[layer - 1](signal)
+                    plain = signal if any(h < layer - 1 for h in replace) else None
                 deltas.insert(0, delta)
         return deltas
 
-    def _update(self, layer: int, delta: Tensor, x: Tensor, lr: Tensor) -> None:
-        w, b = self.weights[layer], self.biases[layer]
-        # the first layer's input is one batch per data-order group
+    def _upstream(self, delta: Tensor, feedback: list[Tensor], layer: int, output_error: Tensor,
+                  scale: float | Tensor, direct: bool) -> Tensor:
+        upstream = feedback_grad_input(delta, feedback[layer], scale)
+        if direct and self.direct is not None and layer < len(self.weights) - 1:
+            # DFA: alpha e D_l, straight from the output error (the output layer's D is its FA matrix)
+            rows = scale if isinstance(scale, float) else scale[self.direct]
+            upstream[self.direct] = feedback_grad_input(output_error[self.direct], self.direct_matrices[layer], rows)
+        return upstream
+
+    def _update(self, layer: int, delta: Tensor, x: Tensor, lr: Tensor, scaled: bool = True) -> None:
+        """Every member's optimizer step on layer `layer` from its deltas (pop, batch, out) and input x
+        (pop, batch, in), for the first layer one batch per data-order group (groups, batch, in)."""
+        w, b, fb = self.weights[layer], self.biases[layer], self.feedback[layer]
         blocks = self.blocks if layer == 0 else [(slice(None), slice(None))]
-        if self.optimizer is None:  # sgd: delta is already lr * dL/da
+        if self.optimizer is None:  # sgd: the step lr * dL/da rides in the gradient GEMMs
+            step = delta if scaled else delta * lr.view(-1, 1, 1)
+            coupled = self._coupled_signals(layer, step, x, self.decay * lr)  # lr times each signal
             for members, groups in blocks:
-                sgd_update_(w[members], b[members], delta[members], x[groups])
+                sgd_update_(w[members], b[members], step[members], x[groups])
+            for index, grad, signal_w, signal_fb in coupled:
+                w[index] -= signal_w - grad  # the fused update above has subtracted grad already
+                fb[index] -= signal_fb
             return
         grads = [weight_grad(delta[members], x[groups]) for members, groups in blocks]
-        self.optimizer.step_(2 * layer, w, grads[0] if len(grads) == 1 else torch.cat(grads), lr)
+        grad = grads[0] if len(grads) == 1 else torch.cat(grads)
+        coupled = self._coupled_signals(layer, delta, x, self.decay * torch.ones_like(lr))
+        if coupled:  # B takes its own optimizer step, as torch.optim does for a parameter
+            grad_fb = torch.zeros_like(fb)  # a zero gradient moves no other member's B, in any optimizer
+            for index, _, signal_w, signal_fb in coupled:
+                grad[index], grad_fb[index] = signal_w, signal_fb
+            self.optimizer.step_(2 * len(self.weights) + layer, fb, grad_fb, lr)
+        self.optimizer.step_(2 * layer, w, grad, lr)
         self.optimizer.step_(2 * layer + 1, b, delta.sum(-2), lr)
+
+    def _coupled_signals(self, layer: int, delta: Tensor, x: Tensor, decay: Tensor) -> list[tuple]:
+        """(members, grad_W, signal for W, signal for B) of each rule whose B is trained alongside W
+        (Kolen-Pollack), from deltas and decay (pop,) that may carry each member's lr (the hook is linear)."""
+        signals = []
+        for name, index in self.coupled_groups.items():
+            inputs = x.index_select(0, self.member_group[index]) if layer == 0 else x[index]
+            grad = weight_grad(delta[index], inputs)
+            w, fb = self.weights[layer][index], self.feedback[layer][index]
+            signals.append((index, grad, *get_rule(name).coupled(grad, w, fb, decay[index].view(-1, 1, 1))))
+        return signals
 
     @torch.no_grad()
     def train_step(self, x: Tensor, y: Tensor, lr: Tensor) -> Tensor:
         """One optimizer step of every member on its group's batch: x (groups, batch, in), y (groups, batch),
         lr (pop,). Returns the per-member loss before the step."""
         y = y.index_select(0, self.member_group)  # (pop, batch)
-        acts = self.forward(x)
-        loss, log_probs = _cross_entropy(acts[-1], y)
-        output_error = _output_error_(log_probs, y)
-        if self.optimizer is None:
-            output_error.mul_(lr.view(-1, 1, 1))  # sgd's step rides in the gradient GEMMs
-        self.error_signals(acts, output_error, self.feedback, self.feedback_scale, lr)
+        self.steps += 1
+        if self.second_order is not None and self.steps > self.second_order.warmup:
+            loss = self._two_pass_step(x, y, lr)
+        else:
+            acts = self.forward(x)
+            loss, log_probs = _cross_entropy(acts[-1], y)
+            output_error = _output_error_(log_probs, y)
+            if self.optimizer is None:
+                output_error.mul_(lr.view(-1, 1, 1))  # sgd's step rides in the gradient GEMMs
+            self.error_signals(acts, output_error, self.feedback, self.feedback_scale, lr)
         # The first layer's B sends nothing down (no gradient goes to the data): only alignment() reads
         # it, and syncs it then, which spares copying the largest weight every step.
         self._sync_tracking(range(1, len(self.weights)))
         return loss
 
+    def _two_pass_step(self, x: Tensor, y: Tensor, lr: Tensor) -> Tensor:
+        """Activity propagation (soap.activity_propagation): g1, then the step from the perturbed pass."""
+        settings = self.second_order
+        acts = self.forward(x)
+        loss, log_probs = _cross_entropy(acts[-1], y)
+        g1 = self.error_signals(acts, _output_error_(log_probs, y), self.feedback, self.feedback_scale)
+        scales = {h: perturbation_scale(settings.eta, g1[h]) for h in self.second_order_layers}
+        acts = self.forward(x, shifts={h: g1[h] * scales[h] for h in self.second_order_layers})
+        error = _output_error_(_cross_entropy(acts[-1], y)[1], y)
+
+        def newton(h: int) -> Callable[[Tensor], Tensor]:
+            def step(g2: Tensor) -> Tensor:
+                n = newton_step(g1[h], g2, scales[h], settings.curvature_bias)
+                self.soap_gains[h] = soap_gain(n, g2)
+                return n
+            return step
+
+        replace = {h: newton(h) for h in self.second_order_layers}
+        self.error_signals(acts, error, self.feedback, self.feedback_scale, lr, scaled=False, replace=replace)
+        return loss
+
+    def _init_rule_hooks(self, inits: dict, decay: float, second_order: ActivityPropagation | None) -> None:
+        """State of the rules' generic hooks (soap.rules): B formed every step and its random matrices,
+        B trained alongside W, direct feedback, activity propagation."""
+        n_layers = len(self.sizes) - 1
+
+        def members_where(test) -> list[int]:
+            return [i for i, r in enumerate(self.rules) if test(r)]
+
+        def by_name(test) -> dict[str, slice | Tensor]:
+            # a slice where a rule's members are consecutive (the usual case): views, no gather/scatter
+            names = sorted({r.name for r in self.rules if test(r)})
+            chosen = {name: members_where(lambda r, n=name: r.name == n) for name in names}
+            return {name: slice(index[0], index[-1] + 1) if index[-1] - index[0] == len(index) - 1
+                    else torch.as_tensor(index, device=self.device) for name, index in chosen.items()}
+
+        self.steps = 0
+        self.decay = decay
+        self.step_groups = by_name(lambda r: r.when == "step")
+        self.step_seeds = {name: [m.seed for m in np.array(self.members, dtype=object)[_host(index)]]
+                           for name, index in self.step_groups.items()}
+        # frsf's R: the members' own FA matrices, kept apart from B
+        self.fa_matrices = {name: [fb[index].clone() for fb in self.feedback]
+                            for name, index in self.step_groups.items() if get_rule(name).random == "fa"}
+        redrawing = {self.members[i].seed for i in members_where(lambda r: r.random == "redraw")}
+        self.redraw_generators = {seed: generator(seed, "feedback_redraw") for seed in sorted(redrawing)}
+        self.coupled_groups = by_name(lambda r: r.coupled is not None)
+        direct = members_where(lambda r: r.direct)
+        self.direct = torch.as_tensor(direct, device=self.device) if direct else None
+        # D_l (classes, units_l) of the DFA members, for the inputs of layers 1 .. L-2
+        self.direct_matrices = {
+            l: torch.stack([inits[self.members[i].seed][l].direct for i in direct]).to(self.weights[l])
+            for l in range(1, n_layers - 1)} if direct else {}
+        second = {r.second_order for r in self.rules}
+        if len(second) > 1:
+            raise ValueError("so_ members and other members train in separate groups (see population_model)")
+        self.second_order = (second_order or ActivityPropagation()) if second == {True} else None
+        self.second_order_layers = self.second_order.hidden_layers(n_layers - 1) if self.second_order else ()
+        # a captured step replays one fixed computation: the so_ warm-up switches from one to two passes
+        self.capturable = self.second_order is None
+        self.soap_gains = {h: torch.full((len(self.members),), math.nan, device=self.device, dtype=self.weights[0].dtype)
+                           for h in self.second_order_layers}
+        self._form_step_feedback()
+
+    @torch.no_grad()
+    def _form_step_feedback(self) -> None:
+        """B = form(W, R) for the rules formed every step, from the W that the next step uses."""
+        if not self.step_groups:
+            return
+        # R_t: one draw per seed, layer after layer, shared by that seed's members (as each alone)
+        draws = {seed: [draw_like_weight(tuple(w.shape[1:]), gen).to(w) for w in self.weights]
+                 for seed, gen in self.redraw_generators.items()}
+        for name, members in self.step_groups.items():
+            rule = get_rule(name)
+            for layer, (w, fb) in enumerate(zip(self.weights, self.feedback)):
+                random = None
+                if rule.random == "fa":
+                    random = self.fa_matrices[name][layer]
+                elif rule.random == "redraw":
+                    random = torch.stack([draws[seed][layer] for seed in self.step_seeds[name]])
+                fb[members] = rule.form(w[members], random)
+
     @torch.no_grad()
     def refresh(self, due: np.ndarray) -> None:
-        """Apply each refreshing member's rule where `due` (bool per member) says its period elapsed."""
+        """After each step: apply each periodic member's rule where `due` (bool per member) says its
+        period elapsed, and form the B of every rule formed every step. Outside train_step, so a
+        captured step (soap.step_graph) never replays brsf's draws."""
         for name, members in self.refresh_groups.items():
             chosen = members[due[members]]
             if chosen.size:
                 index = torch.as_tensor(chosen, device=self.device)
                 for w, fb in zip(self.weights, self.feedback):
                     fb[index] = get_rule(name).refresh(w[index])
+        self._form_step_feedback()
 
     @torch.no_grad()
     def _sync_tracking(self, layers) -> None:
@@ -199,12 +343,16 @@ class PopulationMLP:
         acts = self.forward(x)
         output_error = _output_error_(_cross_entropy(acts[-1], y)[1], y)
         rule = self.error_signals(acts, output_error, self.feedback, self.feedback_scale)
-        bp = self.error_signals(acts, output_error, self.weights)
+        bp = self.error_signals(acts, output_error, self.weights, direct=False)
         out = {}
         for layer, (w, fb) in enumerate(zip(self.weights, self.feedback)):
             out[f"angle_l{layer}"] = angle_degrees(fb, w)
+            if self.direct is not None and layer < len(self.weights) - 1:
+                out[f"angle_l{layer}"][self.direct] = math.nan  # DFA's D_l has no W of its shape here
         for layer in range(len(self.weights) - 1):  # hidden layers: the output layer's signal is exact
             out[f"cos_l{layer}"], out[f"norm_ratio_l{layer}"] = signal_agreement(rule[layer], bp[layer])
+        for layer, gain in self.soap_gains.items():  # |n| / |g2| of the last two-pass step
+            out[f"soap_gain_l{layer}"] = gain.clone()
         return out
 
 
@@ -224,6 +372,69 @@ def _blocks(group_sizes: list[int]) -> list[tuple[slice, slice]]:
         blocks.append((slice(member, member + size * count), slice(group, group + count)))
         member, group = member + size * count, group + count
     return blocks
+
+
+class PopulationGroups:
+    """Members whose steps have different shapes (plain, so_'s two passes) as one PopulationMLP per
+    shape, each batched, behind PopulationMLP's interface: per-member tensors in and out in the
+    members' order; the training input holds each group's data-order batches one after the other."""
+
+    def __init__(self, sizes: list[int], members: list[Member], activation: str, device: torch.device,
+                 **hooks):
+        self.members, self.device = members, device
+        second = np.array([get_rule(m.method).second_order for m in members])
+        self.indices = [np.flatnonzero(second == kind) for kind in (False, True)]
+        self.groups = [PopulationMLP(sizes, [members[i] for i in index], activation, device, **hooks)
+                       for index in self.indices]
+        self._index = [torch.as_tensor(index, device=device) for index in self.indices]
+        self.group_seeds = [seed for group in self.groups for seed in group.group_seeds]
+        ends = np.cumsum([len(group.group_seeds) for group in self.groups])
+        self._rows = [slice(end - len(group.group_seeds), end) for group, end in zip(self.groups, ends)]
+        self.capturable = all(group.capturable for group in self.groups)
+
+    def _join(self, parts: list[Tensor]) -> Tensor:
+        out = torch.empty((len(self.members), *parts[0].shape[1:]), dtype=parts[0].dtype, device=self.device)
+        for index, part in zip(self._index, parts):
+            out[index] = part
+        return out
+
+    def train_step(self, x: Tensor, y: Tensor, lr: Tensor) -> Tensor:
+        return self._join([g.train_step(x[rows], y[rows], lr[index])
+                           for g, rows, index in zip(self.groups, self._rows, self._index)])
+
+    def refresh(self, due: np.ndarray) -> None:
+        for group, index in zip(self.groups, self.indices):
+            group.refresh(due[index])
+
+    def freeze(self, members: Tensor) -> None:
+        chosen = set(members.tolist())
+        for group, index in zip(self.groups, self.indices):
+            local = [i for i, member in enumerate(index) if member in chosen]
+            if local:
+                group.freeze(torch.as_tensor(local, device=self.device))
+
+    def evaluate(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        losses, accuracies = zip(*(g.evaluate(x, y) for g in self.groups))
+        return self._join(list(losses)), self._join(list(accuracies))
+
+    def alignment(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+        rows = [g.alignment(x[r], y[r]) for g, r in zip(self.groups, self._rows)]
+        keys = list(dict.fromkeys(k for row in rows for k in row))  # so_ groups add soap_gain_l*
+        return {k: self._join([row.get(k, torch.full((len(g.members),), math.nan, device=self.device))
+                               for g, row in zip(self.groups, rows)]) for k in keys}
+
+
+def population_model(sizes: list[int], members: list[Member], activation: str, device: torch.device,
+                     **hooks) -> PopulationMLP | PopulationGroups:
+    """One PopulationMLP, or one per step shape when plain and so_ members are mixed. `hooks`:
+    PopulationMLP's keyword arguments (optimizer and its hyperparameters, decay, second_order)."""
+    if len({get_rule(m.method).second_order for m in members}) > 1:
+        return PopulationGroups(sizes, members, activation, device, **hooks)
+    return PopulationMLP(sizes, members, activation, device, **hooks)
+
+
+def _host(index: slice | Tensor) -> slice | np.ndarray:
+    return index if isinstance(index, slice) else index.cpu().numpy()
 
 
 def _contiguous_runs(indices: list[int]) -> list[slice]:
@@ -315,7 +526,8 @@ def train_population(config: TrainConfig, data: Splits | None = None, progress: 
     members = [configured[i] for i in placement]
     pop, batch = len(members), config.batch_size
     sizes = [data.input_dim, *config.hidden, data.num_classes]
-    model = PopulationMLP(sizes, members, config.activation, device, config.optimizer, **_hyperparameters(config))
+    model = population_model(sizes, members, config.activation, device, optimizer=config.optimizer,
+                             decay=config.kp_decay, second_order=config.second_order(), **_hyperparameters(config))
     lr = torch.tensor([m.lr for m in members], device=device, dtype=torch.float32)
     periods = np.array([m.refresh_period for m in members])
     divergence_loss = config.divergence_factor * math.log(data.num_classes)
@@ -352,7 +564,9 @@ def train_population(config: TrainConfig, data: Splits | None = None, progress: 
         return x, y, model.train_step(x, y, lr)  # the loss (pop,) is from before the step
 
     # Everything the step reads is updated in place (index, lr, parameters), as a CUDA graph requires.
-    run_step = StepGraph(sgd_step, index, lr, enabled=capture)
+    if capture and not model.capturable:
+        log.warning("step capture is off: so_ members change their step's computation after the warm-up")
+    run_step = StepGraph(sgd_step, index, lr, enabled=capture and model.capturable)
 
     bar = tqdm(total=total_steps * batch * pop, unit="ex", unit_scale=True, disable=not progress,
                desc=f"{config.dataset} {config.phase} x{pop}", mininterval=1.0 if sys.stderr.isatty() else 30.0,
@@ -444,12 +658,21 @@ def _runs_table(config, members, sizes, finals, diverged_at, seen, eval_log, cur
         **finals,
     })
     runs["effective_lr"] = runs["lr"] * runs["feedback_gain"]
+    # so_ runs: |n| / |g2| at the SOAP points, combined over points and log points like the feedback gain
+    soap_keys = [key for key in eval_log[-1][1] if key.startswith("soap_gain_l")]
+    soap = np.stack([[row[key].numpy() for key in soap_keys] for _, row in eval_log]) if soap_keys else None
+    runs["soap_gain"] = [feedback_gain(soap[:, :, p]) if soap is not None else math.nan for p in range(len(members))]
     if config.target_loss is not None:
         hits = examples_to_target(curves, config.target_loss).set_index("run_id")
         runs["examples_to_target"] = hits.loc[runs["run_id"], "examples_to_target"].to_numpy()
         runs["reached_target"] = hits.loc[runs["run_id"], "reached_target"].to_numpy()
     else:
         runs["examples_to_target"], runs["reached_target"] = np.nan, False
+    # forward-backward passes (over one batch) to the target: an so_ step after the warm-up costs two
+    runs["two_pass_from"] = [config.soap_warmup * config.batch_size if get_rule(m.method).second_order else np.nan
+                             for m in members]
+    runs["passes_to_target"] = forward_backward_passes(runs["examples_to_target"], config.batch_size,
+                                                       runs["two_pass_from"])
     runs["target_loss"] = np.nan if config.target_loss is None else config.target_loss
     runs["refresh_period"] = [m.refresh_period for m in members]
     runs["feedback_scale"] = [m.feedback_scale for m in members]

@@ -10,7 +10,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-STREAMS = {"init": 0, "feedback": 1, "data": 2}
+# feedback_redraw: the matrices that a rule redraws every step (brsf), apart from the fixed ones in
+# "feedback" so that they never shift the FA matrix
+STREAMS = {"init": 0, "feedback": 1, "data": 2, "feedback_redraw": 3}
 
 
 def stream_seed(seed: int, stream: str) -> int:
