@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pandas as pd
 import torch
+from scipy import stats
 from torch import Tensor
 
 
@@ -41,7 +42,7 @@ def feedback_gain(norm_ratios: np.ndarray) -> float:
     """
     ratios = np.asarray(norm_ratios, dtype=float).ravel()
     ratios = ratios[np.isfinite(ratios) & (ratios > 0)]
-    return float(np.exp(np.log(ratios).mean())) if ratios.size else math.nan
+    return float(stats.gmean(ratios)) if ratios.size else math.nan
 
 
 def examples_to_target(curves: pd.DataFrame, target: float, column: str = "train_loss_ema") -> pd.DataFrame:
