@@ -64,6 +64,12 @@ class PopulationMLP:
         scales = [m.feedback_scale for m in members]
         # alpha per member, (pop, 1, 1); a plain 1.0 when no member scales, which skips the product
         self.feedback_scale = 1.0 if set(scales) == {1.0} else torch.tensor(scales, device=device).view(-1, 1, 1)
+        # per-layer lr multipliers, [(pop,)] input to output; None when every member has one lr
+        self.lr_scale = None
+        if any(m.lr_scale is not None for m in members):
+            layers = len(sizes) - 1
+            table = torch.tensor([m.layer_lrs(layers) for m in members], device=device)
+            self.lr_scale = list((table / torch.tensor([m.lr for m in members], device=device)[:, None]).T)
         self.activation = ACTIVATIONS[activation]
         self.group_seeds = [seed for seed, _ in itertools.groupby(m.seed for m in members)]
         group_sizes = [len(list(run)) for _, run in itertools.groupby(m.seed for m in members)]
@@ -115,8 +121,12 @@ class PopulationMLP:
         """
         delta = output_error
         deltas = [delta]
+        # sgd carries each layer's lr in its delta: going down a layer rescales it to the next layer's lr
+        fused_lrs = lr is not None and self.optimizer is None and self.lr_scale is not None
         for layer in reversed(range(len(self.weights))):
-            upstream = feedback_grad_input(delta, feedback[layer], scale) if layer else None  # (pop, batch, in)
+            if layer:
+                step = (self.lr_scale[layer - 1] / self.lr_scale[layer]).view(-1, 1, 1) if fused_lrs else 1.0
+                upstream = feedback_grad_input(delta, feedback[layer], scale * step)  # (pop, batch, in)
             if lr is not None:
                 self._update(layer, delta, acts[layer], lr)
             if layer:
@@ -133,6 +143,7 @@ class PopulationMLP:
                 sgd_update_(w[members], b[members], delta[members], x[groups])
             return
         grads = [weight_grad(delta[members], x[groups]) for members, groups in blocks]
+        lr = lr if self.lr_scale is None else lr * self.lr_scale[layer]
         self.optimizer.step_(2 * layer, w, grads[0] if len(grads) == 1 else torch.cat(grads), lr)
         self.optimizer.step_(2 * layer + 1, b, delta.sum(-2), lr)
 
@@ -144,8 +155,8 @@ class PopulationMLP:
         acts = self.forward(x)
         loss, log_probs = _cross_entropy(acts[-1], y)
         output_error = _output_error_(log_probs, y)
-        if self.optimizer is None:
-            output_error.mul_(lr.view(-1, 1, 1))  # sgd's step rides in the gradient GEMMs
+        if self.optimizer is None:  # sgd's step rides in the gradient GEMMs
+            output_error.mul_((lr if self.lr_scale is None else lr * self.lr_scale[-1]).view(-1, 1, 1))
         self.error_signals(acts, output_error, self.feedback, self.feedback_scale, lr)
         # The first layer's B sends nothing down (no gradient goes to the data): only alignment() reads
         # it, and syncs it then, which spares copying the largest weight every step.
@@ -268,7 +279,9 @@ def run_id(config: TrainConfig, member: Member) -> str:
     period = "" if member.refresh_period == config.refresh_period else f"-T{member.refresh_period}"
     scale = "" if member.feedback_scale == 1.0 else f"-a{member.feedback_scale:.6g}"
     optimizer = "" if config.optimizer == "sgd" else f"-{config.optimizer}"
-    return f"{config.dataset}-{config.phase}-{member.method}-lr{member.lr:.6g}-s{member.seed}{period}{scale}{optimizer}"
+    layers = "" if member.lr_scale is None else "-m" + "_".join(f"{m:.4g}" for m in member.lr_scale)
+    return (f"{config.dataset}-{config.phase}-{member.method}-lr{member.lr:.6g}-s{member.seed}"
+            f"{period}{scale}{layers}{optimizer}")
 
 
 def _hyperparameters(config: TrainConfig) -> dict:
@@ -426,9 +439,11 @@ def _curves_table(config, members, train_log, eval_log) -> pd.DataFrame:
 
 def _runs_table(config, members, sizes, finals, diverged_at, seen, eval_log, curves) -> pd.DataFrame:
     hidden = len(sizes) - 2
-    # (points, hidden layers, pop) -> one gain per member
+    # (points, hidden layers, pop) -> a gain per member and hidden layer, and their geometric mean
     ratios = np.stack([[row[f"norm_ratio_l{l}"].numpy() for l in range(hidden)] for _, row in eval_log])
-    gains = np.array([feedback_gain(ratios[:, :, p]) for p in range(len(members))])
+    layer_gains = np.array([[feedback_gain(ratios[:, l, p]) for l in range(hidden)] for p in range(len(members))])
+    gains = np.array([feedback_gain(g) for g in layer_gains])
+    layer_lrs = np.array([m.layer_lrs(len(sizes) - 1) for m in members]) / np.array([[m.lr] for m in members])
     runs = pd.DataFrame({
         "run_id": [run_id(config, m) for m in members],
         "phase": config.phase,
@@ -451,6 +466,11 @@ def _runs_table(config, members, sizes, finals, diverged_at, seen, eval_log, cur
     runs["refresh_period"] = [m.refresh_period for m in members]
     runs["feedback_scale"] = [m.feedback_scale for m in members]
     runs["optimizer"] = config.optimizer
+    # 1-based, input to output: hidden layer l's error drives weight layer l's step
+    for l in range(hidden):
+        runs[f"feedback_gain_l{l + 1}"] = layer_gains[:, l]
+    for l in range(len(sizes) - 1):
+        runs[f"lr_scale_l{l + 1}"] = layer_lrs[:, l]
     runs["diverged_at"] = diverged_at
     runs["examples_seen"] = seen
     runs["epochs"] = config.epochs
