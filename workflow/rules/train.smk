@@ -15,6 +15,7 @@ rule train_grid:
     params:
         train=config["train"],
         members=grid_members,
+        phase="grid",
     threads: THREADS
     resources:
         gpu=GPU_PER_JOB,
@@ -41,6 +42,7 @@ rule train_tuned:
         methods=METHODS,
         seeds=tuned_seeds,
         epochs=config["tuned"]["epochs"],
+        phase="tuned",
     threads: THREADS
     resources:
         gpu=GPU_PER_JOB,
