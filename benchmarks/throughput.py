@@ -15,6 +15,7 @@ so drift in a shared machine's speed cancels. With --profile, a breakdown of whe
 
     python benchmarks/throughput.py --data-root ../shared/data [--device cpu] [--pops 1,4,16,64]
                                     [--repeats 3] [--profile] [--capture]
+    python benchmarks/throughput.py --data-root ../shared/data --optimizers sgd,momentum,adam,signsgd --pops 16
 """
 
 from __future__ import annotations
@@ -91,17 +92,18 @@ def step_gemm_flops(pop: int, shape: str, device: torch.device, repeats: int = 5
     return pop * BATCH * flops_per_example(SIZES) / timed(step, device, repeats)
 
 
-def population_config(data, pop: int, shape: str, examples: int, device: torch.device, logging: bool) -> TrainConfig:
+def population_config(data, pop: int, shape: str, examples: int, device: torch.device, logging: bool,
+                      optimizer: str = "sgd") -> TrainConfig:
     quiet = {} if logging else {"log_every": 10**9, "eval_every": 10**9}
     members = (dict(lrs=[0.05], seeds=list(range(pop))) if shape == "independent"
                else dict(lrs=np.geomspace(0.01, 0.1, pop).tolist(), seeds=[0]))
-    return TrainConfig.from_dict(dict(dataset="mnist", methods=["fa"], device=str(device),
+    return TrainConfig.from_dict(dict(dataset="mnist", methods=["fa"], device=str(device), optimizer=optimizer,
                                       epochs=examples / len(data.train_y), **members, **quiet))
 
 
 def population_rate(data, pop: int, shape: str, examples: int, device: torch.device, logging: bool = True,
-                    capture: bool = False) -> float:
-    config = population_config(data, pop, shape, examples, device, logging)
+                    capture: bool = False, optimizer: str = "sgd") -> float:
+    config = population_config(data, pop, shape, examples, device, logging, optimizer)
     return train_population(config, data, progress=False, capture=capture).meta["run_examples_per_s"]
 
 
@@ -159,6 +161,24 @@ def profile_breakdown(data, pop: int, shape: str, examples: int, device: torch.d
     return {part: time_ / total for part, time_ in sorted(shares.items(), key=lambda kv: -kv[1])}
 
 
+def optimizer_costs(data, optimizers: list[str], pops: list[int], examples: int, device: torch.device,
+                    repeats: int, capture: bool = False) -> None:
+    """Quiet shared-order run-examples/s per optimizer, alternating within each repeat so drift hits all
+    alike, and each one's cost relative to sgd (sgd's rate / its rate), paired by repeat."""
+    names = ["sgd", *[o for o in optimizers if o != "sgd"]]
+    print(f"device {device}, {torch.get_num_threads()} threads; shared order, logging off; medians of {repeats}")
+    print(f"{'P':>4} {'optimizer':>10} {'run-examples/s':>15} {'time vs sgd':>12}")
+    for pop in pops:
+        rates = defaultdict(list)
+        for _ in range(repeats):
+            for name in names:
+                shape = SHAPES[0] if pop == 1 else "shared order"
+                rates[name].append(population_rate(data, pop, shape, examples, device, False, capture, name))
+        for name in names:
+            cost = statistics.median(s / r for s, r in zip(rates["sgd"], rates[name]))
+            print(f"{pop:>4} {name:>10} {statistics.median(rates[name]):>15,.0f} {cost:>11.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", default="data")
@@ -168,9 +188,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="measurements per figure (median reported)")
     parser.add_argument("--profile", action="store_true", help="also break a P = 16 step down by operator")
     parser.add_argument("--capture", action="store_true", help="replay steps from a CUDA graph (CUDA only)")
+    parser.add_argument("--optimizers", default=None,
+                        help="only compare these optimizers' throughput with sgd's, e.g. sgd,momentum,adam,signsgd")
     args = parser.parse_args()
     device = resolve_device(args.device)
     data = load_dataset("mnist", args.data_root, download=False)
+    if args.optimizers:
+        optimizer_costs(data, args.optimizers.split(","), [int(p) for p in args.pops.split(",")], args.examples,
+                        device, args.repeats, args.capture)
+        return
     per_example = flops_per_example(SIZES)
     conventional = statistics.median(
         conventional_rate(args.data_root, args.examples // 4, device) for _ in range(args.repeats))

@@ -122,9 +122,11 @@ def _optimum_shift(ax, grid, runs) -> bool:
     return drawn
 
 
-def report_section(verdict_dir, figure_prefix: str = "") -> str:
-    """The report's "Interventions" section: what the data support and do not, the verdict table and the
-    figures (relative to the report's folder through figure_prefix); empty without a verdict table."""
+def report_section(verdict_dir) -> str:
+    """The report's "Interventions" section (HTML): what the data support and do not, the verdict table and
+    the figures embedded (the report is one self-contained file); empty without a verdict table."""
+    import base64
+
     path = Path(verdict_dir) / "verdict.csv"
     if not path.is_file():
         return ""
@@ -135,8 +137,11 @@ def report_section(verdict_dir, figure_prefix: str = "") -> str:
                          "tost_p", "predicted", "verdict", "n"]]
         parts.append(shown.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0, classes="table"))
     for stem, caption in FIGURES.items():
-        parts.append(f'<figure><img src="{figure_prefix}{stem}.png" alt="{stem}">'
-                     f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+        png = Path(verdict_dir) / f"{stem}.png"
+        if png.is_file():
+            src = "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode("ascii")
+            parts.append(f'<figure id="{stem}"><img src="{src}" alt="{stem}"><figcaption>{html.escape(caption)} '
+                         f"(<code>interventions/verdict/{stem}.png</code>)</figcaption></figure>")
     return "\n".join(parts)
 
 
