@@ -143,7 +143,7 @@ class PopulationMLP:
                 sgd_update_(w[members], b[members], delta[members], x[groups])
             return
         grads = [weight_grad(delta[members], x[groups]) for members, groups in blocks]
-        lr = lr
+        lr = lr if self.lr_scale is None else lr * self.lr_scale[layer]
         self.optimizer.step_(2 * layer, w, grads[0] if len(grads) == 1 else torch.cat(grads), lr)
         self.optimizer.step_(2 * layer + 1, b, delta.sum(-2), lr)
 

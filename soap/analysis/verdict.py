@@ -15,7 +15,8 @@ Rows (per dataset; the contrast, what the learning-rate hypothesis predicts):
                     equivalent under signsgd and adam (they discard the gradient's scale).
   d  optimum shift  slope of log(lr*_bp / lr*_v) on log(gain_v) over rule variants v (each method, and each
                     (dose rule, alpha)), lr*_v from a parabola through the best validation loss of the
-                    seed-averaged grid curve and its neighbours (in log lr); bootstrap over seeds.
+                    seed-averaged grid curve and its neighbours (in log lr; a variant whose minimum is at
+                    the grid's edge has no lr* and is left out); bootstrap over seeds.
                     Predicted: equivalent to 1 (gain acts as a learning-rate multiplier).
 
 Equivalence is TOST at 5% against margins declared in config before the data (analysis.equivalence_margin):
@@ -67,7 +68,10 @@ def dose_rows(runs: pd.DataFrame, margins: dict) -> list[dict]:
     import statsmodels.formula.api as smf
 
     out = []
-    grid = runs[(runs["phase"] == "grid") & (runs["optimizer"] == "sgd") & ~runs["diverged"]]
+    grid = runs[(runs["phase"] == "grid") & (runs["optimizer"] == "sgd")]
+    # Healthy cells only (as soap.analysis.effective_lr): a (method, alpha, lr) cell in which a seed diverged
+    # is dropped whole, its survivors being a selected subset at the edge of stability.
+    grid = grid.groupby(["method", "feedback_scale", "lr"]).filter(lambda cell: not cell["diverged"].any())
     for method, part in grid.groupby("method"):
         if part["feedback_scale"].nunique() < 2:
             continue
@@ -248,14 +252,15 @@ def _cells(grid: pd.DataFrame) -> pd.DataFrame:
 
 def _optimum(curve: pd.Series) -> float:
     """log lr* of one curve (index lr): vertex of the parabola through its minimum and neighbours in log
-    lr, clipped to them; the grid point itself at an edge of the grid."""
+    lr, clipped to them. NaN when the minimum is at an edge of the grid: lr* is then only bounded (beyond
+    the edge), and taking the edge would pull the slope towards 0."""
     curve = curve.sort_index()
     x, y = np.log(curve.index.to_numpy(dtype=float)), curve.to_numpy()
-    if len(x) == 0 or not np.isfinite(y).any():
+    if len(x) < 3 or not np.isfinite(y).any():
         return math.nan
     i = int(np.nanargmin(y))
     if i == 0 or i == len(x) - 1:
-        return float(x[i])
+        return math.nan
     a, b, _ = np.polyfit(x[i - 1:i + 2], y[i - 1:i + 2], 2)
     return float(np.clip(-b / (2 * a), x[i - 1], x[i + 1])) if a > 0 else float(x[i])
 
