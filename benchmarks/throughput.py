@@ -13,9 +13,12 @@ of two references that training reaches:
 Every training measurement is bracketed by both references, measured just before and just after it,
 so drift in a shared machine's speed cancels. With --profile, a breakdown of where a step's time goes.
 
+On a machine other jobs share, wall time measures the neighbours as much as the code: `--threads 1
+--clock cpu` times everything by the process's CPU time instead, which other processes do not inflate
+(one thread, so no thread spins waiting for another), and gives per-core rates.
+
     python benchmarks/throughput.py --data-root ../shared/data [--device cpu] [--pops 1,4,16,64]
-                                    [--repeats 3] [--profile] [--capture]
-    python benchmarks/throughput.py --data-root ../shared/data --optimizers sgd,momentum,adam,signsgd --pops 16
+                                    [--repeats 3] [--profile] [--capture] [--threads N] [--clock cpu]
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from soap.config import TrainConfig
+from soap.config import OPTIMIZERS, TrainConfig
 from soap.data import load_dataset
 from soap.devices import resolve_device
 from soap.nn import feedback_grad_input, linear_forward, mlp, sgd_update_
@@ -51,16 +54,20 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+CLOCK = {"wall": time.perf_counter, "cpu": time.process_time}
+clock = CLOCK["wall"]  # set by --clock
+
+
 def timed(fn, device: torch.device, repeats: int) -> float:
     """Median seconds of fn() over `repeats` calls, after one warm-up call."""
     fn()
     times = []
     for _ in range(repeats):
         sync(device)
-        start = time.perf_counter()
+        start = clock()
         fn()
         sync(device)
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return statistics.median(times)
 
 
@@ -104,7 +111,9 @@ def population_config(data, pop: int, shape: str, examples: int, device: torch.d
 def population_rate(data, pop: int, shape: str, examples: int, device: torch.device, logging: bool = True,
                     capture: bool = False, optimizer: str = "sgd") -> float:
     config = population_config(data, pop, shape, examples, device, logging, optimizer)
-    return train_population(config, data, progress=False, capture=capture).meta["run_examples_per_s"]
+    meta = train_population(config, data, progress=False, capture=capture).meta
+    return meta["run_examples_per_s"] if clock is CLOCK["wall"] else meta["run_examples_per_s"] * (
+        meta["train_loop_s"] / meta["train_loop_cpu_s"])
 
 
 def conventional_rate(data_root: str, examples: int, device: torch.device) -> float:
@@ -118,7 +127,7 @@ def conventional_rate(data_root: str, examples: int, device: torch.device) -> fl
     model = mlp(SIZES, "fa", seed=0).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     steps, done = examples // BATCH, 0
-    start = time.perf_counter()
+    start = clock()
     for images, labels in loader:
         images, labels = images.view(-1, 784).to(device), labels.to(device)
         loss = F.cross_entropy(model(images), labels)
@@ -129,7 +138,7 @@ def conventional_rate(data_root: str, examples: int, device: torch.device) -> fl
         if done == steps:
             break
     sync(device)
-    return steps * BATCH / (time.perf_counter() - start)
+    return steps * BATCH / (clock() - start)
 
 
 # torch operator -> part of the step, for the profile
@@ -137,7 +146,8 @@ PARTS = {
     "GEMM": ("aten::bmm", "aten::baddbmm", "aten::baddbmm_", "aten::mm", "aten::addmm", "aten::addmm_"),
     "batch gather": ("aten::index_select",),
     "activation (tanh forward and backward)": ("aten::sigmoid", "aten::tanh", "aten::tanh_", "aten::tanh_backward"),
-    "layout copies (shared-order GEMM operands)": ("aten::copy_", "aten::clone", "aten::_reshape_alias"),
+    # baddbmm copies the broadcast bias into its output before the GEMM; shared orders reshape operands
+    "copies (bias into GEMM outputs, shared-order operand layout)": ("aten::copy_", "aten::clone"),
     "loss and output error": ("aten::_log_softmax", "aten::gather", "aten::exp_", "aten::scatter_add_",
                               "aten::mean", "aten::full", "aten::fill_"),
     "bias sums": ("aten::sum",),
@@ -161,24 +171,6 @@ def profile_breakdown(data, pop: int, shape: str, examples: int, device: torch.d
     return {part: time_ / total for part, time_ in sorted(shares.items(), key=lambda kv: -kv[1])}
 
 
-def optimizer_costs(data, optimizers: list[str], pops: list[int], examples: int, device: torch.device,
-                    repeats: int, capture: bool = False) -> None:
-    """Quiet shared-order run-examples/s per optimizer, alternating within each repeat so drift hits all
-    alike, and each one's cost relative to sgd (sgd's rate / its rate), paired by repeat."""
-    names = ["sgd", *[o for o in optimizers if o != "sgd"]]
-    print(f"device {device}, {torch.get_num_threads()} threads; shared order, logging off; medians of {repeats}")
-    print(f"{'P':>4} {'optimizer':>10} {'run-examples/s':>15} {'time vs sgd':>12}")
-    for pop in pops:
-        rates = defaultdict(list)
-        for _ in range(repeats):
-            for name in names:
-                shape = SHAPES[0] if pop == 1 else "shared order"
-                rates[name].append(population_rate(data, pop, shape, examples, device, False, capture, name))
-        for name in names:
-            cost = statistics.median(s / r for s, r in zip(rates["sgd"], rates[name]))
-            print(f"{pop:>4} {name:>10} {statistics.median(rates[name]):>15,.0f} {cost:>11.2f}x")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", default="data")
@@ -187,20 +179,23 @@ def main() -> None:
     parser.add_argument("--pops", default="1,4,16,64", help="population sizes to measure")
     parser.add_argument("--repeats", type=int, default=3, help="measurements per figure (median reported)")
     parser.add_argument("--profile", action="store_true", help="also break a P = 16 step down by operator")
+    parser.add_argument("--optimizers", action="store_true",
+                        help="also each optimizer's cost against sgd's (P = 16, independent, no logging)")
     parser.add_argument("--capture", action="store_true", help="replay steps from a CUDA graph (CUDA only)")
-    parser.add_argument("--optimizers", default=None,
-                        help="only compare these optimizers' throughput with sgd's, e.g. sgd,momentum,adam,signsgd")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    parser.add_argument("--clock", choices=sorted(CLOCK), default="wall",
+                        help="time by wall clock, or by this process's CPU time (steadier on a shared machine)")
     args = parser.parse_args()
+    global clock
+    clock = CLOCK[args.clock]
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     data = load_dataset("mnist", args.data_root, download=False)
-    if args.optimizers:
-        optimizer_costs(data, args.optimizers.split(","), [int(p) for p in args.pops.split(",")], args.examples,
-                        device, args.repeats, args.capture)
-        return
     per_example = flops_per_example(SIZES)
     conventional = statistics.median(
         conventional_rate(args.data_root, args.examples // 4, device) for _ in range(args.repeats))
-    print(f"device {device}, {torch.get_num_threads()} threads, capture {args.capture}; medians of "
+    print(f"device {device}, {torch.get_num_threads()} threads, {args.clock} clock, capture {args.capture}; medians of "
           f"{args.repeats}. Both references are measured just before and just after each training "
           f"measurement, and each fraction is taken against the mean of the two.")
     print(f"conventional loop (DataLoader + nn.Module, fa): {conventional:,.0f} examples/s")
@@ -238,6 +233,17 @@ def main() -> None:
             ratios = [s / i for s, i in zip(quiet_rates["shared order", pop], quiet_rates["independent", pop])]
             print(f"{'':>17} shared order / independent, paired by repeat: median {statistics.median(ratios):.2f}x "
                   f"(range {min(ratios):.2f}-{max(ratios):.2f})")
+    if args.optimizers:
+        print("\noptimizers, P = 16, independent, no logging (each repeat runs every optimizer in turn):")
+        rates = defaultdict(list)
+        for _ in range(args.repeats):
+            for optimizer in OPTIMIZERS:
+                rates[optimizer].append(population_rate(data, 16, "independent", args.examples, device, False,
+                                                        args.capture, optimizer))
+        for optimizer, measured in rates.items():
+            ratios = [r / s for r, s in zip(measured, rates["sgd"])]
+            print(f"  {optimizer:>9} {statistics.median(measured):>10,.0f} run-examples/s, "
+                  f"{statistics.median(ratios):.2f}x sgd's (paired by repeat)")
     if args.profile:
         for shape in SHAPES:
             print(f"\nwhere the time of a quiet P = 16 run goes, {shape} (operator self time):")

@@ -59,7 +59,8 @@ def tune_command(args: argparse.Namespace) -> None:
 def analyze_command(args: argparse.Namespace) -> None:
     from soap.analysis import run_analysis
 
-    run_analysis(args.runs, args.out, fixed_lr=args.fixed_lr, seed=args.seed, n_boot=args.n_boot)
+    run_analysis(args.runs, args.out, fixed_lr=args.fixed_lr, seed=args.seed, n_boot=args.n_boot,
+                 mediation_design=args.mediation_design, curves_path=args.curves)
 
 
 def report_command(args: argparse.Namespace) -> None:
@@ -104,9 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     analyze = commands.add_parser("analyze", help="estimate the study's estimands from a runs table")
     analyze.add_argument("--runs", required=True, help="runs table (.parquet or .csv)")
     analyze.add_argument("--out", required=True, help="output directory")
+    analyze.add_argument("--curves", help="curves table: adds time to target at other target losses")
     analyze.add_argument("--fixed-lr", type=float, help="shared lr for fixed_lr (default: bp's tuned)")
     analyze.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     analyze.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples")
+    analyze.add_argument("--mediation-design", choices=("pooled", "fixed_lr"), default="pooled",
+                         help="mediation runs: every healthy grid lr (pooled) or the shared lr only")
     analyze.set_defaults(func=analyze_command)
 
     report = commands.add_parser("report", help="figures and the self-contained HTML report")

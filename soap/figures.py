@@ -57,11 +57,12 @@ METHOD_ORDER: tuple[str, ...] = tuple(METHOD_COLORS)
 
 DATASET_LABELS = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}
 ESTIMAND_LABELS = {
-    "fixed_lr": "shared lr",
-    "tuned": "each tuned lr",
-    "effective_lr": "matched eff. lr",
+    "fixed_lr": "at bp's tuned lr",
+    "small_lr": "at the smallest grid lr",
+    "tuned": "each at its tuned lr",
+    "effective_lr": "at matched effective lr",
 }
-ESTIMAND_MARKERS = {"fixed_lr": "o", "tuned": "s", "effective_lr": "D"}
+ESTIMAND_MARKERS = {"fixed_lr": "o", "small_lr": "v", "tuned": "s", "effective_lr": "D"}
 
 LOSS_LABEL = "cross-entropy (nats)"
 EXAMPLES_LABEL = "training examples seen"
@@ -400,7 +401,7 @@ def plot_effective_lr_response(runs: pd.DataFrame | None, outcome: str = "test_l
             ax.scatter(rows["effective_lr"], rows[outcome], s=9, color=color, alpha=0.3, lw=0,
                        label="_runs")
             summary = mean_ci(rows, ["lr"], outcome)
-            x = rows.groupby("lr")["effective_lr"].apply(lambda v: float(np.exp(np.log(v).mean())))
+            x = rows.groupby("lr")["effective_lr"].apply(lambda v: float(stats.gmean(v)))
             summary = summary.assign(effective_lr=summary["lr"].map(x))
             if not summary.empty:
                 _band(ax, summary, "effective_lr", color, method, marker="o", ms=4)
@@ -462,59 +463,140 @@ def plot_causal_diagram():
 # --- 6 and 7: estimates -------------------------------------------------------------------------------
 
 @styled
-def plot_forest(estimates: pd.DataFrame | None, estimands: tuple[str, ...] = ("fixed_lr", "tuned",
+def plot_forest(estimates: pd.DataFrame | None, estimands: tuple[str, ...] = ("fixed_lr", "small_lr", "tuned",
                                                                                   "effective_lr"),
                 reference: str = "bp", outcome: str = "test_loss"):
-    """Figure 6: forest plot of each method vs ``reference`` per estimand, with 95% intervals.
+    """Figure 6: forest plot of each method vs ``reference``, one panel per (dataset, estimand).
 
-    Estimates are differences (method minus reference) in ``outcome``: left of zero is better than bp.
-    The Holm-adjusted p-value is printed at the right of each row.
+    Each estimand has its own x axis: one large contrast (a method diverging at the shared lr) must not
+    squeeze the others into a dot at zero. Estimates are differences (method minus reference) in
+    ``outcome``: left of zero is better than bp. The Holm-adjusted p-value is printed beside each row.
     """
     rows = None if _empty(estimates, "estimand", "estimate") else estimates[
         estimates["estimand"].isin(estimands) & (estimates["reference"] == reference)]
     datasets = _datasets(rows) or ["(none)"]
-    n_rows = 1 if rows is None or rows.empty else max(
-        len(rows[rows["dataset"] == d]) for d in datasets)
-    fig, axes = _facets(len(datasets), width=6.2, height=1.2 + 0.38 * max(n_rows, 4))
+    present = [e for e in estimands if rows is not None and (rows["estimand"] == e).any()] or ["(none)"]
+    n_methods = 1 if rows is None or rows.empty else rows["method"].nunique()
+    fig, axes = plt.subplots(len(datasets), len(present), squeeze=False, layout="constrained",
+                             figsize=(3.9 * len(present), (1.3 + 0.42 * max(n_methods, 3)) * len(datasets)))
+    for d, dataset in enumerate(datasets):
+        for e, estimand in enumerate(present):
+            ax = axes[d, e]
+            subset = None if rows is None else rows[(rows["dataset"] == dataset) & (rows["estimand"] == estimand)]
+            if subset is None or subset.empty:
+                no_data(ax, "no method-vs-bp estimates")
+                continue
+            _forest_panel(ax, subset, estimand, show_labels=e == 0)
+            title = ESTIMAND_LABELS.get(estimand, estimand)
+            lr = subset["lr"].dropna() if "lr" in subset else pd.Series(dtype=float)
+            if len(lr):
+                title += f"\n(lr = {lr.iloc[0]:.3g})"
+            ax.set_title(f"{dataset_label(dataset)}: {title}" if len(datasets) > 1 else title, fontsize=10.5)
+            ax.set_xlabel(f"{outcome.replace('_', ' ')}, method - {reference}")
+    return fig, axes
+
+
+def _forest_panel(ax, rows: pd.DataFrame, estimand: str, show_labels: bool) -> None:
+    methods = order_methods(rows["method"].unique())
+    p_column = blended_transform_factory(ax.transAxes, ax.transData)
+    for i, method in enumerate(methods):
+        row = rows[rows["method"] == method].iloc[0]
+        color = method_color(method)
+        if _finite(row["estimate"]):
+            ax.errorbar(row["estimate"], -i, xerr=_xerr(row["estimate"], row["ci_low"], row["ci_high"]),
+                        fmt=ESTIMAND_MARKERS.get(estimand, "o"), color=color, ms=6, capsize=3, lw=1.6)
+        else:
+            ax.text(0.02, -i, "not estimated", transform=p_column, va="center", fontsize=8.5, color="#777777")
+        if _finite(row.get("p_holm")):
+            ax.text(1.02, -i, f"p={row['p_holm']:.2g}", transform=p_column, va="center", fontsize=8,
+                    color="#444444")
+    ax.axvline(0, color="#777777", lw=1)
+    ax.set_yticks([-i for i in range(len(methods))], methods if show_labels else [""] * len(methods))
+    ax.set_ylim(-len(methods) + 0.4, 0.6)
+    ax.grid(axis="y", visible=False)
+
+
+@styled
+def plot_grid_contrasts(estimates: pd.DataFrame | None, reference: str = "bp", outcome: str = "test_loss",
+                        tuned_lr: Mapping[str, Mapping[str, float]] | None = None):
+    """Figure 11: method - bp at every grid learning rate, with paired t intervals.
+
+    ``estimates`` holds the analysis's ``grid_lr`` rows. Below zero the method beats bp at that lr:
+    this is where an lr too small for bp lets sign's larger effective step win.
+    """
+    tuned_lr = tuned_lr or {}
+    rows = None if _empty(estimates, "estimand", "lr") else estimates[
+        (estimates["estimand"] == "grid_lr") & (estimates["reference"] == reference)]
+    datasets = _datasets(rows) or ["(none)"]
+    fig, axes = _facets(len(datasets), width=6.4)
     for ax, dataset in zip(axes[0], datasets):
         subset = None if rows is None else rows[rows["dataset"] == dataset]
         if subset is None or subset.empty:
-            no_data(ax, "no method-vs-bp estimates")
+            no_data(ax, "no grid contrasts")
             continue
-        _forest_panel(ax, subset, estimands)
-        ax.set_title(dataset_label(dataset))
-        ax.set_xlabel(f"{outcome.replace('_', ' ')} difference, method - {reference}\n"
-                      "(< 0: lower loss than bp)")
+        methods = order_methods(subset["method"].unique())
+        for i, method in enumerate(methods):
+            m = subset[(subset["method"] == method) & np.isfinite(subset["estimate"].astype(float))].sort_values("lr")
+            # Methods side by side at each lr, a few percent apart on the log axis, so bars do not overlap.
+            x = m["lr"] * np.exp(0.06 * (i - (len(methods) - 1) / 2))
+            ax.errorbar(x, m["estimate"], yerr=[m["estimate"] - m["ci_low"], m["ci_high"] - m["estimate"]],
+                        fmt="o-", ms=4, lw=1.4, capsize=2, color=method_color(method), label=method)
+        ax.axhline(0, color="#777777", lw=1)
+        if reference in tuned_lr.get(dataset, {}):
+            ax.axvline(tuned_lr[dataset][reference], color="#222222", ls=":", lw=1, label=f"{reference}'s tuned lr")
+        ax.set_yscale("symlog", linthresh=0.05)
+        ax.set(xscale="log", xlabel="nominal learning rate (log scale)",
+               ylabel=f"{outcome.replace('_', ' ')}, method - {reference}\n(< 0: method better; symlog)",
+               title=dataset_label(dataset))
     _legend_below(fig, axes)
     return fig, axes
 
 
-def _forest_panel(ax, rows: pd.DataFrame, estimands: tuple[str, ...]) -> None:
-    for method in order_methods(rows["method"].unique()):  # legend entries in the usual method order
-        ax.plot([], [], ls="-", marker="o", color=method_color(method), label=method)
-    labels, positions, y = [], [], 0.0
-    p_column = blended_transform_factory(ax.transAxes, ax.transData)
-    for estimand in estimands:
-        block = rows[rows["estimand"] == estimand]
-        for method in order_methods(block["method"].unique()):
-            row = block[block["method"] == method].iloc[0]
-            color = method_color(method)
-            if _finite(row["estimate"]):
-                ax.errorbar(row["estimate"], -y, xerr=_xerr(row["estimate"], row["ci_low"], row["ci_high"]),
-                            fmt=ESTIMAND_MARKERS.get(estimand, "o"), color=color, ms=6, capsize=3, lw=1.6)
-            else:
-                ax.text(0, -y, " not estimated", va="center", fontsize=8.5, color="#777777")
-            if _finite(row.get("p_holm")):
-                ax.text(1.02, -y, f"p={row['p_holm']:.2g}", transform=p_column, va="center", fontsize=8.5,
-                        color="#444444")
-            labels.append(f"{ESTIMAND_LABELS.get(estimand, estimand)}: {method}")
-            positions.append(-y)
-            y += 1
-        y += 0.5  # a gap between estimand blocks
-    ax.axvline(0, color="#777777", lw=1)
-    ax.set_yticks(positions, labels)
-    ax.set_ylim(min(positions) - 0.7, 0.7)
-    ax.grid(axis="y", visible=False)
+@styled
+def plot_divergence(cells: pd.DataFrame | None):
+    """Figure 12: the fraction of runs that diverged per method and grid lr, with Wilson 95% intervals.
+
+    ``cells`` has columns dataset, method, lr, rate, ci_low, ci_high (summary.json's divergence cells).
+    """
+    datasets = _datasets(cells) or ["(none)"]
+    fig, axes = _facets(len(datasets))
+    for ax, dataset in zip(axes[0], datasets):
+        subset = None if _empty(cells, "rate") else cells[cells["dataset"] == dataset]
+        if subset is None or subset.empty:
+            no_data(ax, "no grid runs")
+            continue
+        for method in order_methods(subset["method"].unique()):
+            m = subset[subset["method"] == method].sort_values("lr")
+            ax.errorbar(m["lr"], m["rate"], yerr=[m["rate"] - m["ci_low"], m["ci_high"] - m["rate"]], fmt="o-",
+                        ms=4, lw=1.4, capsize=2, color=method_color(method), label=method)
+        ax.set(xscale="log", ylim=(-0.03, 1.03), xlabel="nominal learning rate (log scale)",
+               ylabel="fraction of runs diverged", title=dataset_label(dataset))
+    _legend_below(fig, axes)
+    return fig, axes
+
+
+@styled
+def plot_tuning_budget(curves: pd.DataFrame | None, which: str = ""):
+    """Figure 13: expected best validation loss after k tuning trials (Dodge et al. 2019), per method.
+
+    ``curves`` has columns dataset, method, budget, expected_best (soap.analysis.tuning_budget).
+    """
+    datasets = _datasets(curves) or ["(none)"]
+    fig, axes = _facets(len(datasets))
+    for ax, dataset in zip(axes[0], datasets):
+        subset = None if _empty(curves, "budget", "expected_best") else curves[curves["dataset"] == dataset]
+        if subset is None or subset.empty:
+            no_data(ax, "no i.i.d. tuning trials")
+            continue
+        for method in order_methods(subset["method"].unique()):
+            m = subset[subset["method"] == method].sort_values("budget")
+            ax.plot(m["budget"], m["expected_best"], "o-", ms=3.5, lw=1.6, color=method_color(method), label=method)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.set(yscale="log", xlabel="tuning budget k (trials)",
+               ylabel=f"expected best validation loss\n{LOSS_LABEL}",
+               title=f"{dataset_label(dataset)}{': ' + which if which else ''}")
+    _legend_below(fig, axes)
+    return fig, axes
 
 
 def _finite(x) -> bool:
@@ -538,9 +620,9 @@ def plot_mediation(mediation: Mapping[str, Mapping] | None, outcome: str = "test
                    skipped: Mapping[str, str] | None = None):
     """Figure 7: mediation of sign vs sign_scaled through log(feedback_gain), per dataset.
 
-    ``mediation`` is summary.json's ``mediation`` block: {dataset: {"acme": {...}, "ade": {...},
-    "total": {...}, "prop": {...}, "lr": float, "n": int}}; ``skipped`` its ``mediation_skipped``
-    block, {dataset: reason}, shown in that dataset's panel.
+    ``mediation`` is {dataset: {"acme": {...}, "ade": {...}, "total": {...}, "prop": {...}, "exposure",
+    "control"}} (summary.json's mediation blocks as dicts); ``skipped`` is {dataset: reason}, shown in
+    that dataset's panel. Each effect is labelled with its SD, so the imprecision of the split shows.
     """
     mediation, skipped = mediation or {}, skipped or {}
     datasets = list(dict.fromkeys([*mediation, *skipped])) or ["(none)"]
@@ -558,6 +640,9 @@ def plot_mediation(mediation: Mapping[str, Mapping] | None, outcome: str = "test
             if _finite(est):
                 ax.errorbar(est, -i, xerr=_xerr(est, value.get("ci_low"), value.get("ci_high")),
                             fmt="o", color=color, capsize=3, ms=7, lw=1.8)
+                if _finite(value.get("sd")):
+                    ax.annotate(f"SD {value['sd']:.2g}", (est, -i), xytext=(0, 7), textcoords="offset points",
+                                ha="center", fontsize=8.5, color="#444444")
         ax.set_yticks([-i for i in range(len(_MEDIATION_PARTS))], [lab for _, lab in _MEDIATION_PARTS])
         ax.set_ylim(-len(_MEDIATION_PARTS) + 0.4, 0.6)
         ax.axvline(0, color="#777777", lw=1)

@@ -109,6 +109,9 @@ def check_config(cfg: dict) -> None:
         unknown = [m for m in arms[key] if m not in RULES]
         if unknown:
             raise ConfigError(f"interventions.{key}: unknown method(s) {unknown}; known: {', '.join(RULES)}")
+    if "bp" in arms["alpha_methods"]:  # its runs would break the runs-table contract (bp's gain is 1)
+        raise ConfigError("interventions.alpha_methods: bp with a feedback scale is bp at per-layer learning "
+                          "rates (use bp_matched's machinery), not a dose of a feedback rule")
     if arms["bp_matched"]:
         if "sign" not in cfg["methods"]:
             raise ConfigError("interventions.bp_matched needs sign in methods (its gains come from sign's grid)")

@@ -50,8 +50,9 @@ class StackedOptimizer:
             m, v, steps = state["m"], state["v"], state["steps"]
             m.lerp_(grad, 1 - beta1)
             v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-            denom = (v.sqrt() / math.sqrt(1 - beta2**steps)).add_(self.eps)
-            param.sub_(m.div(denom).mul_(lr / (1 - beta1**steps)))
+            # one scratch tensor, reused in place: a (pop, out, in) allocation per op costs as much as the op
+            step = v.sqrt().div_(math.sqrt(1 - beta2**steps)).add_(self.eps)
+            param.sub_(torch.div(m, step, out=step).mul_(lr / (1 - beta1**steps)))
 
     @torch.no_grad()
     def freeze(self, members: Tensor) -> None:

@@ -187,12 +187,39 @@ def grid_members(methods: list[str], lrs: list[float], seeds: Iterable[int],
     return members
 
 
-def tuned_members(methods: list[str], tuned_lrs: dict, seeds: Iterable[int]) -> list[dict]:
-    """Every method at its own tuned learning rate (tuned_lrs: {method: {"lr": ...}}) on paired seeds."""
+def tuned_members(methods: list[str], tuned_lrs: dict, seeds: Iterable[int], lr_source: str = "repeat") -> list[dict]:
+    """Every method at its own tuned learning rate on paired seeds (tuned_lrs: tuned_lrs.json,
+    {method: {"lr": aggregate, "repeat_lrs": [one per tuning repeat, in repeat order]}}).
+
+    lr_source "repeat": seed s trains at the best lr of tuning repeat s mod R, each method its own, so
+    the tuned runs vary with the tuning as a reader's own tuning would, and the tuned contrast's
+    interval (over repeats, soap.analysis.paired) carries that uncertainty. "aggregate": every seed at
+    the aggregate lr, whose interval over seeds treats the tuned lr as known.
+    """
     missing = [m for m in methods if m not in tuned_lrs]
     if missing:
         raise KeyError(f"no tuned learning rate for {missing}")
-    return [{"method": m, "lr": float(tuned_lrs[m]["lr"]), "seed": int(s)} for m in methods for s in seeds]
+    if lr_source not in ("repeat", "aggregate"):
+        raise ValueError(f"tuned.lr_source must be repeat or aggregate, got {lr_source!r}")
+
+    def lr(method: str, seed: int) -> float:
+        if lr_source == "aggregate":
+            return float(tuned_lrs[method]["lr"])
+        return float(tuned_lrs[method]["repeat_lrs"][tuned_repeat(seed, tuned_lrs[method])])
+
+    return [{"method": m, "lr": lr(m, int(s)), "seed": int(s)} for m in methods for s in seeds]
+
+
+def tuned_repeat(seed: int, tuned: dict) -> int:
+    """The tuning repeat whose lr seed `seed` trains at (lr_source "repeat"): seed mod R."""
+    return int(seed) % len(tuned["repeat_lrs"])
+
+
+def label_tuned_repeats(runs: pd.DataFrame, tuned_lrs: dict, lr_source: str) -> pd.DataFrame:
+    """The runs table with column tune_repeat: the repeat each tuned run's lr came from (-1: the aggregate)."""
+    repeats = [tuned_repeat(seed, tuned_lrs[method]) if lr_source == "repeat" else -1
+               for method, seed in zip(runs["method"], runs["seed"])]
+    return runs.assign(tune_repeat=np.array(repeats, dtype=int))
 
 
 def write_population(result, runs_path, curves_path, meta_path) -> None:

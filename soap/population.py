@@ -149,7 +149,7 @@ class PopulationMLP:
 
     @torch.no_grad()
     def train_step(self, x: Tensor, y: Tensor, lr: Tensor) -> Tensor:
-        """One SGD step of every member on its group's batch: x (groups, batch, in), y (groups, batch),
+        """One optimizer step of every member on its group's batch: x (groups, batch, in), y (groups, batch),
         lr (pop,). Returns the per-member loss before the step."""
         y = y.index_select(0, self.member_group)  # (pop, batch)
         acts = self.forward(x)
@@ -370,7 +370,7 @@ def train_population(config: TrainConfig, data: Splits | None = None, progress: 
     bar = tqdm(total=total_steps * batch * pop, unit="ex", unit_scale=True, disable=not progress,
                desc=f"{config.dataset} {config.phase} x{pop}", mininterval=1.0 if sys.stderr.isatty() else 30.0,
                file=sys.stderr, dynamic_ncols=True)
-    seen, loop_start = 0, time.perf_counter()
+    seen, loop_start, loop_cpu_start = 0, time.perf_counter(), time.process_time()
     for step in range(total_steps):
         offset = step % steps_per_epoch
         if offset == 0:
@@ -399,7 +399,7 @@ def train_population(config: TrainConfig, data: Splits | None = None, progress: 
             log_eval(seen, x, y)
         bar.update(batch * pop)
     bar.close()
-    loop_time = time.perf_counter() - loop_start
+    loop_time, loop_cpu = time.perf_counter() - loop_start, time.process_time() - loop_cpu_start
 
     log_eval(seen, x, y, full=True)  # the curves' last point is the whole validation set
     val_loss, val_acc = eval_log[-1][1]["val_loss"], eval_log[-1][1]["val_acc"]
@@ -414,6 +414,9 @@ def train_population(config: TrainConfig, data: Splits | None = None, progress: 
     meta = {"config": config.to_dict(), "versions": versions(), "device": describe(device),
             "started": started.isoformat(), "finished": datetime.now(timezone.utc).isoformat(),
             "wall_time_s": wall, "train_loop_s": loop_time, "members": pop,
+            # CPU seconds of the loop, all threads: on a machine shared with other work, a steadier
+            # measure of the loop's cost than wall time (with one thread, where no thread waits spinning)
+            "train_loop_cpu_s": loop_cpu,
             # throughput of the training loop itself (logging included; data loading and final tests not)
             "run_examples_per_s": seen * pop / loop_time}
     return TrainResult(runs, curves, meta)

@@ -20,6 +20,7 @@ report, and the figures that need them draw a "no data" panel.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import logging
 import math
@@ -34,14 +35,18 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from scipy import stats
+
 from soap import figures as F
+from soap.analysis.summary import Interval, Summary
+from soap.analysis.tuning_budget import at_edge, budget_curves
 from soap.intervention_figures import report_section
 from soap.tables import read_table, validate_curves, validate_runs, write_table, write_text
 
 logger = logging.getLogger(__name__)
 
 REFERENCE = "bp"
-COMPARISON_ESTIMANDS = ("fixed_lr", "tuned", "effective_lr")
+COMPARISON_ESTIMANDS = ("fixed_lr", "small_lr", "tuned", "effective_lr")
 
 
 @dataclass(frozen=True)
@@ -75,12 +80,16 @@ FIGURES: tuple[FigureSpec, ...] = (
                "the effective one. A learning rate tuned for the method itself lies on the method's "
                "causal path (a mediator); one chosen for another method (bp) confounds the comparison."),
     FigureSpec("fig06_forest", "Estimates: each method against bp",
-               "Difference in test loss, method minus bp, with 95% intervals, at the shared learning "
-               "rate, with each method at its own tuned learning rate, and at matched effective "
-               "learning rate (regression on the grid). Holm-adjusted p-values at the right."),
+               "Difference in test loss, method minus bp, with 95% intervals, one panel per estimand, "
+               "each with its own axis: at bp's tuned learning rate (chosen for bp), at the smallest "
+               "grid learning rate (too small for bp: the original write-up's regime), with each "
+               "method at its own tuned learning rate, and at matched effective learning rate "
+               "(regression on the grid). Holm-adjusted p-values at the right."),
     FigureSpec("fig07_mediation", "Mediation: sign vs sign_scaled through feedback gain",
                "Average causal mediated effect (ACME) of sign over sign_scaled through log feedback "
-               "gain, the direct effect (ADE) and the total effect on test loss, with 95% intervals."),
+               "gain, the direct effect (ADE) and the total effect on test loss, with 95% intervals "
+               "and each effect's standard deviation; seeds enter both models as fixed effects. "
+               "ACME and ADE are far less precise than their sum."),
     FigureSpec("fig08_time_to_target", "Time to target loss",
                "Kaplan-Meier estimate of the fraction of runs whose smoothed training loss has not yet "
                "reached the target, against examples seen, with 95% bands. Runs that never reach it are "
@@ -93,6 +102,18 @@ FIGURES: tuple[FigureSpec, ...] = (
                "Left: best validation loss so far against trial number, one line per study (method and "
                "repeat). Right: every completed trial's learning rate against its validation loss; "
                "dotted lines mark each study's best learning rate."),
+    FigureSpec("fig11_grid_contrasts", "Method minus bp at every grid learning rate",
+               "Paired difference in test loss, method minus bp, at each grid learning rate, with "
+               "paired t 95% intervals over seeds (symmetric-log axis). Below zero the method beats bp "
+               "at that learning rate: at learning rates too small for bp, sign's larger effective "
+               "step wins; at bp's tuned learning rate (dotted) it does not."),
+    FigureSpec("fig12_divergence", "Divergence as an outcome",
+               "Fraction of grid runs that diverged (loss became NaN or infinite) per method and "
+               "learning rate, with Wilson 95% intervals."),
+    FigureSpec("fig13_tuning_budget", "Expected best validation loss against tuning budget",
+               "Expected best validation loss after k tuning trials (Dodge et al. 2019), per method, "
+               "from the i.i.d. trials only: those recorded as drawn at random, else TPE's startup "
+               "trials (the first tune.batch of each study); the panel title says which."),
 )
 
 
@@ -102,7 +123,7 @@ class Inputs:
 
     runs: pd.DataFrame
     curves: pd.DataFrame
-    summary: dict
+    summary: Summary
     estimates: pd.DataFrame | None = None
     km: pd.DataFrame | None = None
     trials: pd.DataFrame | None = None
@@ -124,11 +145,10 @@ def load_inputs(results_dir: str | Path) -> Inputs:
     if "effective_lr" not in runs:  # an extra column (tables.RUNS_EXTRA_COLUMNS); derivable by definition
         runs["effective_lr"] = runs["lr"] * runs["feedback_gain"]
     curves = validate_curves(read_table(results / "curves.parquet"), source=str(results / "curves.parquet"))
-    inputs = Inputs(runs=runs, curves=curves,
-                    summary=json.loads(summary_path.read_text()))
+    inputs = Inputs(runs=runs, curves=curves, summary=Summary.from_json(summary_path.read_text()))
     inputs.estimates = _optional_table(results / "analysis" / "estimates.csv", inputs.missing)
-    if inputs.estimates is None and inputs.summary.get("estimates"):
-        inputs.estimates = pd.DataFrame(inputs.summary["estimates"])
+    if inputs.estimates is None and inputs.summary.estimates:
+        inputs.estimates = _summary_estimates(inputs.summary)
     inputs.km = _optional_table(results / "analysis" / "km.csv", inputs.missing)
     inputs.trials, inputs.best = _load_tuning(results / "tune", inputs.missing)
     provenance = results / "provenance.json"
@@ -185,9 +205,8 @@ def fixed_lr_curves(curves: pd.DataFrame, runs: pd.DataFrame, fixed_lr: Mapping[
     return curves_with_runs(curves, chosen)
 
 
-def target_losses(summary: Mapping) -> dict[str, float]:
-    return {d: v.get("target_loss") for d, v in (summary.get("time_to_target") or {}).items()
-            if v.get("target_loss") is not None}
+def target_losses(summary: Summary) -> dict[str, float]:
+    return {d: v.target_loss for d, v in summary.time_to_target.items() if v.target_loss is not None}
 
 
 def in_dataset_order(table: pd.DataFrame | None, datasets: list[str]) -> pd.DataFrame | None:
@@ -198,33 +217,74 @@ def in_dataset_order(table: pd.DataFrame | None, datasets: list[str]) -> pd.Data
     return table.sort_values("dataset", key=lambda col: col.map(rank).fillna(len(rank)), kind="stable")
 
 
+def _summary_estimates(summary: Summary) -> pd.DataFrame:
+    return pd.DataFrame([dataclasses.asdict(r) for r in summary.estimates]).astype({"lr": float})
+
+
+def divergence_cells(summary: Summary) -> pd.DataFrame:
+    return pd.DataFrame([{"dataset": d, **dataclasses.asdict(c)} for d, block in summary.divergence.items()
+                         for c in block.cells],
+                        columns=["dataset", "method", "lr", "n_runs", "n_diverged", "rate", "ci_low", "ci_high"])
+
+
+def _tune_config(provenance: Mapping | None) -> dict:
+    return dict(((provenance or {}).get("config") or {}).get("tune") or {})
+
+
+def tuning_budget(inputs: Inputs) -> tuple[pd.DataFrame | None, str]:
+    """Expected best validation loss per tuning budget, from the i.i.d. trials (soap.analysis.tuning_budget)."""
+    if inputs.trials is None:
+        return None, ""
+    batch = _tune_config(inputs.provenance).get("batch")
+    return budget_curves(inputs.trials, int(batch) if batch else None)
+
+
+def tuned_lrs_at_edge(inputs: Inputs) -> dict[str, dict[str, str]]:
+    """{dataset: {method: "low" / "high"}} for tuned lrs at an edge of the search range (provenance's
+    tune.lr_low / lr_high)."""
+    tune = _tune_config(inputs.provenance)
+    if "lr_low" not in tune or "lr_high" not in tune:
+        return {}
+    out = {}
+    for dataset, by_method in inputs.summary.tuned_lr.items():
+        edges = {m: at_edge(lr, float(tune["lr_low"]), float(tune["lr_high"])) for m, lr in by_method.items()}
+        out[dataset] = {m: e for m, e in edges.items() if e}
+    return out
+
+
 def make_figures(inputs: Inputs) -> dict[str, tuple]:
     """Every figure of FIGURES as {stem: (fig, axes)}."""
     s = inputs.summary
-    datasets = list(s.get("datasets") or inputs.runs["dataset"].unique())
+    datasets = list(s.datasets or inputs.runs["dataset"].unique())
     runs = in_dataset_order(inputs.runs, datasets)
     trials, km, estimates = (in_dataset_order(t, datasets) for t in (inputs.trials, inputs.km, inputs.estimates))
-    outcome = s.get("outcome", "test_loss")
+    outcome = s.outcome
     if estimates is not None and "outcome" in estimates:
         estimates = estimates[estimates["outcome"] == outcome]
-    fixed = {d: lr for d, lr in (s.get("fixed_lr") or {}).items() if lr is not None}
+    fixed = {d: lr for d, lr in s.fixed_lr.items() if lr is not None}
     targets = target_losses(s)
     fixed_curves = fixed_lr_curves(inputs.curves, runs, fixed)
-    ttt = s.get("time_to_target") or {}
-    ratios = {d: {**((v.get("ratio") or {}).get("fa") or {}), "phase": v.get("phase")} for d, v in ttt.items()}
+    ratios = {d: {**dataclasses.asdict(v.ratio.get("fa") or Interval()), "phase": v.phase}
+              for d, v in s.time_to_target.items()}
     grid = runs[runs["phase"] == "grid"]
     tuned_curves = curves_with_runs(inputs.curves, runs[runs["phase"] == "tuned"])
+    mediation = {d: dataclasses.asdict(m) for d, m in s.mediation.items()}
+    skipped = {d: s.skipped_reason("mediation", d) for d in datasets if s.skipped_reason("mediation", d)}
+    budget, which = tuning_budget(inputs)
     made = {
         "fig01_bp_vs_fa": F.plot_bp_vs_fa(fixed_curves, targets, ratios, fixed),
         "fig02_fixed_lr_curves": F.plot_fixed_lr_curves(fixed_curves, fixed, targets),
-        "fig03_lr_response": F.plot_lr_response(grid, s.get("tuned_lr"), fixed, outcome),
+        "fig03_lr_response": F.plot_lr_response(grid, s.tuned_lr, fixed, outcome),
         "fig04_effective_lr_response": F.plot_effective_lr_response(grid, outcome),
         "fig05_causal_diagram": F.plot_causal_diagram(),
         "fig06_forest": F.plot_forest(estimates, COMPARISON_ESTIMANDS, REFERENCE, outcome),
-        "fig07_mediation": F.plot_mediation(s.get("mediation"), outcome, s.get("mediation_skipped")),
-        "fig08_time_to_target": F.plot_km(km, targets, {d: v.get("phase") for d, v in ttt.items()}),
+        "fig07_mediation": F.plot_mediation(mediation, outcome, skipped),
+        "fig08_time_to_target": F.plot_km(km, targets, {d: v.phase for d, v in s.time_to_target.items()}),
         "fig09_alignment": F.plot_alignment(tuned_curves),
         "fig10_tuning": F.plot_tuning(trials, inputs.best),
+        "fig11_grid_contrasts": F.plot_grid_contrasts(estimates, REFERENCE, outcome, s.tuned_lr),
+        "fig12_divergence": F.plot_divergence(in_dataset_order(divergence_cells(s), datasets)),
+        "fig13_tuning_budget": F.plot_tuning_budget(in_dataset_order(budget, datasets), which),
     }
     assert list(made) == [spec.stem for spec in FIGURES], "FIGURES and make_figures disagree"
     return made
@@ -243,17 +303,24 @@ def runs_overview(runs: pd.DataFrame) -> pd.DataFrame:
 
 def _gmean(values: pd.Series) -> float:
     values = values[np.isfinite(values) & (values > 0)]
-    return float(np.exp(np.log(values).mean())) if len(values) else math.nan
+    return float(stats.gmean(values)) if len(values) else math.nan
 
 
-def tuned_lr_table(summary: Mapping) -> pd.DataFrame:
-    rows = [{"dataset": d, "method": m, "tuned_lr": lr}
-            for d, by_method in (summary.get("tuned_lr") or {}).items() for m, lr in by_method.items()]
+def tuned_lr_table(summary: Summary) -> pd.DataFrame:
+    rows = [{"dataset": d, "method": m, "tuned_lr": lr} for d, by_method in summary.tuned_lr.items()
+            for m, lr in by_method.items()]
     return pd.DataFrame(rows, columns=["dataset", "method", "tuned_lr"])
 
 
 def write_tables(inputs: Inputs, tables_dir: Path) -> dict[str, Path]:
-    tables = {"runs_overview": runs_overview(inputs.runs), "tuned_lr": tuned_lr_table(inputs.summary)}
+    s = inputs.summary
+    tables = {"runs_overview": runs_overview(inputs.runs), "tuned_lr": tuned_lr_table(s),
+              "exclusions": pd.DataFrame([dataclasses.asdict(e) for e in s.exclusions],
+                                         columns=["estimand", "dataset", "method", "reason", "n"]),
+              "divergence": divergence_cells(s)}
+    budget, _ = tuning_budget(inputs)
+    if budget is not None:
+        tables["tuning_budget"] = budget
     for name in ("estimates", "km", "trials", "best"):
         table = getattr(inputs, name)
         if table is not None:
@@ -298,12 +365,14 @@ def fmt_duration(seconds) -> str:
 FORMATTERS = (fmt_num, fmt_p, fmt_int, fmt_duration)
 
 
-def fmt_interval(value: Mapping | None, digits: int = 3, null: float = 0.0) -> dict:
+def fmt_interval(value: Interval | Mapping | None, digits: int = 3, null: float = 0.0) -> dict:
     """An estimate with its 95% interval as strings, and which side of `null` the interval lies on.
 
     direction is "below" or "above" when the whole interval is on one side of null, else "neither".
     The p-value shown is the Holm-adjusted one when there is one (p_label says which).
     """
+    if isinstance(value, Interval):
+        value = dataclasses.asdict(value)
     value = value or {}
     est, lo, hi = value.get("estimate"), value.get("ci_low"), value.get("ci_high")
     direction = "neither"
@@ -311,85 +380,142 @@ def fmt_interval(value: Mapping | None, digits: int = 3, null: float = 0.0) -> d
         direction = "below" if float(hi) < null else "above" if float(lo) > null else "neither"
     holm = _finite(value.get("p_holm"))
     p = value.get("p_holm") if holm else value.get("p_value")
+    unit = str(value.get("unit") or "")
     return {"estimate": fmt_num(est, digits), "ci_low": fmt_num(lo, digits), "ci_high": fmt_num(hi, digits),
             "p": fmt_p(p) if _finite(p) else None, "p_label": "Holm-adjusted p" if holm else "p",
-            "n": fmt_int(value["n"]) if _finite(value.get("n")) else None,
+            "n": (fmt_int(value["n"]) + (f" {unit}" if unit else "")) if _finite(value.get("n")) else None,
+            "sd": fmt_num(value.get("sd"), 2) if _finite(value.get("sd")) else None,
+            "note": str(value.get("note") or ""),
+            # a paired estimate on fewer than MIN_PAIRS pairs: flagged in the cell, explained below the table
+            "few_pairs": str(value.get("note") or "").startswith("only "),
             "direction": direction, "available": _finite(est)}
 
 
 # --- the narrative's context ------------------------------------------------------------------------
 
-def dataset_context(summary: Mapping, dataset: str, estimates: pd.DataFrame | None) -> dict:
+def dataset_context(inputs: Inputs, dataset: str) -> dict:
     """Everything the template says about one dataset, as preformatted strings."""
-    rows = _estimate_rows(summary, estimates)
-    rows = rows[rows["outcome"] == summary.get("outcome", "test_loss")]  # estimates hold every outcome
-    tuned_lr = (summary.get("tuned_lr") or {}).get(dataset) or {}
-    ttt = (summary.get("time_to_target") or {}).get(dataset) or {}
+    s = inputs.summary
+    rows = _summary_estimates(s) if s.estimates else pd.DataFrame(columns=["dataset", "outcome"])
+    rows = rows[(rows["outcome"] == s.outcome) & (rows["dataset"] == dataset)]
+    tuned_lr = s.tuned_lr.get(dataset, {})
+    ttt = s.time_to_target.get(dataset)
+    model = s.effective_lr_model.get(dataset)
+    edges = tuned_lrs_at_edge(inputs).get(dataset, {})
     return {
         "name": dataset,
         "label": F.dataset_label(dataset),
-        "n_seeds": fmt_int((summary.get("n_seeds") or {}).get(dataset)),
-        "n_diverged": {m: fmt_int(n) for m, n in ((summary.get("n_diverged") or {}).get(dataset) or {}).items()},
-        "fixed_lr": fmt_num((summary.get("fixed_lr") or {}).get(dataset)),
-        "tuned_lr": {m: fmt_num(lr) for m, lr in ((summary.get("tuned_lr") or {}).get(dataset) or {}).items()},
-        "comparisons": comparison_table(rows[rows["dataset"] == dataset], tuned_lr),
-        "effective_lr_model": _model_context((summary.get("effective_lr_model") or {}).get(dataset)),
-        "mediation": _mediation_context((summary.get("mediation") or {}).get(dataset)),
-        "mediation_skipped": str((summary.get("mediation_skipped") or {}).get(dataset) or ""),
+        "n_seeds": {phase: fmt_int(n) for phase, n in s.n_seeds.get(dataset, {}).items()},
+        "epochs": {phase: fmt_num(e) for phase, e in s.epochs.get(dataset, {}).items()},
+        "n_diverged": {m: fmt_int(n) for m, n in s.n_diverged.get(dataset, {}).items()},
+        "fixed_lr": fmt_num(s.fixed_lr.get(dataset)),
+        "small_lr": fmt_num(s.small_lr.get(dataset)),
+        "tuned_lr": {m: fmt_num(lr) for m, lr in tuned_lr.items()},
+        "tuned_lr_edges": {m: e for m, e in edges.items()},
+        "comparisons": comparison_table(rows, tuned_lr, edges),
+        "headline": headline(rows),
+        "tuned_at_grid_length": _by_method(s, dataset, "tuned_at_grid_length"),
+        "poi": {label: {r["method"]: fmt_interval(r, null=0.5)
+                        for r in rows[rows["estimand"] == f"poi_{estimand}"].to_dict(orient="records")}
+                for estimand, label in (("small_lr", "at the smallest grid lr"), ("tuned", "each at its tuned lr"))
+                if (rows["estimand"] == f"poi_{estimand}").any()} if len(rows) else {},
+        "effective_lr_model": _model_context(model),
+        "mediation": _mediation_context(s.mediation.get(dataset)),
+        "mediation_skipped": s.skipped_reason("mediation", dataset),
         "time_to_target": _ttt_context(ttt) if ttt else None,
+        "skipped": [{"estimand": k.estimand, "reason": k.reason} for k in s.skipped if k.dataset == dataset],
+        "divergence": None if dataset not in s.divergence else {
+            "model": s.divergence[dataset].model, "note": s.divergence[dataset].note,
+            "coef": {m: fmt_interval(v, null=1.0) for m, v in s.divergence[dataset].coef.items()}},
+        "refresh_sensitivity": [{"refresh_period": fmt_int(r["refresh_period"]), "estimand": r["estimand"],
+                                 "method": r["method"], **fmt_interval(r)}
+                                for r in s.refresh_sensitivity.get(dataset, [])],
+        "exclusions": [{"estimand": e.estimand, "method": e.method, "reason": e.reason, "n": fmt_int(e.n)}
+                       for e in s.exclusions if e.dataset == dataset],
     }
 
 
-def comparison_table(rows: pd.DataFrame, tuned_lr: Mapping[str, float]) -> list[dict]:
+def comparison_table(rows: pd.DataFrame, tuned_lr: Mapping[str, float], edges: Mapping[str, str]) -> list[dict]:
     """One row per method: its tuned lr and, per comparison estimand, its interval against bp."""
-    versus_bp = rows[rows["reference"] == REFERENCE]
+    versus_bp = rows[rows["reference"] == REFERENCE] if len(rows) else rows
     table = []
     for method in F.order_methods(set(versus_bp["method"]) | set(tuned_lr)):
         cells = {}
         for estimand in COMPARISON_ESTIMANDS:
             match = versus_bp[(versus_bp["estimand"] == estimand) & (versus_bp["method"] == method)]
             cells[estimand] = fmt_interval(match.iloc[0].to_dict() if len(match) else None)
-        table.append({"method": method, "tuned_lr": fmt_num(tuned_lr.get(method)), "cells": cells})
+        table.append({"method": method, "tuned_lr": fmt_num(tuned_lr.get(method)), "edge": edges.get(method, ""),
+                      "cells": cells})
     return table
 
 
-def _estimate_rows(summary: Mapping, estimates: pd.DataFrame | None) -> pd.DataFrame:
-    # summary.json is the narrative's source of truth; estimates.csv only if the summary lacks them.
-    columns = ["dataset", "estimand", "method", "reference", "outcome"]
-    if summary.get("estimates"):
-        rows = pd.DataFrame(summary["estimates"])
-    else:
-        rows = estimates if estimates is not None else pd.DataFrame(columns=columns)
-    return rows.reindex(columns=list(dict.fromkeys([*columns, *rows.columns])))
+def _by_method(summary: Summary, dataset: str, estimand: str) -> dict[str, dict]:
+    """One estimand's rows of one dataset (any outcome), formatted, by method."""
+    return {r.method: fmt_interval(dataclasses.asdict(r)) for r in summary.estimates
+            if r.estimand == estimand and r.dataset == dataset}
 
 
-def _model_context(model: Mapping | None) -> dict | None:
-    if not model:
+def headline(rows: pd.DataFrame) -> list[dict]:
+    """Per method with both: the contrast at the smallest grid lr (the write-up's regime) beside the
+    tuned one, so the page leads with how the verdict changes once the lr is not chosen for bp."""
+    out = []
+    for method in F.order_methods(set(rows["method"]) - {REFERENCE} if len(rows) else set()):
+        cells = {e: rows[(rows["estimand"] == e) & (rows["method"] == method)] for e in ("small_lr", "tuned")}
+        if all(len(c) for c in cells.values()):
+            out.append({"method": method, **{e: fmt_interval(c.iloc[0].to_dict()) for e, c in cells.items()}})
+    return out
+
+
+def _model_context(model) -> dict | None:
+    if model is None:
         return None
-    return {"formula": str(model.get("formula", "")), "r2": fmt_num(model.get("r2")),
-            "n": fmt_int(model.get("n")), "n_clusters": fmt_int(model.get("n_clusters")),
-            "coef": {m: fmt_interval(v) for m, v in (model.get("coef") or {}).items()},
-            "nominal_formula": str(model.get("nominal_formula") or ""),
-            "nominal_coef": {m: fmt_interval(v) for m, v in (model.get("nominal_coef") or {}).items()}}
+    test = model.interaction
+    return {"formula": model.formula, "r2": fmt_num(model.r2), "n": fmt_int(model.n),
+            "n_clusters": fmt_int(model.n_clusters),
+            "coef": {m: fmt_interval(v) for m, v in model.coef.items()},
+            "nominal_formula": model.nominal_formula or "",
+            "nominal_coef": {m: fmt_interval(v) for m, v in model.nominal_coef.items()},
+            "interaction": None if test is None else {
+                "hypothesis": test.hypothesis, "statistic": fmt_num(test.statistic), "df_num": fmt_num(test.df_num),
+                "df_denom": fmt_num(test.df_denom), "p": fmt_p(test.p_value) if _finite(test.p_value) else None,
+                "note": test.note}}
 
 
-def _mediation_context(block: Mapping | None) -> dict | None:
-    if not block:
+def _mediation_context(block) -> dict | None:
+    if block is None:
         return None
-    return {"exposure": str(block.get("exposure", "sign")), "control": str(block.get("control", "sign_scaled")),
+    return {"exposure": block.exposure, "control": block.control,
             # one shared lr (fixed_lr design), or every grid lr where both arms are healthy (pooled)
-            "lr": fmt_num(block["lr"]) if block.get("lr") is not None
-            else ", ".join(fmt_num(lr) for lr in block.get("lrs") or []) or "n/a",
-            "design": str(block.get("design", "")), "n": fmt_int(block.get("n")),
-            **{part: fmt_interval(block.get(part)) for part in ("acme", "ade", "total", "prop")}}
+            "lr": fmt_num(block.lr) if block.lr is not None else ", ".join(fmt_num(lr) for lr in block.lrs) or "n/a",
+            "design": block.design, "n": fmt_int(block.n), "n_seeds": fmt_int(block.n_seeds),
+            "n_sims": fmt_int(block.n_sims), "outcome_model": block.outcome_model,
+            "mediator_model": block.mediator_model,
+            **{part: fmt_interval(getattr(block, part)) for part in ("acme", "ade", "total", "prop")}}
 
 
-def _ttt_context(ttt: Mapping) -> dict:
-    return {"target_loss": fmt_num(ttt.get("target_loss")), "phase": str(ttt.get("phase") or ""),
-            "median_examples": {m: fmt_int(v) for m, v in (ttt.get("median_examples") or {}).items()},
-            "ratio": {m: fmt_interval(v, null=1.0) for m, v in (ttt.get("ratio") or {}).items()},
-            "hazard_ratio": {m: fmt_interval(v, null=1.0) for m, v in (ttt.get("hazard_ratio") or {}).items()},
-            "n_censored": {m: fmt_int(v) for m, v in (ttt.get("n_censored") or {}).items()}}
+def _ttt_context(ttt) -> dict:
+    return {"target_loss": fmt_num(ttt.target_loss), "phase": ttt.phase,
+            "median_examples": {m: (fmt_int(v) if _finite(v) else
+                                    f"censored (more than {fmt_int(ttt.median_lower_bound.get(m))})")
+                                for m, v in ttt.median_examples.items()},
+            "ratio": {m: fmt_interval(v, null=1.0) for m, v in ttt.ratio.items()},
+            "hazard_ratio": {m: fmt_interval(v, null=1.0) for m, v in ttt.hazard_ratio.items()},
+            "hazard_ratio_note": ttt.hazard_ratio_note,
+            "ph": {m: fmt_p(t.p_value) for m, t in ttt.proportional_hazards.items() if _finite(t.p_value)},
+            "sensitivity": _sensitivity_table(ttt.target_sensitivity),
+            "n_censored": {m: fmt_int(v) for m, v in ttt.n_censored.items()}}
+
+
+def _sensitivity_table(rows: list[dict]) -> dict | None:
+    """The target-loss sensitivity as {methods: [...], rows: [{target_loss, cells: {method: interval}}]}."""
+    if not rows:
+        return None
+    table = pd.DataFrame(rows)
+    methods = F.order_methods(table["method"].unique())
+    return {"methods": methods,
+            "rows": [{"target_loss": fmt_num(loss), "multiplier": fmt_num(group["multiplier"].iloc[0]),
+                      "cells": {r["method"]: fmt_interval(r, null=1.0) for r in group.to_dict(orient="records")}}
+                     for loss, group in table.groupby("target_loss")]}
 
 
 def provenance_context(provenance: Mapping | None) -> dict | None:
@@ -423,13 +549,17 @@ def flatten(tree, prefix: str = "") -> list[tuple[str, str]]:
 
 def report_context(inputs: Inputs, figure_images: Mapping[str, str], tables: Mapping[str, Path]) -> dict:
     s = inputs.summary
-    datasets = list(s.get("datasets") or inputs.runs["dataset"].unique())
+    datasets = list(s.datasets or inputs.runs["dataset"].unique())
+    _, which = tuning_budget(inputs)
     return {
-        "outcome": str(s.get("outcome", "test_loss")).replace("_", " "),
-        "methods": [str(m) for m in s.get("methods") or F.order_methods(inputs.runs["method"].unique())],
-        "n_runs": fmt_int(s.get("n_runs")),
-        "excluded_diverged": {k: fmt_int(v) for k, v in (s.get("excluded_diverged") or {}).items()},
-        "datasets": [dataset_context(s, d, inputs.estimates) for d in datasets],
+        "outcome": s.outcome.replace("_", " "),
+        "methods": list(s.methods or F.order_methods(inputs.runs["method"].unique())),
+        "n_runs": fmt_int(s.n_runs),
+        "min_pairs": fmt_int(s.min_pairs),
+        "refresh_period": fmt_int(s.refresh_period) if s.refresh_period is not None else None,
+        "holm_families": dict(s.holm_families),
+        "datasets": [dataset_context(inputs, d) for d in datasets],
+        "budget_trials": which,
         "provenance": provenance_context(inputs.provenance),
         "missing": inputs.missing,
         "figures": [{"stem": spec.stem, "title": spec.title, "caption": spec.caption,

@@ -1,6 +1,6 @@
 """Synthetic runs tables with known ground truth, to validate the analysis (STUDY.md's runs contract).
 
-The generator's world is the study's hypothesis made exact:
+The default world is the study's hypothesis made exact:
 
 - test loss is a U-shaped (quadratic) function of log(effective_lr) = log(lr * feedback_gain), plus a
   known direct effect per method, a seed effect shared by every method at that seed (paired seeds),
@@ -11,15 +11,28 @@ The generator's world is the study's hypothesis made exact:
 - examples_to_target is lognormal with a known median per method, independent of learning rate, and
   censored at the training budget (or at divergence).
 
-`SyntheticSpec.expected_loss` and friends give the true values each estimand should recover.
+Worlds the analysis models do NOT fit exactly (WORLDS), each one knob of SyntheticSpec:
+
+- seed confounding (`seed_gain`): the seed moves the feedback gain of every non-bp method as well as
+  the loss (initial weights plausibly do both), so gain and loss are correlated through the seed;
+- asymmetric U (`curvature_high`): the loss rises faster above the optimal effective lr than below;
+- output-layer share (`output_share`): the output layer's step is never scaled by the feedback, so a
+  share of the U is a function of the nominal lr, not the effective one;
+- divergence at the edge (`edge_width`): divergence becomes likely over a band of effective lrs
+  instead of at a threshold, so edge cells lose some seeds, selected on their gain.
+
+Truths (`expected_loss`, `expected_contrast`, `mediated_effect`, `tuned_lr`, ...) are computed from
+the spec by Gauss-Hermite quadrature over the seed and gain draws, never from the analysis.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import functools
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
+from scipy import optimize, stats
 
 from soap.tables import validate_runs
 
@@ -54,7 +67,11 @@ class SyntheticSpec:
     min_loss: float = 0.08  # loss at the bottom of the U, before direct effects
     curvature: float = 0.03  # loss per squared natural-log unit of effective lr
     diverge_elr: float = 1.5  # runs above this effective learning rate diverge
-    seed_sd: float = 0.02  # sd of the per-seed effect shared by all methods
+    seed_sd: float = 0.02  # sd of the per-seed effect on loss shared by all methods
+    seed_gain: float = 0.0  # log feedback gain per seed sd, for every method but bp (seed confounding)
+    curvature_high: float | None = None  # curvature above the optimum (None: = curvature, a symmetric U)
+    output_share: float = 0.0  # share of the U taken at the nominal lr (the output layer's unscaled step)
+    edge_width: float = 0.0  # sd (log elr) of the divergence edge; 0: diverge exactly above diverge_elr
     noise_sd: float = 0.02  # sd of run-level noise on test loss
     acc_at_zero_loss: float = 1.0
     acc_per_loss: float = 0.3  # test_acc = acc_at_zero_loss - acc_per_loss * test_loss + noise
@@ -68,22 +85,104 @@ class SyntheticSpec:
         return tuple(self.direct_effect)
 
     def tuned_lr(self, method: str) -> float:
-        """The argmin of the method's expected loss: optimal effective lr over its median gain."""
-        return self.optimal_elr / self.gain[method][0]
+        """The argmin over nominal lr of the method's expected loss (a closed form in the default world)."""
+        if self.is_default_shape:
+            return self.optimal_elr / self.gain[method][0]
+        guess = np.log(self.optimal_elr / self.gain[method][0])
+        best = optimize.minimize_scalar(lambda x: self.expected_loss(method, float(np.exp(x))),
+                                        bounds=(guess - 3, guess + 3), method="bounded",
+                                        options={"xatol": 1e-6})
+        return float(np.exp(best.x))
 
-    def expected_loss(self, method: str, lr: float) -> float:
-        """E[test_loss] of a non-diverged run at nominal lr (closed form over the lognormal gain)."""
+    @property
+    def is_default_shape(self) -> bool:
+        return self.curvature_high is None and self.output_share == 0 and self.edge_width == 0
+
+    def u_shape(self, log_elr: np.ndarray, log_lr: np.ndarray | float) -> np.ndarray:
+        """The loss's learning-rate term: a U in log effective lr, a share of it in log nominal lr."""
+        def u(x):
+            x = x - np.log(self.optimal_elr)
+            high = self.curvature if self.curvature_high is None else self.curvature_high
+            return np.where(x > 0, high, self.curvature) * x**2
+        return (1 - self.output_share) * u(log_elr) + self.output_share * u(np.asarray(log_lr, dtype=float))
+
+    def survival(self, log_elr: np.ndarray) -> np.ndarray:
+        """P(a run does not diverge) at log effective lr."""
+        edge = np.log(self.diverge_elr)
+        if self.edge_width == 0:
+            return (log_elr <= edge).astype(float)
+        return stats.norm.sf((log_elr - edge) / self.edge_width)
+
+    def _log_gain_nodes(self, method: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Quadrature nodes (seed u, log gain) and weights for one method's run."""
+        u, z, w = _nodes()
         median, sd_log = self.gain[method]
-        offset = np.log(lr * median / self.optimal_elr)
-        return self.min_loss + self.curvature * (offset**2 + sd_log**2) + self.direct_effect[method]
+        seed_gain = 0.0 if method == "bp" else self.seed_gain
+        return u, np.log(median) + sd_log * z + seed_gain * u, w
 
-    def mediated_effect(self, lr: float, exposure: str = "sign", control: str = "sign_scaled") -> float:
-        """True ACME at nominal lr: the loss change from moving the gain alone from control's to exposure's."""
+    def expected_loss(self, method: str, lr: float, given_survival: bool = False) -> float:
+        """E[test_loss] of a run at nominal lr (of a run that did not diverge, if given_survival)."""
+        _, log_gain, w = self._log_gain_nodes(method)
+        log_elr = np.log(lr) + log_gain
+        weight = w * (self.survival(log_elr) if given_survival else 1.0)
+        value = self.min_loss + self.u_shape(log_elr, np.log(lr)) + self.direct_effect[method]
+        return float((weight * value).sum() / weight.sum())
+
+    def expected_contrast(self, method: str, lr: float, reference_lr: float | None = None,
+                          reference: str = "bp") -> float:
+        """E[loss_method - loss_reference] over seeds where both runs survive (the paired estimand),
+        the reference at reference_lr (default: the same lr). The shared seed effect cancels; bp's
+        gain does not depend on the seed, so only the method's survival selects seeds."""
+        ref_lr = lr if reference_lr is None else reference_lr
+        u, log_gain, w = self._log_gain_nodes(method)
+        _, ref_gain, _ = self._log_gain_nodes(reference)
+        log_elr, ref_elr = np.log(lr) + log_gain, np.log(ref_lr) + ref_gain
+        weight = w * self.survival(log_elr) * self.survival(ref_elr)
+        diff = (self.u_shape(log_elr, np.log(lr)) + self.direct_effect[method]
+                - self.u_shape(ref_elr, np.log(ref_lr)) - self.direct_effect[reference])
+        return float((weight * diff).sum() / weight.sum())
+
+    def tuned_contrast(self, method: str, reference: str = "bp") -> float:
+        return self.expected_contrast(method, self.tuned_lr(method), self.tuned_lr(reference), reference)
+
+    def mediated_effect(self, lr: float, exposure: str = "sign", control: str = "sign_scaled",
+                        given_survival: bool = False) -> float:
+        """True ACME at nominal lr: the loss change from moving the gain alone from control's to exposure's
+        (among runs that did not diverge, if given_survival: what an analysis of surviving runs sees)."""
         direct = self.direct_effect[exposure] - self.direct_effect[control]
-        return self.expected_loss(exposure, lr) - self.expected_loss(control, lr) - direct
+        return (self.expected_loss(exposure, lr, given_survival) - self.expected_loss(control, lr, given_survival)
+                - direct)
 
     def median_ratio(self, method: str, reference: str = "bp") -> float:
         return self.median_examples[method] / self.median_examples[reference]
+
+
+@functools.cache
+def _nodes(n: int = 24) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A 2-d probabilists' Gauss-Hermite grid over (seed u, gain noise z), both standard normal."""
+    x, w = np.polynomial.hermite_e.hermegauss(n)
+    w = w / w.sum()
+    u, z = (a.ravel() for a in np.meshgrid(x, x, indexing="ij"))
+    return u, z, np.outer(w, w).ravel()
+
+
+def _world(**changes) -> SyntheticSpec:
+    return replace(SyntheticSpec(), **changes)
+
+
+# Worlds the analysis's models do not fit exactly (see the module docstring), by name.
+WORLDS: dict[str, SyntheticSpec] = {
+    "default": SyntheticSpec(),
+    # The seed moves sign's gain by e^0.3 per seed sd and the loss by 0.03: pooled over seeds, a
+    # higher gain comes with a higher loss, which a mediation without seed effects reads as mediation.
+    "seed_confounding": _world(seed_sd=0.03, seed_gain=0.3),
+    # The loss climbs three times as fast above the optimum as below it.
+    "asymmetric_u": _world(curvature_high=0.09),
+    # A third of the U follows the nominal lr (the output layer's step).
+    "output_share": _world(output_share=1 / 3),
+    # Divergence over a band half a log unit wide around effective lr 1.5.
+    "divergence_edge": _world(edge_width=0.5),
+}
 
 
 def generate_runs(spec: SyntheticSpec | None = None, seed: int = 0) -> pd.DataFrame:
@@ -97,7 +196,7 @@ def generate_runs(spec: SyntheticSpec | None = None, seed: int = 0) -> pd.DataFr
     designs = []
     for dataset in spec.datasets:
         for phase, n_seeds in (("grid", spec.grid_seeds), ("tuned", spec.tuned_seeds)):
-            seed_effect = rng.normal(0.0, spec.seed_sd, n_seeds)
+            seed_effect = rng.standard_normal(n_seeds)  # u: in seed sds
             for method in spec.methods:
                 lrs = spec.grid_lrs if phase == "grid" else (spec.tuned_lr(method),)
                 lr, seeds = (a.ravel() for a in np.meshgrid(lrs, np.arange(n_seeds), indexing="ij"))
@@ -116,14 +215,16 @@ def _draw_outcomes(design: pd.DataFrame, spec: SyntheticSpec, rng: np.random.Gen
     method = design["method"].to_numpy()
     median_gain = np.array([spec.gain[m][0] for m in method])
     sd_log_gain = np.array([spec.gain[m][1] for m in method])
-    gain = median_gain * np.exp(sd_log_gain * rng.standard_normal(n))
+    u = design["seed_effect"].to_numpy()
+    seed_gain = np.where(method == "bp", 0.0, spec.seed_gain)
+    gain = median_gain * np.exp(sd_log_gain * rng.standard_normal(n) + seed_gain * u)
     elr = design["lr"].to_numpy() * gain
     direct = np.array([spec.direct_effect[m] for m in method])
 
-    loss = (spec.min_loss + spec.curvature * np.log(elr / spec.optimal_elr) ** 2 + direct
-            + design["seed_effect"].to_numpy() + spec.noise_sd * rng.standard_normal(n))
+    loss = (spec.min_loss + spec.u_shape(np.log(elr), np.log(design["lr"].to_numpy())) + direct
+            + spec.seed_sd * u + spec.noise_sd * rng.standard_normal(n))
     acc = spec.acc_at_zero_loss - spec.acc_per_loss * loss + spec.acc_noise_sd * rng.standard_normal(n)
-    diverged = elr > spec.diverge_elr
+    diverged = rng.random(n) >= spec.survival(np.log(elr))
 
     median_examples = np.array([spec.median_examples[m] for m in method])
     examples = median_examples * np.exp(spec.examples_sd_log * rng.standard_normal(n))

@@ -11,6 +11,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 # Columns every runs table must carry (STUDY.md), with the dtype kind analysis relies on.
@@ -32,12 +33,17 @@ RUNS_COLUMNS: dict[str, str] = {
     "reached_target": "bool",
 }
 
+# bp's feedback gain is 1 by definition (its feedback is W itself); a measured gain further than this
+# from 1 means the column holds something else, and every effective-lr coefficient would shift with it.
+BP_GAIN_TOLERANCE = 1e-3
+
 # Columns soap's trainer adds beyond the contract; analysis must not require them.
 RUNS_EXTRA_COLUMNS = (
     "effective_lr",  # lr * feedback_gain
     "refresh_period",  # examples between feedback refreshes
     "feedback_scale",  # alpha: errors sent down as alpha * grad_y B
     "optimizer",  # sgd | momentum | adam | signsgd
+    "tune_repeat",  # tuned runs: the tuning repeat whose lr the run trained at (-1: the aggregate lr)
     # feedback_gain_l1, ...: per hidden layer |delta_rule| / |delta_bp| (feedback_gain is their geometric
     # mean); lr_scale_l1, ...: per weight layer, its lr over the nominal lr (1 unless given per layer)
     "target_loss",  # the training-loss target examples_to_target refers to (NaN if none)
@@ -63,17 +69,24 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise TableError(f"table not found: {path}")
-    if path.suffix == ".parquet":
-        return pd.read_parquet(path)
-    if path.suffix == ".csv":
-        return pd.read_csv(path)
-    raise TableError(f"{path}: unknown table format {path.suffix!r} (expected .parquet or .csv)")
+    if path.suffix not in (".parquet", ".csv"):
+        raise TableError(f"{path}: unknown table format {path.suffix!r} (expected .parquet or .csv)")
+    try:
+        return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    # What pyarrow and pandas raise for a file that is not a table of the kind its name says
+    # (pyarrow.ArrowInvalid is a ValueError; pandas' ParserError and EmptyDataError are too).
+    except (ValueError, OSError, UnicodeDecodeError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise TableError(f"{path}: not a readable {path.suffix[1:]} table ({first_line})") from None
 
 
 def validate_runs(runs: pd.DataFrame, source: str = "runs table") -> pd.DataFrame:
     """Check a runs table against the contract and return it with canonical dtypes.
 
-    Raises TableError naming every missing column, or the first column with values of the wrong kind.
+    Raises TableError naming every missing column, the first column with values of the wrong kind,
+    repeated run_ids, a learning rate that is not positive and finite, or a bp run whose
+    feedback_gain is not 1 (within BP_GAIN_TOLERANCE). NaN outcomes and gains of other runs are
+    allowed: the analysis excludes and counts them.
     """
     missing = [c for c in RUNS_COLUMNS if c not in runs.columns]
     if missing:
@@ -94,7 +107,21 @@ def validate_runs(runs: pd.DataFrame, source: str = "runs table") -> pd.DataFram
     if out["run_id"].duplicated().any():
         dupes = out.loc[out["run_id"].duplicated(), "run_id"].unique()[:5]
         raise TableError(f"{source}: run_id must be unique; repeated: {', '.join(dupes)}")
+    bad_lr = ~(np.isfinite(out["lr"]) & (out["lr"] > 0))
+    if bad_lr.any():
+        raise TableError(f"{source}: lr must be positive and finite; {_first_rows(out, bad_lr, 'lr')}")
+    bp = (out["method"] == "bp") & out["feedback_gain"].notna()
+    bad_gain = bp & ((out["feedback_gain"] - 1.0).abs() > BP_GAIN_TOLERANCE)
+    if bad_gain.any():
+        raise TableError(f"{source}: bp's feedback_gain must be 1 (within {BP_GAIN_TOLERANCE:g}); "
+                         f"{_first_rows(out, bad_gain, 'feedback_gain')}")
     return out
+
+
+def _first_rows(table: pd.DataFrame, mask: pd.Series, column: str) -> str:
+    bad = table.loc[mask, ["run_id", column]]
+    shown = ", ".join(f"{r}: {v!r}" for r, v in zip(bad["run_id"][:5], bad[column][:5]))
+    return f"{int(mask.sum())} run(s), e.g. {shown}"
 
 
 def validate_curves(curves: pd.DataFrame, source: str = "curves table") -> pd.DataFrame:

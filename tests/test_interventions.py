@@ -83,6 +83,7 @@ def test_interventions_are_off_by_default_and_filled_in():
      "interventions.optimizers.0.lr_low must be below its lr_high"),
     ({"interventions": {"alpha_methods": ["sgn"]}}, "interventions.alpha_methods: unknown method"),
     ({"methods": ["bp", "fa"], "interventions": {"bp_matched": True}}, "interventions.bp_matched needs sign"),
+    ({"interventions": {"alpha_methods": ["bp", "fa"]}}, "interventions.alpha_methods: bp with a feedback scale"),
     ({"interventions": {"bp_matched": True, "seeds": 9}}, "interventions.seeds must not exceed grid.seeds"),
     ({"analysis": {"equivalence_margin": {"test_loss": -1}}}, "analysis.equivalence_margin.test_loss"),
 ])

@@ -89,10 +89,23 @@ def storage(request, tmp_path):
     return request.getfixturevalue("postgres_url")
 
 
-def test_dead_worker_trials_are_redone_and_live_peers_are_left_alone(storage, tmp_path):
+@pytest.fixture
+def processes():
+    """Worker processes a test starts; any still alive when it ends (a failed assertion) are killed,
+    so a failure ends the test instead of waiting on a worker that hangs by design."""
+    started: list = []
+    yield started
+    for process in started:
+        if process.is_alive():
+            process.kill()
+        process.join(timeout=30)
+
+
+def test_dead_worker_trials_are_redone_and_live_peers_are_left_alone(storage, tmp_path, processes):
     cfg = study_config(n_trials=8, batch=2)
     # The doomed worker reserves a batch first and hangs in training, alive.
     doomed = CTX.Process(target=_worker, args=(storage, cfg, True, 0))
+    processes.append(doomed)
     doomed.start()
 
     def doomed_running():
@@ -101,6 +114,7 @@ def test_dead_worker_trials_are_redone_and_live_peers_are_left_alone(storage, tm
 
     _wait_for(doomed_running, "the doomed worker's first batch")
     peers = [CTX.Process(target=_worker, args=(storage, cfg, False, 0.3)) for _ in range(2)]
+    processes.extend(peers)
     for peer in peers:
         peer.start()
 

@@ -7,6 +7,7 @@ on the same contract the pipeline fills.
 
 from __future__ import annotations
 
+import html as html_lib
 import json
 import os
 import re
@@ -86,6 +87,7 @@ def make_results(root: Path, datasets=("mnist",), methods=METHODS, tuning=True, 
                          grid_lrs=tuple(np.logspace(-4, 0, 5)), grid_seeds=3, tuned_seeds=3,
                          diverge_elr=5.0)  # sign survives the shared lr (mediation runs) but not lr = 1
     runs = generate_runs(spec, seed=0)
+    runs.loc[runs["phase"] == "tuned", "examples_seen"] *= 2  # tuned runs train longer, as in the study
     runs["refresh_period"] = 1000
     runs["architecture"] = "784-256-256-10 tanh"
     root.mkdir(parents=True, exist_ok=True)
@@ -93,12 +95,13 @@ def make_results(root: Path, datasets=("mnist",), methods=METHODS, tuning=True, 
     _curves(runs).to_parquet(root / "curves.parquet", index=False)
     # The analysis stage itself writes summary.json, estimates.csv and km.csv: the report is tested on
     # the contract as it is, not on a copy of it (few resamples, to stay fast).
-    run_analysis(root / "runs.parquet", root / "analysis", n_boot=50)
+    run_analysis(root / "runs.parquet", root / "analysis", n_boot=50, curves_path=root / "curves.parquet")
     if tuning:
         _tuning(root, runs)
     if provenance:
         (root / "provenance.json").write_text(json.dumps({
             "config": {"seeds": {"grid": 3, "tuned": 3}, "budget": {"epochs": 5}, "methods": list(methods),
+                       "tune": {"batch": 4, "lr_low": 1e-4, "lr_high": 1.0},
                        "model": {"hidden": [256, 256], "activation": "tanh"}},
             "versions": {"soap": "0.1.0", "torch": "2.5.1", "python": "3.11.9"},
             "device": ["cpu (synthetic <test>)"], "wall_time_s": 3723.0, "compute_time_s": 7021.5,
@@ -161,7 +164,8 @@ def test_html_is_self_contained(built):
 
 def _narrative(html: str) -> str:
     sections = re.findall(r'<section class="narrative".*?</section>', html, flags=re.DOTALL)
-    return re.sub(r"<[^>]+>", " ", " ".join(sections))
+    # Entities unescaped: "&#39;" (an escaped quote in a formula) holds no number of the study's.
+    return html_lib.unescape(re.sub(r"<[^>]+>", " ", " ".join(sections)))
 
 
 NUMBER = re.compile(r"\d+(?:,\d{3})*(?:\.\d+)?(?:e[+-]?\d+)?")
@@ -291,3 +295,27 @@ def test_report_renders_in_headless_chromium(built, tmp_path):
     assert pixels[..., :3].std() > 0.05  # text and figures, not a blank page
     # The figures are drawn, not broken-image icons: some rows far down the page are not white.
     assert (pixels[2000:, :, :3] < 0.9).any()
+
+
+def test_narrative_shows_the_small_lr_regime_the_imprecision_and_the_exclusions(built):
+    html = _narrative(built[1])
+    assert "a learning rate chosen for bp" in html and "too small for bp: the write-up's regime" in html
+    assert "Headline." in html
+    assert "SD " in html and "ACME and ADE are estimated far less precisely" in html
+    assert "Runs left out, by estimand, method and reason" in html
+    assert "Holm families" in html and "tests: effective_lr" in html
+    assert "seeds per phase grid 3, tuned 3" in " ".join(html.split())
+    # Tuning budget: TPE's startup trials (provenance's tune.batch = 4), said in the page.
+    assert "TPE's startup trials (the first 4 of each study" in html
+    assert "The ratio at other target losses" in html
+    assert "Probability of improvement" in html and "each at its tuned lr:" in html
+    assert "The tuned comparison at the grid's training length" in html
+
+
+def test_forest_has_one_panel_with_its_own_axis_per_estimand(tmp_path):
+    results = make_results(tmp_path / "results", tuning=False)
+    inputs = report.load_inputs(results)
+    fig, axes = report.make_figures(inputs)["fig06_forest"]
+    assert axes.shape == (1, len(report.COMPARISON_ESTIMANDS))
+    limits = [ax.get_xlim() for ax in axes[0]]
+    assert len(set(limits)) == len(limits)  # each panel scales to its own estimates

@@ -2,6 +2,7 @@
 
 from soap.analysis.core import ESTIMANDS, ESTIMATES_COLUMNS, KM_COLUMNS, AnalysisResult, analyze, run_analysis
 from soap.analysis.errors import AnalysisError
+from soap.analysis.summary import Summary
 
 __all__ = ["ESTIMANDS", "ESTIMATES_COLUMNS", "KM_COLUMNS", "AnalysisError", "AnalysisResult", "analyze",
-           "run_analysis"]
+           "run_analysis", "Summary"]

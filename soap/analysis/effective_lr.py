@@ -70,6 +70,7 @@ class LrModelFit:
     summary_text: str
     support: dict = field(default_factory=dict)  # low, high (on the lr scale), n_dropped, ... per method
     sensitivity: dict = field(default_factory=dict)  # method -> {spline df: estimate}
+    interaction: dict = field(default_factory=dict)  # WaldTest fields: do methods share one curve shape?
 
     @property
     def r2(self) -> float:
@@ -144,17 +145,21 @@ def _fit(rows: pd.DataFrame, formula: str, with_summary: bool = False):
 
 
 def fit_lr_model(grid: pd.DataFrame, outcome: str, lr_column: str = "log_elr",
-                 sensitivity: bool = False) -> LrModelFit | None:
-    """OLS of outcome on method + smooth(lr_column) over the common-support grid runs; None if it
-    cannot be fitted (no bp, no other method in support, or fewer than 2 seeds).
+                 sensitivity: bool = False) -> LrModelFit | str:
+    """OLS of outcome on method + smooth(lr_column) over the common-support grid runs; a string saying
+    why when it cannot be fitted (no healthy bp cell, no other method in support, fewer than 2 seeds).
 
     lr_column is "log_elr" (the estimand) or "log_lr" (the nominal contrast); `sensitivity` refits
     with spline df SENSITIVITY_DFS (when there are enough distinct values) and records the coefficients.
     """
     rows, support = common_support(model_rows(grid, outcome), lr_column)
     methods = sorted(m for m in rows["method"].unique() if m != REFERENCE)
-    if REFERENCE not in set(rows["method"]) or not methods or rows["seed"].nunique() < 2:
-        return None
+    if REFERENCE not in set(rows["method"]):
+        return f"no healthy {REFERENCE} grid cell (a cell with a diverged seed is dropped whole)"
+    if not methods:
+        return f"no other method has a healthy run inside {REFERENCE}'s range of {lr_column}"
+    if rows["seed"].nunique() < 2:
+        return "fewer than 2 seeds in the common support"
     ref_x = rows.loc[rows["method"] == REFERENCE, lr_column]
     formula = f"{outcome} ~ {METHOD_TERM} + {smooth_term(rows[lr_column], lr_column, ref_x)}"
     results, text = _fit(rows, formula, with_summary=True)
@@ -166,6 +171,7 @@ def fit_lr_model(grid: pd.DataFrame, outcome: str, lr_column: str = "log_elr",
             for m in methods:
                 by_df[m][str(df)] = float(alt.params[f"{METHOD_TERM}[T.{m}]"])
     return LrModelFit(
+        interaction=interaction_test(rows, outcome, lr_column, results),
         formula=formula,
         results=results,
         coef={m: method_coefficient(results, m) for m in methods},
@@ -175,6 +181,29 @@ def fit_lr_model(grid: pd.DataFrame, outcome: str, lr_column: str = "log_elr",
         support=support,
         sensitivity=by_df,
     )
+
+
+def interaction_test(rows: pd.DataFrame, outcome: str, lr_column: str, main_results) -> dict:
+    """Joint test that every method's curve has bp's shape: the method x lr_column slope terms added
+    to the main model, tested together with the cluster-robust covariance and an F(q, G - 1)
+    reference. Slopes only (not method x spline): a clustered covariance from G seeds has rank at
+    most G - 1, so a test of more than G - 1 terms has no valid reference distribution."""
+    n_seeds = rows["seed"].nunique()
+    methods = sorted(m for m in rows["method"].unique() if m != REFERENCE)
+    hypothesis = f"every method's slope in {lr_column} differs from {REFERENCE}'s by 0"
+    if len(methods) > n_seeds - 2:
+        return {"hypothesis": hypothesis, "note": f"{len(methods)} slope terms need more than {n_seeds} seeds"}
+    # Explicit columns: patsy would code method:x in full (bp's slope too), which the smooth spans.
+    rows = rows.assign(**{f"slope_{i}": (rows["method"] == m) * rows[lr_column] for i, m in enumerate(methods)})
+    names = [f"slope_{i}" for i, m in enumerate(methods) if rows.loc[rows["method"] == m, lr_column].nunique() > 1]
+    if not names:
+        return {"hypothesis": hypothesis, "note": "no method spans a range of learning rates"}
+    formula = f"{main_results.model.formula} + {' + '.join(names)}"
+    results = _fit(rows, formula)
+    test = results.wald_test(", ".join(f"{n} = 0" for n in names), use_f=True, scalar=True)
+    return {"hypothesis": hypothesis, "statistic": float(test.statistic), "df_num": float(test.df_num),
+            "df_denom": float(test.df_denom), "p_value": float(test.pvalue),
+            "note": f"method x {lr_column} slopes added to the model, SEs clustered by seed"}
 
 
 def method_coefficient(results, method: str) -> dict[str, float]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from soap.analysis.errors import AnalysisError
 from soap.tables import TableError, validate_runs
@@ -49,14 +50,10 @@ def _check_bp_pairs(rows: pd.DataFrame, dataset: str, phase: str) -> None:
             )
 
 
-def geometric_mean(values: pd.Series) -> float:
-    return float(np.exp(np.log(values.astype(float)).mean()))
-
-
 def tuned_lrs(runs: pd.DataFrame) -> dict[str, float]:
     """Each method's tuned learning rate in one dataset's runs (geometric mean if repeats disagree)."""
     tuned = runs[runs["phase"] == "tuned"]
-    return {method: geometric_mean(rows["lr"]) for method, rows in tuned.groupby("method")}
+    return {method: float(stats.gmean(rows["lr"].astype(float))) for method, rows in tuned.groupby("method")}
 
 
 def snap_to_grid(lr: float, grid: np.ndarray) -> float:

@@ -1,35 +1,39 @@
 """Mediation of sign-tracking's effect through its feedback gain (statsmodels `Mediation`).
 
-Exposure `sign` (1) vs `sign_scaled` (0), mediator log(feedback_gain), outcome a test metric. Two
-designs; summary.json's `mediation[dataset]["design"]` says which one produced the numbers.
+Exposure `sign` (1) vs `sign_scaled` (0), mediator log(feedback_gain), outcome a test metric, with the
+seed in both models (STUDY.md): seed s gives both arms the same initial weights, which plausibly move
+the gain and the loss alike. Without seed effects that common cause reads as mediation: in a world
+where the seed moves both, the pooled analysis without them gave ACME +0.33 against a truth of -0.11
+and covered 0 of 50 times; with seed fixed effects in both models it is unbiased.
 
-`pooled` (the default): the grid runs of both arms at every grid learning rate where both arms' cells
-are healthy (no seed diverged: the rule of soap.analysis.effective_lr, for the same reason). The
-nominal lr is then balanced between arms by design and enters both models as a covariate:
+Models (both designs; `design` says which runs enter):
 
-- mediator model: log_gain ~ exposure * C(log_lr) (saturated: the gain's dependence on lr differs by
-  arm; sign's gain falls from ~50 to ~12 across MNIST's grid while sign_scaled's stays near 0.7);
-- outcome model: outcome ~ exposure + C(log_lr) + log_gain + (log_lr + log_gain - c)**2, i.e. a free
-  effect of the nominal lr (the output layer takes the nominal step whatever the gain) plus a U in
-  log effective lr = log_lr + log_gain, shared by both arms (c centres it; it does not change the fit).
+- mediator: log_gain ~ exposure * C(lr) + C(seed)  (the gain's dependence on lr differs by arm: sign's
+  falls from ~50 to ~12 across MNIST's grid while sign_scaled's stays near 0.7);
+- outcome: outcome ~ exposure + C(lr) + C(seed) + log_gain + (log_lr + log_gain - c)**2, a free effect
+  of the nominal lr (the output layer takes the nominal step whatever the gain) plus a U in log
+  effective lr = log_lr + log_gain shared by both arms (c centres it). At one lr this is
+  outcome ~ exposure + C(seed) + log_gain + log_gain**2.
 
-ACME, ADE and total are averages over the pooled runs, i.e. over the pooled grid lrs with equal weight
-per run: the estimand is "averaged over the healthy grid range", not "at one lr". `fixed_lr`: the runs of
-both arms at the one shared nominal lr of the `fixed_lr` estimand, mediator model log_gain ~ exposure,
-outcome model outcome ~ exposure + log_gain + log_gain**2.
+Designs (config `analysis.mediation_design`, CLI `--mediation-design`):
 
-Why pooled is the default: within one arm at one lr the gain barely varies (8 seeds; sd of log gain
-~0.02-0.3), so at a single lr exposure and mediator are almost collinear and the ACME/ADE split rests
-on a curvature fitted to a few points. On the default MNIST study the fixed-lr design gave ACME 0.27
-[-0.75, 1.34] and proportion mediated 4.5 [-80, 70]; pooling four lrs (4x the runs, and the gain
-moving with lr inside each arm) gives intervals of width ~0.3 on ACME and ADE. The price is
-model dependence, which a reader should know: the two arms' effective lrs do not overlap (sign's
-effective lr is 20-50 x its lr), so the split relies on the parametric outcome model (a U in log
-effective lr shared by both arms) rather than on overlapping data. The models' predict() rebuilds the
-interaction and the square from the counterfactual exposure and mediator that statsmodels substitutes.
+- `pooled` (default): both arms' grid runs at every grid lr where both arms' cells are healthy (no
+  seed diverged: the rule of soap.analysis.effective_lr). ACME, ADE and total average over those lrs
+  with equal weight per run: the estimand is "averaged over the healthy grid range".
+- `fixed_lr`: both arms' non-diverged runs at the shared lr of the `fixed_lr` estimand (STUDY.md's).
+  Within one arm at one lr the gain barely varies, so exposure and mediator are nearly collinear and
+  the split rests on a curvature fitted to few points: expect wide intervals.
 
-Intervals and p-values are from statsmodels' parametric simulation, seeded through its `rng`. ACME,
-ADE and proportion mediated are the averages of the control and treated versions.
+Intervals: statsmodels' parametric simulation (seeded through its `rng`) for the parameters'
+uncertainty, plus the variance from sampling the seeds (see _effects), with t(G-1) intervals and
+p-values. The models use OLS covariances: with seed fixed effects taking G - 1 of the columns, a
+covariance clustered by seed has rank at most G - 1, smaller than the number of parameters, and the
+simulation then never moves the directions it lacks (in the tests it covered the total effect 60% of
+the time). ACME, ADE and proportion mediated are the averages of the control and treated versions;
+`sd` is each effect's SD, so a reader sees how imprecise the split is (at 10 seeds the SDs of ACME and
+ADE, ~0.05 in the synthetic worlds, are several times the total's). The proportion mediated keeps the
+simulation's percentile interval and p-value, floored at 1/n_sims (a p of 0 only says "below the
+simulation's resolution").
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 from statsmodels.regression.linear_model import OLS
 from statsmodels.stats.mediation import Mediation
 
@@ -47,26 +52,7 @@ EXPOSURE, CONTROL = "sign", "sign_scaled"
 DESIGNS = ("pooled", "fixed_lr")
 DEFAULT_DESIGN = "pooled"
 MIN_RUNS_PER_ARM = 3
-_SUMMARY_ROWS = {
-    "acme": "ACME (average)",
-    "ade": "ADE (average)",
-    "total": "Total effect",
-    "prop": "Prop. mediated (average)",
-}
-
-
-class _QuadraticMediatorOLS(OLS):
-    """OLS on columns [const, exposure, mediator, mediator**2].
-
-    Mediation's array interface substitutes only the mediator column when it predicts counterfactual
-    outcomes; predict() recomputes the square from it so those predictions stay consistent.
-    """
-
-    def predict(self, params, exog=None, *args, **kwargs):
-        if exog is not None:
-            exog = np.array(exog, dtype=float, copy=True)
-            exog[:, 3] = exog[:, 2] ** 2
-        return super().predict(params, exog, *args, **kwargs)
+PARTS = ("acme", "ade", "total", "prop")
 
 
 class _DerivedColumnsOLS(OLS):
@@ -93,144 +79,155 @@ def _derived_ols(endog: pd.Series, exog: pd.DataFrame, derive) -> _DerivedColumn
 
 @dataclass(frozen=True)
 class MediationFit:
-    effects: dict[str, dict[str, float]]  # acme/ade/total/prop -> estimate, ci_low, ci_high, p_value
+    effects: dict[str, dict[str, float]]  # acme/ade/total/prop -> estimate, ci_low, ci_high, p_value, sd
     n: int
+    n_seeds: int
+    n_sims: int
     outcome_formula: str
+    mediator_formula: str
     text: str  # model summaries and the mediation table
-    design: str = "fixed_lr"
-    mediator_formula: str = "log_gain ~ exposure"
-    lrs: tuple[float, ...] = ()  # the nominal learning rates the runs were at
+    design: str
+    lrs: tuple[float, ...]  # the nominal learning rates the runs were at
 
 
-def mediation_rows(grid_at_lr: pd.DataFrame, outcome: str) -> pd.DataFrame:
-    """The exposure and control runs usable for mediation, with `exposure` 0/1, `log_gain`, `log_lr`."""
-    rows = grid_at_lr[grid_at_lr["method"].isin([EXPOSURE, CONTROL]) & ~grid_at_lr["diverged"]
-                      & np.isfinite(grid_at_lr[outcome]) & (grid_at_lr["feedback_gain"] > 0)].copy()
-    rows["exposure"] = (rows["method"] == EXPOSURE).astype(float)
-    rows["log_gain"] = np.log(rows["feedback_gain"])
-    rows["log_lr"] = np.log(rows["lr"])
-    return rows
+def mediation_rows(rows: pd.DataFrame, outcome: str) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The exposure and control runs usable for mediation, with `exposure` 0/1, `log_gain`, `log_lr`;
+    and the runs of the two arms left out, by reason."""
+    arms = rows[rows["method"].isin([EXPOSURE, CONTROL])]
+    finite_y = np.isfinite(arms[outcome].to_numpy(dtype=float))
+    finite_gain = np.isfinite(arms["feedback_gain"].to_numpy(dtype=float)) & (arms["feedback_gain"] > 0)
+    ok = ~arms["diverged"] & finite_y & finite_gain
+    excluded = {"diverged": int(arms["diverged"].sum()),
+                f"non-finite {outcome}": int((~arms["diverged"] & ~finite_y).sum()),
+                "non-finite feedback_gain": int((~arms["diverged"] & finite_y & ~finite_gain).sum())}
+    used = arms[ok].copy()
+    used["exposure"] = (used["method"] == EXPOSURE).astype(float)
+    used["log_gain"] = np.log(used["feedback_gain"])
+    used["log_lr"] = np.log(used["lr"])
+    return used, excluded
 
 
-def pooled_rows(grid: pd.DataFrame, outcome: str) -> pd.DataFrame:
+def pooled_rows(grid: pd.DataFrame, outcome: str) -> tuple[pd.DataFrame, dict[str, int]]:
     """The pooled design's runs: both arms, at grid lrs where both arms' (method, lr) cells are healthy."""
     arms = grid[grid["method"].isin([EXPOSURE, CONTROL])]
-    arms = arms[healthy_cells(arms)]
-    n_arms = arms.groupby("lr")["method"].nunique()
-    both = n_arms.index[n_arms == 2]
-    return mediation_rows(arms[arms["lr"].isin(both)], outcome)
+    healthy = healthy_cells(arms)
+    n_arms = arms[healthy].groupby("lr")["method"].nunique()
+    both = arms["lr"].isin(n_arms.index[n_arms == 2]) & healthy
+    rows, excluded = mediation_rows(arms[both], outcome)
+    left = arms[~both & ~arms["diverged"]]
+    excluded["diverged"] = int(arms["diverged"].sum())
+    excluded["cell not healthy in both arms"] = len(left)
+    return rows, excluded
 
 
 def _arm_counts_reason(rows: pd.DataFrame) -> str | None:
     counts = rows["method"].value_counts()
     if min(counts.get(EXPOSURE, 0), counts.get(CONTROL, 0)) < MIN_RUNS_PER_ARM:
-        return (f"fewer than {MIN_RUNS_PER_ARM} non-diverged runs per arm "
+        return (f"fewer than {MIN_RUNS_PER_ARM} usable runs per arm "
                 f"({EXPOSURE}: {counts.get(EXPOSURE, 0)}, {CONTROL}: {counts.get(CONTROL, 0)})")
     return None
 
 
-def _effects(result) -> tuple[dict, pd.DataFrame]:
+def _dummies(values: pd.Series, prefix: str) -> pd.DataFrame:
+    """Treatment-coded dummies of `values` (first level the baseline); no columns for one level."""
+    levels = sorted(values.unique())
+    return pd.DataFrame({f"{prefix}[{v:.4g}]" if isinstance(v, float) else f"{prefix}[{v}]":
+                         (values == v).to_numpy(dtype=float) for v in levels[1:]}, index=values.index)
+
+
+def _effects(result, n_sims: int, seeds: np.ndarray) -> tuple[dict, pd.DataFrame]:
+    """ACME, ADE, total and proportion mediated, for the population of seeds the runs sample.
+
+    statsmodels' simulation redraws the models' parameters for the runs at hand: with seed fixed
+    effects it holds the sampled seeds fixed, and its spread leaves out that another 10 seeds would
+    have other gains (where the U is curved, other effects). The sampling of seeds adds the variance of
+    the per-seed mean effect over G seeds, var_s / G; the interval is estimate +- t_{G-1} x the
+    combined SD (Satterthwaite df), and the p-value the same t test's, so they agree. (In the seed-confounded world the
+    simulation alone covered the total 58% of the time; with the seeds' variance, 95%.) The
+    proportion mediated, a ratio, keeps the simulation's percentile interval.
+    """
     table = result.summary()
-    effects = {
-        key: {
-            "estimate": float(table.loc[label, "Estimate"]),
-            "ci_low": float(table.loc[label, "Lower CI bound"]),
-            "ci_high": float(table.loc[label, "Upper CI bound"]),
-            "p_value": float(table.loc[label, "P-value"]),
-        }
-        for key, label in _SUMMARY_ROWS.items()
-    }
+    ind, direct = result.indirect_effects, result.direct_effects  # per run x simulation, control/treated
+    unit = {"acme": (ind[0] + ind[1]) / 2, "ade": (direct[0] + direct[1]) / 2}
+    unit["total"] = unit["acme"] + unit["ade"]
+    sims = {"acme": result.ACME_avg, "ade": result.ADE_avg, "total": result.total_effect}
+    labels = {"acme": "ACME (average)", "ade": "ADE (average)", "total": "Total effect",
+              "prop": "Prop. mediated (average)"}
+    n_seeds = len(np.unique(seeds))
+    effects = {}
+    for key, draws in sims.items():
+        estimate = float(table.loc[labels[key], "Estimate"])
+        per_seed = pd.Series(unit[key].mean(axis=1)).groupby(seeds).mean()
+        v_sim, v_seed = np.var(draws, ddof=1), per_seed.var(ddof=1) / n_seeds
+        sd = float(np.sqrt(v_sim + v_seed))
+        # Satterthwaite: the seeds' part has G - 1 degrees of freedom, the simulation's many.
+        df = (v_sim + v_seed) ** 2 / (v_seed**2 / (n_seeds - 1)) if v_seed > 0 else np.inf
+        t = stats.t.ppf(0.975, df)
+        p = float(2 * stats.t.sf(abs(estimate) / sd, df)) if sd > 0 else np.nan
+        effects[key] = {"estimate": estimate, "ci_low": estimate - t * sd, "ci_high": estimate + t * sd,
+                        "p_value": p, "sd": sd}
+    prop = table.loc[labels["prop"]]
+    effects["prop"] = {"estimate": float(prop["Estimate"]), "ci_low": float(prop["Lower CI bound"]),
+                       "ci_high": float(prop["Upper CI bound"]),
+                       "p_value": max(float(prop["P-value"]), 1.0 / n_sims),  # never below 1 / n_sims
+                       "sd": float(np.std(result.prop_med_avg, ddof=1))}
     return effects, table
 
 
-def fit_mediation(grid_at_lr: pd.DataFrame, outcome: str, n_sims: int,
-                  rng: np.random.Generator) -> MediationFit | str:
-    """Mediation analysis at one nominal learning rate (the `fixed_lr` design); a string saying why
+def fit_mediation(rows: pd.DataFrame, outcome: str, n_sims: int, rng: np.random.Generator,
+                  design: str) -> MediationFit | str:
+    """Mediation on the runs of one design (from mediation_rows or pooled_rows); a string saying why
     when it cannot be done."""
-    rows = mediation_rows(grid_at_lr, outcome)
     reason = _arm_counts_reason(rows)
     if reason:
         return reason
-    exog = pd.DataFrame({
-        "const": 1.0,
-        "exposure": rows["exposure"],
-        "log_gain": rows["log_gain"],
-        "log_gain_sq": rows["log_gain"] ** 2,
-    })
-    y = rows[outcome]
-    if np.linalg.matrix_rank(exog.to_numpy()) == 4:
-        outcome_model = _QuadraticMediatorOLS(y, exog)
-        outcome_formula = f"{outcome} ~ exposure + log_gain + log_gain**2"
-    elif np.linalg.matrix_rank(exog.to_numpy()[:, :3]) == 3:
-        outcome_model = OLS(y, exog.iloc[:, :3])
-        outcome_formula = f"{outcome} ~ exposure + log_gain"
-    else:
-        return "feedback gain does not vary within arms: mediator and exposure are confounded"
-    mediator_model = OLS(rows["log_gain"], exog[["const", "exposure"]])
-    result = Mediation(outcome_model, mediator_model, "exposure", "log_gain").fit(n_rep=n_sims, rng=rng)
-    effects, table = _effects(result)
-    text = "\n\n".join([
-        "Design: fixed_lr",
-        f"Outcome model: {outcome_formula}",
-        str(outcome_model.fit().summary()),
-        "Mediator model: log_gain ~ exposure",
-        str(mediator_model.fit().summary()),
-        f"Mediation ({EXPOSURE} = 1 vs {CONTROL} = 0, {n_sims} simulations)",
-        table.to_string(),
-    ])
-    return MediationFit(effects=effects, n=len(rows), outcome_formula=outcome_formula, text=text,
-                        design="fixed_lr", lrs=tuple(float(x) for x in sorted(rows["lr"].unique())))
-
-
-def fit_pooled_mediation(grid: pd.DataFrame, outcome: str, n_sims: int,
-                         rng: np.random.Generator) -> MediationFit | str:
-    """Mediation over every grid lr where both arms are healthy (the `pooled` design); a string saying
-    why when it cannot be done."""
-    rows = pooled_rows(grid, outcome).reset_index(drop=True)
-    reason = _arm_counts_reason(rows)
-    if reason:
-        return reason
+    rows = rows.reset_index(drop=True)
     lrs = tuple(float(x) for x in sorted(rows["lr"].unique()))
+    lr_d = _dummies(rows["lr"], "lr")
+    seed_d = _dummies(rows["seed"], "seed")
+    n_lr = lr_d.shape[1]
+    exposure = rows["exposure"].to_numpy()
     log_lr = rows["log_lr"].to_numpy()
     centre = float(np.mean(log_lr + rows["log_gain"]))
-    # Design columns. lr dummies (first lr as baseline) and their products with exposure.
-    dummies = pd.DataFrame({f"lr[{lr:.4g}]": np.isclose(rows["lr"], lr).astype(float) for lr in lrs[1:]})
-    n_d = dummies.shape[1]
-    exposure = rows["exposure"].to_numpy()
-    mediator_exog = pd.concat([
-        pd.DataFrame({"const": 1.0, "exposure": exposure}), dummies,
-        dummies.mul(exposure, axis=0).add_prefix("exposure:"),
-    ], axis=1)
 
-    def derive_mediator(x):  # columns: const, exposure, dummies, exposure * dummies
-        x[:, 2 + n_d:] = x[:, [1]] * x[:, 2:2 + n_d]
+    mediator_exog = pd.concat([pd.DataFrame({"const": 1.0, "exposure": exposure}), lr_d,
+                               lr_d.mul(exposure, axis=0).add_prefix("exposure:"), seed_d], axis=1)
+
+    def derive_mediator(x):  # columns: const, exposure, lr dummies, exposure * lr dummies, seeds
+        x[:, 2 + n_lr:2 + 2 * n_lr] = x[:, [1]] * x[:, 2:2 + n_lr]
         return x
 
     u_name = f"(log_lr + log_gain {'-' if centre >= 0 else '+'} {abs(centre):.6g})**2"
-    outcome_exog = pd.concat([
-        pd.DataFrame({"const": 1.0, "exposure": exposure}), dummies,
-        pd.DataFrame({"log_gain": rows["log_gain"], u_name: (log_lr + rows["log_gain"] - centre) ** 2}),
-    ], axis=1)
+    outcome_exog = pd.concat([pd.DataFrame({"const": 1.0, "exposure": exposure}), lr_d, seed_d,
+                              pd.DataFrame({"log_gain": rows["log_gain"],
+                                            u_name: (log_lr + rows["log_gain"] - centre) ** 2})], axis=1)
 
-    def derive_outcome(x):  # columns: const, exposure, dummies, log_gain, U
+    def derive_outcome(x):  # last two columns: log_gain, U
         x[:, -1] = (log_lr + x[:, -2] - centre) ** 2
         return x
 
-    lr_text = " + C(lr)" if n_d else ""
-    mediator_formula = f"log_gain ~ exposure{' * C(lr)' if n_d else ''}"
-    outcome_formula = f"{outcome} ~ exposure{lr_text} + log_gain + {u_name}"
+    lr_text = " + C(lr)" if n_lr else ""
+    mediator_formula = f"log_gain ~ exposure{' * C(lr)' if n_lr else ''} + C(seed)"
+    outcome_formula = f"{outcome} ~ exposure{lr_text} + C(seed) + log_gain + {u_name}"
     outcome_model = _derived_ols(rows[outcome], outcome_exog, derive_outcome)
     if np.linalg.matrix_rank(outcome_exog.to_numpy()) < outcome_exog.shape[1]:
         outcome_exog = outcome_exog.iloc[:, :-1]
-        outcome_formula = f"{outcome} ~ exposure{lr_text} + log_gain"
+        outcome_formula = f"{outcome} ~ exposure{lr_text} + C(seed) + log_gain"
         if np.linalg.matrix_rank(outcome_exog.to_numpy()) < outcome_exog.shape[1]:
-            return "feedback gain does not vary within arms: mediator and exposure are confounded"
+            return ("feedback gain does not vary within arms and seeds: mediator and exposure are "
+                    "confounded")
         outcome_model = OLS(rows[outcome], outcome_exog)
+    if np.linalg.matrix_rank(mediator_exog.to_numpy()) < mediator_exog.shape[1]:
+        return "the mediator model is not identified (an lr or seed with runs of one arm only)"
+    if outcome_exog.shape[0] - outcome_exog.shape[1] < 2:
+        return f"too few runs ({len(rows)}) for the outcome model's {outcome_exog.shape[1]} terms"
     mediator_model = _derived_ols(rows["log_gain"], mediator_exog, derive_mediator)
     result = Mediation(outcome_model, mediator_model, "exposure", "log_gain").fit(n_rep=n_sims, rng=rng)
-    effects, table = _effects(result)
+    effects, table = _effects(result, n_sims, rows["seed"].to_numpy())
+    where = (f"pooled over grid lrs {list(lrs)} (both arms healthy)" if design == "pooled"
+             else f"at lr {lrs[0]:g}")
     text = "\n\n".join([
-        f"Design: pooled over grid lrs {list(lrs)} (both arms healthy)",
+        f"Design: {design}, {where}; {rows['seed'].nunique()} seeds (fixed effects in both models)",
         f"Outcome model: {outcome_formula}",
         str(outcome_model.fit().summary()),
         f"Mediator model: {mediator_formula}",
@@ -238,5 +235,6 @@ def fit_pooled_mediation(grid: pd.DataFrame, outcome: str, n_sims: int,
         f"Mediation ({EXPOSURE} = 1 vs {CONTROL} = 0, {n_sims} simulations)",
         table.to_string(),
     ])
-    return MediationFit(effects=effects, n=len(rows), outcome_formula=outcome_formula, text=text,
-                        design="pooled", mediator_formula=mediator_formula, lrs=lrs)
+    return MediationFit(effects=effects, n=len(rows), n_seeds=int(rows["seed"].nunique()), n_sims=n_sims,
+                        outcome_formula=outcome_formula, mediator_formula=mediator_formula, text=text,
+                        design=design, lrs=lrs)

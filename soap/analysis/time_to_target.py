@@ -6,11 +6,13 @@ run that did not (including a diverged one) is right-censored at the examples it
 `examples_seen` column when present, else, for every run, the largest `examples_to_target` observed
 in the dataset (a lower bound on the common budget, so censoring is never placed later than seen).
 
-Estimates: Kaplan-Meier median per method (statsmodels SurvfuncRight), the ratio of medians method / bp
-with a percentile interval from a bootstrap over seeds (paired: one resample of seeds serves both
-methods), and a Cox proportional-hazards model on method with standard errors clustered by seed.
-A hazard ratio above 1 means the method reaches the target sooner than bp. A KM median is undefined
-(null) when at least half of a method's runs are censored before it.
+Estimates: Kaplan-Meier median per method, the ratio of medians method / bp with its interval and
+p-value from one cluster bootstrap over every seed of either arm (median_ratio: a test of the ratio
+itself), and, descriptively, a Cox proportional-hazards model on method with standard errors clustered
+by seed, with a proportional-hazards check on its Schoenfeld residuals. A hazard ratio above 1 means
+the method reaches the target sooner than bp. A KM median is undefined (null) when at least half of a
+method's runs are censored before it; the ratio is then reported as a lower bound.
+`target_sensitivity` repeats the ratio at other target losses, read off the training curves.
 
 Arms without events: when a method's runs (or bp's) never reach the target, the Cox partial likelihood
 has no finite maximum (the log hazard ratio runs off to -inf and its Wald standard error is meaningless:
@@ -20,10 +22,15 @@ test against bp, which stays valid with zero events; the Cox model is fitted on 
 Likewise a bootstrap replicate whose method median is undefined is a right-censored ratio: it counts
 as infinite for the upper limit but at its lower bound (the arm's largest observed time over bp's
 median) for the lower limit, so an interval reads "at least x" instead of [inf, inf].
+
+Ties: examples_to_target is the first logging point at or below the target, so on a 640-example
+logging grid many runs tie. Kaplan-Meier handles ties exactly; the Cox fit uses Breslow's approximation
+(statsmodels' default), which is biased towards 1 under heavy ties but does not fail.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +38,7 @@ import pandas as pd
 from scipy import stats
 from statsmodels.duration.hazard_regression import PHReg
 from statsmodels.duration.survfunc import SurvfuncRight, survdiff
+from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
 from soap.analysis.inputs import REFERENCE
 
@@ -54,10 +62,14 @@ def survival_data(rows: pd.DataFrame, fallback_budget: float) -> pd.DataFrame:
 
 
 def km_median(time: np.ndarray, event: np.ndarray) -> float:
-    """Kaplan-Meier median time; NaN when survival never falls below one half."""
+    """Kaplan-Meier median time (the first time S(t) < 1/2, SAS's and statsmodels' rule); NaN when
+    survival never falls below one half. One implementation with the bootstrap's (km_median_weighted),
+    so an estimate and its replicates treat S = 1/2 exactly alike: statsmodels' SurvfuncRight, which
+    multiplies grouped factors, can land a hair below 1/2 where the exact product is 1/2."""
     if len(time) == 0:
         return np.nan
-    return float(SurvfuncRight(time, event).quantile(0.5))
+    time = np.asarray(time, dtype=float)
+    return float(km_median_weighted(time, np.asarray(event, dtype=int), np.ones((1, len(time))))[0])
 
 
 def km_table(surv: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
@@ -82,44 +94,99 @@ def km_table(surv: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     return pd.concat(tables, ignore_index=True)
 
 
-def median_ratio(surv: pd.DataFrame, method: str, n_boot: int, rng: np.random.Generator,
-                 level: float = 0.95) -> dict[str, float]:
-    """Ratio of KM medians method / bp and its bootstrap interval over seeds.
+def km_median_weighted(time: np.ndarray, event: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """KM medians of one arm under many weightings at once (weights (B, n): bootstrap counts).
 
-    A replicate whose method median is undefined counts as an infinite ratio (the method is slower
-    than the observation window shows), so an upper bound may be infinite; replicates where neither
-    median is defined carry no information and are dropped.
+    The same estimator as km_median (SurvfuncRight's strict S(t) < 1/2), vectorised: runs sorted by
+    time with events before censorings at a tie, S the running product of 1 - d_i / (at risk at i).
+    Processing tied events one by one gives the same product as grouping them. NaN where S never
+    falls below one half.
+    """
+    order = np.lexsort((1 - event, time))
+    time, event, weights = time[order], event[order], weights[:, order]
+    at_risk = np.cumsum(weights[:, ::-1], axis=1)[:, ::-1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        factor = np.where(at_risk > 0, 1 - weights * event / at_risk, 1.0)
+    below = np.cumprod(factor, axis=1) < 0.5 - 1e-12
+    first = below.argmax(axis=1)
+    return np.where(below.any(axis=1), time[first], np.nan)
+
+
+def expanded_tail_factor(k: int, level: float = 0.95) -> float:
+    """Widening of a percentile interval for k resampled clusters: sqrt(k/(k-1)) t_{k-1} / z.
+
+    A percentile bootstrap over k seeds takes its spread from the plug-in distribution, whose variance
+    is (k-1)/k of the sample's, and a z quantile: too narrow at 8-10 seeds. Hesterberg's expanded
+    percentile ("What teachers should know about the bootstrap", The American Statistician 69, 2015)
+    restores the t interval's width while keeping the bootstrap's shape.
+    """
+    return float(np.sqrt(k / (k - 1)) * stats.t.ppf(0.5 + level / 2, k - 1) / stats.norm.ppf(0.5 + level / 2))
+
+
+def median_ratio(surv: pd.DataFrame, method: str, n_boot: int, rng: np.random.Generator,
+                 level: float = 0.95, expand: bool = False) -> dict[str, float]:
+    """Ratio of KM medians method / bp: estimate, interval, p-value, from one cluster bootstrap.
+
+    Every seed of either arm is a cluster: a resample draws seeds from their union, and each drawn
+    seed brings its runs of both arms (a seed run by one arm only brings that run), so the interval
+    uses the runs the estimate uses. The interval is the percentiles of the log-ratio replicates and the
+    p-value twice the smaller tail beyond 0, so the interval excludes 1 exactly when p < 1 - level.
+    A replicate whose method median is censored is an infinite ratio for the upper limit and, for the
+    lower limit, at least its longest time over bp's median (so a censored arm reads "at least x").
+    Unlike a mean's, a median's percentile bootstrap is not too narrow at few seeds: its replicates
+    take few distinct values, which widens the tails. Measured (tests/test_analysis_bootstrap.py) on
+    8 and 10 seeds it covers 94-96%, and the test of ratio 1 rejects 3-5.5% of true nulls at 8-16
+    seeds; the expanded percentile (`expand=True`, replicates widened about the estimate by
+    expanded_tail_factor) over-covers there (98%), so it is not the default. A replicate where bp's
+    median is censored is a ratio of 0.
+
+    When the method's own median is censored (fewer than half its runs reach the target), the estimate
+    is None and `lower_bound` is the method's longest observed time over bp's median: the ratio is at
+    least that.
     """
     arms = {m: surv[surv["method"] == m] for m in (method, REFERENCE)}
-    estimate = km_median(arms[method]["time"].to_numpy(), arms[method]["event"].to_numpy()) / km_median(
-        arms[REFERENCE]["time"].to_numpy(), arms[REFERENCE]["event"].to_numpy()
-    )
-    # (time, event) arrays per seed, so a resample is a numpy concatenation, not a DataFrame one.
-    by_seed = {m: {s: (g["time"].to_numpy(), g["event"].to_numpy()) for s, g in rows.groupby("seed")}
-               for m, rows in arms.items()}
-    seeds = np.array(sorted(set(by_seed[method]) & set(by_seed[REFERENCE])))
-    ratios, bounds = [], []  # bounds: the ratio, or for a right-censored one its lower bound
-    for _ in range(n_boot):
-        sample = rng.choice(seeds, len(seeds), replace=True)
-        medians, max_times = [], []
-        for m in (method, REFERENCE):
-            time = np.concatenate([by_seed[m][s][0] for s in sample])
-            event = np.concatenate([by_seed[m][s][1] for s in sample])
-            median = km_median(time, event)
-            medians.append(np.inf if np.isnan(median) else median)
-            max_times.append(time.max())
-        if np.isfinite(medians[0]) or np.isfinite(medians[1]):
-            ratios.append(medians[0] / medians[1])
-            # An undefined method median is beyond its arm's largest time: the ratio is at least this.
-            bounds.append(ratios[-1] if np.isfinite(medians[0]) else max_times[0] / medians[1])
+    medians = {m: km_median(a["time"].to_numpy(), a["event"].to_numpy()) for m, a in arms.items()}
+    estimate = medians[method] / medians[REFERENCE]
+    seeds = np.array(sorted(set(arms[method]["seed"]) | set(arms[REFERENCE]["seed"])))
+    out = {"estimate": float(estimate), "ci_low": np.nan, "ci_high": np.nan, "p_value": np.nan,
+           "n": len(seeds), "lower_bound": np.nan, "sd": np.nan}
+    if np.isnan(medians[method]) and np.isfinite(medians[REFERENCE]):
+        out["lower_bound"] = float(arms[method]["time"].max() / medians[REFERENCE])
+    if len(seeds) < 2 or not np.isfinite(medians[REFERENCE]):
+        return out
+    counts = np.zeros((n_boot, len(seeds)))
+    draws = rng.integers(0, len(seeds), (n_boot, len(seeds)))
+    np.add.at(counts, (np.arange(n_boot)[:, None], draws), 1)  # how often each seed is drawn
+    boot, longest = {}, {}
+    for m, arm in arms.items():
+        column = np.searchsorted(seeds, arm["seed"].to_numpy())
+        time, weights = arm["time"].to_numpy(float), counts[:, column]
+        boot[m] = km_median_weighted(time, arm["event"].to_numpy(int), weights)
+        longest[m] = np.where(weights > 0, time, -np.inf).max(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_ratio = np.log(np.where(np.isnan(boot[method]), np.inf, boot[method])) - np.log(
+            np.where(np.isnan(boot[REFERENCE]), np.inf, boot[REFERENCE]))
+        # For the lower limit, a censored method median is at least its replicate's longest time.
+        log_bound = np.where(np.isnan(boot[method]) & np.isfinite(boot[REFERENCE]),
+                             np.log(longest[method]) - np.log(boot[REFERENCE]), log_ratio)
+    keep = ~np.isnan(log_ratio)  # both censored: no information
+    log_ratio, log_bound = log_ratio[keep], log_bound[keep]
+    if len(log_ratio) < 2:
+        return out
+    centre = np.log(estimate) if np.isfinite(estimate) else np.median(log_bound)
+    if expand:
+        factor = expanded_tail_factor(len(seeds), level)
+        log_ratio, log_bound = (centre + factor * (x - centre) for x in (log_ratio, log_bound))
     tail = (1 - level) / 2
-    if len(ratios) < 2:
-        low, high = np.nan, np.nan
-    else:
-        # No interpolation: an infinite replicate must give an infinite bound, not inf - inf.
-        low = np.quantile(np.array(bounds), tail, method="inverted_cdf")
-        high = np.quantile(np.array(ratios), 1 - tail, method="inverted_cdf")
-    return {"estimate": float(estimate), "ci_low": float(low), "ci_high": float(high)}
+    # No interpolation: an infinite replicate must give an infinite bound, not inf - inf.
+    low = np.quantile(log_bound, tail, method="inverted_cdf")
+    high = np.quantile(log_ratio, 1 - tail, method="inverted_cdf")
+    finite = log_ratio[np.isfinite(log_ratio)]
+    p = 2 * min((log_ratio <= 0).mean(), (log_bound >= 0).mean())
+    out.update(ci_low=float(np.exp(low)), ci_high=float(np.exp(high)),
+               p_value=float(min(1.0, max(p, 1 / len(log_ratio)))),  # a bootstrap p is never below 1/B
+               sd=float(finite.std(ddof=1)) if len(finite) > 1 else np.nan)
+    return out
 
 
 @dataclass(frozen=True)
@@ -127,6 +194,9 @@ class CoxFit:
     hazard_ratio: dict[str, dict[str, float]]  # method -> estimate, ci_low, ci_high, p_value
     text: str
     not_estimable: tuple[str, ...] = ()  # methods whose hazard ratio has no finite estimate
+    # method -> (correlation of its Schoenfeld residuals with log time, p-value): the PH check
+    proportional_hazards: dict[str, tuple[float, float]] = None
+    reasons: dict[str, str] = None  # method -> why its hazard ratio is not estimable
 
 
 def logrank_p(surv: pd.DataFrame, method: str) -> float:
@@ -138,35 +208,99 @@ def logrank_p(surv: pd.DataFrame, method: str) -> float:
     return float(stats.chi2.sf(chi2, df=1))  # survdiff's own p is 1 - cdf, which underflows to 0
 
 
+# A fitted |log hazard ratio| beyond this (a ratio beyond 1e4 or below 1e-4) is the optimiser running
+# off along a monotone partial likelihood, not an estimate.
+MAX_LOG_HAZARD_RATIO = np.log(1e4)
+
+
 def fit_cox(surv: pd.DataFrame) -> CoxFit | None:
     """Cox PH model time ~ method (vs bp), censored runs kept, SEs clustered by seed; None if no events.
 
-    Methods with no events, or all methods when bp has none, get a null hazard ratio and a log-rank p.
+    A method whose hazard ratio has no finite maximum gets a null hazard ratio and a log-rank p, with
+    the reason in `not_estimable` / the text: no events in its arm or in bp's, or a monotone partial
+    likelihood, where the arms' event times barely interleave (say every fa run reaching the target
+    after nearly every bp run, at 16 seeds on a 640-example logging grid), so the fitted ratio runs off
+    to 0 or infinity (statsmodels, not converging, printed 1e-12 with an interval from 1e-168 to
+    1e144). The model is refitted without such methods.
     """
     methods = sorted(m for m in surv["method"].unique() if m != REFERENCE)
     if not methods or surv["event"].sum() == 0 or REFERENCE not in set(surv["method"]):
         return None
     events = surv.groupby("method")["event"].sum()
-    degenerate = [m for m in methods if events[m] == 0 or events[REFERENCE] == 0]
-    hazard_ratio = {m: {"estimate": np.nan, "ci_low": np.nan, "ci_high": np.nan, "p_value": logrank_p(surv, m)}
-                    for m in degenerate}
-    fitted = [m for m in methods if m not in degenerate]
-    note = (f"Hazard ratio not estimable (no events in the arm or in {REFERENCE}): {', '.join(degenerate)}; "
-            "p-values from log-rank tests.\n" if degenerate else "")
-    if not fitted:
-        return CoxFit(hazard_ratio=hazard_ratio, text=note, not_estimable=tuple(degenerate))
-    surv = surv[surv["method"].isin([REFERENCE, *fitted])]
-    model = PHReg.from_formula(f"time ~ {METHOD_TERM}", surv, status=surv["event"].to_numpy())
-    results = model.fit(groups=surv["seed"].to_numpy())
-    names = list(model.exog_names)
-    log_ci = results.conf_int()
-    for method in fitted:
-        i = names.index(f"{METHOD_TERM}[T.{method}]")
-        hazard_ratio[method] = {
-            "estimate": float(np.exp(results.params[i])),
-            "ci_low": float(np.exp(log_ci[i, 0])),
-            "ci_high": float(np.exp(log_ci[i, 1])),
-            "p_value": float(results.pvalues[i]),
-        }
-    return CoxFit(hazard_ratio=dict(sorted(hazard_ratio.items())), text=note + str(results.summary()),
-                  not_estimable=tuple(degenerate))
+    reasons = {m: f"no events in {m if events[m] == 0 else REFERENCE}" for m in methods
+               if events[m] == 0 or events[REFERENCE] == 0}
+    fitted = [m for m in methods if m not in reasons]
+    hazard_ratio, ph, text = {}, {}, ""
+    while fitted:
+        rows = surv[surv["method"].isin([REFERENCE, *fitted])]
+        model = PHReg.from_formula(f"time ~ {METHOD_TERM}", rows, status=rows["event"].to_numpy())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)  # judged below, per method
+            results = model.fit(groups=rows["seed"].to_numpy())
+        names = list(model.exog_names)
+        index = {m: names.index(f"{METHOD_TERM}[T.{m}]") for m in fitted}
+        runaway = [m for m, i in index.items()
+                   if not (abs(results.params[i]) < MAX_LOG_HAZARD_RATIO and np.isfinite(results.bse[i]))]
+        if not runaway:
+            break
+        reasons.update({m: "monotone partial likelihood (event times barely interleave with bp's)" for m in runaway})
+        fitted = [m for m in fitted if m not in runaway]
+    for method, reason in reasons.items():
+        hazard_ratio[method] = {"estimate": np.nan, "ci_low": np.nan, "ci_high": np.nan,
+                                "p_value": logrank_p(surv, method)}
+    if reasons:
+        text = "Hazard ratio not estimable (p-values from log-rank tests): " + "; ".join(
+            f"{m}: {r}" for m, r in reasons.items()) + "\n"
+    if fitted:
+        log_ci = results.conf_int()
+        residuals = results.schoenfeld_residuals  # NaN rows: censored runs
+        log_time = np.log(rows["time"].to_numpy())
+        for method, i in index.items():
+            hazard_ratio[method] = {"estimate": float(np.exp(results.params[i])),
+                                    "ci_low": float(np.exp(log_ci[i, 0])), "ci_high": float(np.exp(log_ci[i, 1])),
+                                    "p_value": float(results.pvalues[i])}
+            ph[method] = proportional_hazards_test(residuals[:, i], log_time)
+        text += str(results.summary())
+    return CoxFit(hazard_ratio=dict(sorted(hazard_ratio.items())), text=text, not_estimable=tuple(sorted(reasons)),
+                  proportional_hazards=ph, reasons=reasons)
+
+
+def proportional_hazards_test(residuals: np.ndarray, log_time: np.ndarray) -> tuple[float, float]:
+    """Correlation of one covariate's Schoenfeld residuals with log time over the events, and its
+    p-value (the Grambsch-Therneau idea with unscaled residuals): under proportional hazards the
+    residuals do not trend with time, so a small p says the hazard ratio changes during training and
+    one number summarises it badly."""
+    keep = np.isfinite(residuals)
+    if keep.sum() < 3 or np.ptp(residuals[keep]) == 0 or np.ptp(log_time[keep]) == 0:
+        return np.nan, np.nan
+    test = stats.pearsonr(residuals[keep], log_time[keep])
+    return float(test.statistic), float(test.pvalue)
+
+
+# Targets of the sensitivity analysis, as multiples of the study's target loss.
+TARGET_MULTIPLIERS = (0.8, 0.9, 1.0, 1.1, 1.25)
+
+
+def target_sensitivity(rows: pd.DataFrame, curves: pd.DataFrame, target: float, n_boot: int,
+                       rng: np.random.Generator, multipliers=TARGET_MULTIPLIERS) -> list[dict]:
+    """The ratio of medians method / bp at other target losses (multiples of `target`), with the
+    first crossing of each recomputed from the smoothed training curves (soap.metrics.examples_to_target,
+    the function that set the study's own). Rows: multiplier, target_loss, method, estimate, ci_low,
+    ci_high, p_value, n_censored."""
+    from soap.metrics import examples_to_target  # imports torch: only when curves are given
+
+    curves = curves[curves["run_id"].isin(rows["run_id"])]
+    budget = rows["examples_seen"] if "examples_seen" in rows else curves.groupby("run_id")["examples"].max()
+    out = []
+    for multiplier in multipliers:
+        loss = float(target * multiplier)
+        hits = examples_to_target(curves, loss).set_index("run_id").reindex(rows["run_id"])
+        at = rows.assign(examples_to_target=hits["examples_to_target"].to_numpy(),
+                         reached_target=hits["reached_target"].fillna(False).astype(bool).to_numpy())
+        surv = survival_data(at, float(np.nanmax(np.asarray(budget, dtype=float))))
+        for method in sorted(set(surv["method"]) - {REFERENCE}):
+            ratio = median_ratio(surv, method, n_boot, rng)
+            out.append({"multiplier": multiplier, "target_loss": loss, "method": method,
+                        **{k: ratio[k] for k in ("estimate", "ci_low", "ci_high", "p_value", "lower_bound")},
+                        "n_censored": int((surv.loc[surv["method"] == method, "event"] == 0).sum())})
+    return out

@@ -155,6 +155,7 @@ rule train_tuned_optimizer:
         seeds=iv_seeds,
         epochs=config["tuned"]["epochs"],
         phase="tuned",
+        lr_source=config["tuned"]["lr_source"],
     threads: THREADS
     resources:
         gpu=GPU_PER_JOB,

@@ -45,6 +45,7 @@ rule train_tuned:
         seeds=tuned_seeds,
         epochs=config["tuned"]["epochs"],
         phase="tuned",
+        lr_source=config["tuned"]["lr_source"],
     threads: THREADS
     resources:
         gpu=GPU_PER_JOB,

@@ -1,6 +1,7 @@
 """The analysis stage (soap.analysis.run_analysis) on the runs table.
 
-input: runs; output: the analysis directory; params: fixed_lr, seed, n_boot; log: one file.
+input: runs, curves (time to target at other target losses); output: the analysis directory;
+params: fixed_lr, seed, n_boot, mediation_design; log: one file.
 """
 
 from pathlib import Path
@@ -15,4 +16,6 @@ run_analysis(
     fixed_lr=snakemake.params.fixed_lr,
     seed=int(snakemake.params.seed),
     n_boot=int(snakemake.params.n_boot),
+    mediation_design=snakemake.params.mediation_design,
+    curves_path=snakemake.input.curves,
 )

@@ -11,7 +11,7 @@ import torch
 
 from soap.gpu_lease import gpu_lease
 from soap.interventions import matched_members
-from soap.pipeline import device_for, log_to_file, train_config, tuned_members, write_population
+from soap.pipeline import device_for, label_tuned_repeats, log_to_file, train_config, tuned_members, write_population
 from soap.population import train_population
 
 log_to_file(snakemake.log[0])
@@ -23,7 +23,8 @@ if hasattr(snakemake.input, "matched"):
         raise SystemExit(f"no sign grid run to match at seeds {params.seeds}: every one diverged")
 elif hasattr(snakemake.input, "lrs"):
     tuned = json.loads(open(snakemake.input.lrs).read())
-    members = tuned_members(params.methods, tuned, params.seeds)
+    lr_source = params.lr_source
+    members = tuned_members(params.methods, tuned, params.seeds, lr_source)
 else:
     members = params.members
 
@@ -39,4 +40,6 @@ config = train_config(
 )
 with gpu_lease(snakemake.config["gpu_lock_dir"], gpus):
     result = train_population(config)
+if params.phase == "tuned":
+    result.runs = label_tuned_repeats(result.runs, tuned, lr_source)
 write_population(result, snakemake.output.runs, snakemake.output.curves, snakemake.output.meta)

@@ -9,6 +9,8 @@ from soap.tuning import tuned_lrs
 
 log_to_file(snakemake.log[0])
 # Paths are results/tune/{dataset}/{method}/r{repeat}/best.json.
-by_method = {m: [p for p in snakemake.input.best if Path(p).parts[-3] == m] for m in snakemake.params.methods}
+# Each method's repeats in repeat order: tuned seed s trains at repeat s mod R's lr (tuned.lr_source).
+by_method = {m: sorted((p for p in snakemake.input.best if Path(p).parts[-3] == m), key=lambda p: int(Path(p).parts[-2][1:]))
+             for m in snakemake.params.methods}
 lrs = tuned_lrs(by_method, snakemake.params.aggregate)
 write_text(json.dumps(lrs, indent=2) + "\n", snakemake.output.lrs)
