@@ -26,6 +26,7 @@ include: "workflow/rules/tune.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/analyze.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/interventions.smk"
 
 
 rule all:
@@ -35,4 +36,5 @@ rule all:
         "results/provenance.json",
         "results/analysis",
         "results/report.html",
+        intervention_targets(),
     default_target: True

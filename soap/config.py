@@ -39,7 +39,11 @@ def _field(default, meaning: str, **schema):
 POSITIVE = {"exclusiveMinimum": 0}
 MEMBER_SCHEMA = {
     "type": "object", "additionalProperties": False, "required": ["method", "lr", "seed"],
-    "properties": {"method": {"type": "string"}, "lr": {"type": "number", **POSITIVE},
+    "properties": {"method": {"type": "string"},
+                   # one number, or one lr per layer (input to output): the nominal lr is then the
+                   # output layer's, the layer no feedback rule scales, and the others are multiples of it
+                   "lr": {"oneOf": [{"type": "number", **POSITIVE},
+                                    {"type": "array", "minItems": 1, "items": {"type": "number", **POSITIVE}}]},
                    "seed": {"type": "integer"}, "refresh_period": {"type": "integer", "minimum": 1},
                    "feedback_scale": {"type": "number", **POSITIVE}},
 }
@@ -54,6 +58,15 @@ class Member:
     seed: int
     refresh_period: int = 6400  # examples between feedback refreshes (sign, sign_scaled, stale_bp)
     feedback_scale: float = 1.0  # alpha: errors go down as alpha * grad_y B (bp's B = alpha W)
+    lr_scale: tuple[float, ...] | None = None  # per-layer lr multipliers (input to output); None: all 1
+
+    def layer_lrs(self, layers: int) -> list[float]:
+        """The learning rate of every weight layer, input to output."""
+        scale = self.lr_scale or (1.0,) * layers
+        if len(scale) != layers:
+            raise ConfigError(f"members: {self.method} seed {self.seed} has {len(scale)} learning rates "
+                              f"for {layers} layers")
+        return [self.lr * s for s in scale]
 
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "signsgd")
@@ -78,7 +91,8 @@ class TrainConfig:
                                 minItems=1)
     lrs: list[float] = _field([0.1], "Nominal SGD learning rates.", minItems=1, items=POSITIVE)
     seeds: list[int] = _field([0], "Paired seeds.", minItems=1)
-    members: list[dict] | None = _field(None, "Explicit [{method, lr, seed, refresh_period (optional)}]; "
+    members: list[dict] | None = _field(None, "Explicit [{method, lr, seed, refresh_period and feedback_scale "
+                                              "(optional)}], lr a number or one per layer (input to output); "
                                               "replaces methods x lrs x seeds.", minItems=1, items=MEMBER_SCHEMA)
     refresh_period: int = _field(6400, "Examples between feedback refreshes (sign, sign_scaled, stale_bp).",
                                  minimum=1)
@@ -91,7 +105,8 @@ class TrainConfig:
     adam_betas: list[float] = _field([0.9, 0.999], "Adam's beta1 and beta2.", minItems=2, maxItems=2,
                                      items={"minimum": 0, "exclusiveMaximum": 1})
     adam_eps: float = _field(1e-8, "Adam's epsilon.", **POSITIVE)
-    phase: str = _field("grid", "Study phase recorded in the runs table.", enum=["grid", "tuned", "tune"])
+    phase: str = _field("grid", "Study phase recorded in the runs table (matched: the bp_matched arm, "
+                                "soap.interventions).", enum=["grid", "tuned", "tune", "matched"])
     log_every: int = _field(640, "Examples between training-loss log points (the resolution of "
                                  "examples_to_target).", minimum=1)
     eval_every: int = _field(10_000, "Examples between validation and alignment log points.", minimum=1)
@@ -139,9 +154,10 @@ class TrainConfig:
     def population(self) -> list[Member]:
         """The members to train, in a fixed order (methods x lrs x seeds, or the explicit list)."""
         if self.members is not None:
-            return [Member(str(m["method"]), float(m["lr"]), int(m["seed"]),
+            return [Member(str(m["method"]), _nominal_lr(m["lr"])[0], int(m["seed"]),
                            int(m.get("refresh_period", self.refresh_period)),
-                           float(m.get("feedback_scale", self.feedback_scale))) for m in self.members]
+                           float(m.get("feedback_scale", self.feedback_scale)), _nominal_lr(m["lr"])[1])
+                    for m in self.members]
         return [Member(m, float(lr), int(s), self.refresh_period, self.feedback_scale)
                 for m, lr, s in itertools.product(self.methods, self.lrs, self.seeds)]
 
@@ -152,6 +168,14 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def _nominal_lr(lr) -> tuple:
+    """A members entry's lr -> (nominal lr, per-layer multipliers or None): a list of per-layer lrs is
+    its output layer's lr times multipliers."""
+    if not isinstance(lr, list):
+        return float(lr), None
+    return float(lr[-1]), tuple(float(l) / float(lr[-1]) for l in lr)
 
 
 # --- the schema, generated from the fields ---------------------------------------------------------------

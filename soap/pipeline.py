@@ -122,6 +122,9 @@ def check_study_config(cfg: dict) -> None:
     if cfg["tune"]["seed"] < evaluation_seeds:
         raise ConfigError(f"tune.seed must be at least {evaluation_seeds} so that tuning seeds are distinct "
                           "from evaluation seeds (0 .. seeds-1)")
+    from soap import interventions
+
+    interventions.check_config(cfg)
 
 
 def grid_lrs(cfg: dict) -> list[float]:
@@ -243,14 +246,18 @@ def bp_reference_loss(runs: pd.DataFrame, curves: pd.DataFrame) -> float:
 
 
 def fill_targets(runs: pd.DataFrame, curves: pd.DataFrame, target) -> pd.DataFrame:
-    """Set target_loss, examples_to_target and reached_target per dataset; target: "auto" or a loss."""
+    """Set target_loss, examples_to_target and reached_target per dataset; target: "auto", a loss, or
+    {dataset: loss}."""
     from soap.metrics import examples_to_target
 
     runs = runs.copy()
     for dataset, rows in runs.groupby("dataset").groups.items():
         ids = runs.loc[rows, "run_id"]
         part = curves[curves["run_id"].isin(ids)]
-        loss = bp_reference_loss(runs.loc[rows], part) if target == "auto" else float(target)
+        if isinstance(target, dict):  # {dataset: loss}, e.g. the main study's for the interventions
+            loss = float(target.get(dataset, math.nan))
+        else:
+            loss = bp_reference_loss(runs.loc[rows], part) if target == "auto" else float(target)
         if not math.isfinite(loss):
             log.warning("%s: no finite target loss (no bp tuned run?); examples_to_target left NaN", dataset)
             runs.loc[rows, ["target_loss", "examples_to_target"]] = math.nan

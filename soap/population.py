@@ -69,6 +69,12 @@ class PopulationMLP:
         scales = [m.feedback_scale for m in members]
         # alpha per member, (pop, 1, 1); a plain 1.0 when no member scales, which skips the product
         self.feedback_scale = 1.0 if set(scales) == {1.0} else torch.tensor(scales, device=device).view(-1, 1, 1)
+        # per-layer lr multipliers, [(pop,)] input to output; None when every member has one lr
+        self.lr_scale = None
+        if any(m.lr_scale is not None for m in members):
+            layers = len(sizes) - 1
+            table = torch.tensor([m.layer_lrs(layers) for m in members], device=device)
+            self.lr_scale = list((table / torch.tensor([m.lr for m in members], device=device)[:, None]).T)
         self.activation = ACTIVATIONS[activation]
         self.group_seeds = [seed for seed, _ in itertools.groupby(m.seed for m in members)]
         group_sizes = [len(list(run)) for _, run in itertools.groupby(m.seed for m in members)]
@@ -93,6 +99,10 @@ class PopulationMLP:
             name: np.array([i for i, r in enumerate(self.rules) if r.name == name]) for name in refreshing
         }
         self._init_rule_hooks(inits, decay, second_order)
+        if self.lr_scale is not None and self.second_order is not None:
+            # the two-pass step sends an unscaled signal down and scales each layer at its update; per-layer
+            # lrs would need their own path through it, and no arm of the study asks for both
+            raise ValueError("per-layer learning rates are not supported for so_ members")
 
     def forward(self, x: Tensor, shifts: dict[int, Tensor] | None = None) -> list[Tensor]:
         """Inputs of every layer, then the logits: [x, h_1, ..., h_{L-1}, logits].
@@ -128,11 +138,17 @@ class PopulationMLP:
         """
         delta, plain = output_error, None  # plain: the unreplaced signal, where it differs from delta
         deltas = [delta]
+        # sgd carries each layer's lr in its delta: going down a layer rescales it to the next layer's lr
+        fused_lrs = lr is not None and self.optimizer is None and self.lr_scale is not None and scaled
         for layer in reversed(range(len(self.weights))):
             if layer:
-                upstream = self._upstream(delta, feedback, layer, output_error, scale, direct)  # (pop, batch, in)
-                plain_upstream = (None if plain is None else
-                                  self._upstream(plain, feedback, layer, output_error, scale, direct))
+                step = (self.lr_scale[layer - 1] / self.lr_scale[layer]).view(-1, 1, 1) if fused_lrs else 1.0
+                # DFA's hidden delta comes from the output error, which carries the output layer's lr
+                direct_step = (self.lr_scale[layer - 1] / self.lr_scale[-1]).view(-1, 1, 1) if fused_lrs else 1.0
+                upstream = self._upstream(delta, feedback, layer, output_error, scale * step, direct,
+                                          scale * direct_step)  # (pop, batch, in)
+                plain_upstream = (None if plain is None else self._upstream(
+                    plain, feedback, layer, output_error, scale * step, direct, scale * direct_step))
             if lr is not None:
                 self._update(layer, delta, acts[layer], lr, scaled)
             if layer:
@@ -147,11 +163,11 @@ class PopulationMLP:
         return deltas
 
     def _upstream(self, delta: Tensor, feedback: list[Tensor], layer: int, output_error: Tensor,
-                  scale: float | Tensor, direct: bool) -> Tensor:
+                  scale: float | Tensor, direct: bool, direct_scale: float | Tensor) -> Tensor:
         upstream = feedback_grad_input(delta, feedback[layer], scale)
         if direct and self.direct is not None and layer < len(self.weights) - 1:
             # DFA: alpha e D_l, straight from the output error (the output layer's D is its FA matrix)
-            rows = scale if isinstance(scale, float) else scale[self.direct]
+            rows = direct_scale if isinstance(direct_scale, float) else direct_scale[self.direct]
             upstream[self.direct] = feedback_grad_input(output_error[self.direct], self.direct_matrices[layer], rows)
         return upstream
 
@@ -160,9 +176,10 @@ class PopulationMLP:
         (pop, batch, in), for the first layer one batch per data-order group (groups, batch, in)."""
         w, b, fb = self.weights[layer], self.biases[layer], self.feedback[layer]
         blocks = self.blocks if layer == 0 else [(slice(None), slice(None))]
+        layer_lr = lr if self.lr_scale is None else lr * self.lr_scale[layer]
         if self.optimizer is None:  # sgd: the step lr * dL/da rides in the gradient GEMMs
-            step = delta if scaled else delta * lr.view(-1, 1, 1)
-            coupled = self._coupled_signals(layer, step, x, self.decay * lr)  # lr times each signal
+            step = delta if scaled else delta * layer_lr.view(-1, 1, 1)
+            coupled = self._coupled_signals(layer, step, x, self.decay * layer_lr)  # lr times each signal
             for members, groups in blocks:
                 sgd_update_(w[members], b[members], step[members], x[groups])
             for index, grad, signal_w, signal_fb in coupled:
@@ -176,9 +193,9 @@ class PopulationMLP:
             grad_fb = torch.zeros_like(fb)  # a zero gradient moves no other member's B, in any optimizer
             for index, _, signal_w, signal_fb in coupled:
                 grad[index], grad_fb[index] = signal_w, signal_fb
-            self.optimizer.step_(2 * len(self.weights) + layer, fb, grad_fb, lr)
-        self.optimizer.step_(2 * layer, w, grad, lr)
-        self.optimizer.step_(2 * layer + 1, b, delta.sum(-2), lr)
+            self.optimizer.step_(2 * len(self.weights) + layer, fb, grad_fb, layer_lr)
+        self.optimizer.step_(2 * layer, w, grad, layer_lr)
+        self.optimizer.step_(2 * layer + 1, b, delta.sum(-2), layer_lr)
 
     def _coupled_signals(self, layer: int, delta: Tensor, x: Tensor, decay: Tensor) -> list[tuple]:
         """(members, grad_W, signal for W, signal for B) of each rule whose B is trained alongside W
@@ -203,8 +220,8 @@ class PopulationMLP:
             acts = self.forward(x)
             loss, log_probs = _cross_entropy(acts[-1], y)
             output_error = _output_error_(log_probs, y)
-            if self.optimizer is None:
-                output_error.mul_(lr.view(-1, 1, 1))  # sgd's step rides in the gradient GEMMs
+            if self.optimizer is None:  # sgd's step rides in the gradient GEMMs
+                output_error.mul_((lr if self.lr_scale is None else lr * self.lr_scale[-1]).view(-1, 1, 1))
             self.error_signals(acts, output_error, self.feedback, self.feedback_scale, lr)
         # The first layer's B sends nothing down (no gradient goes to the data): only alignment() reads
         # it, and syncs it then, which spares copying the largest weight every step.
@@ -479,7 +496,9 @@ def run_id(config: TrainConfig, member: Member) -> str:
     period = "" if member.refresh_period == config.refresh_period else f"-T{member.refresh_period}"
     scale = "" if member.feedback_scale == 1.0 else f"-a{member.feedback_scale:.6g}"
     optimizer = "" if config.optimizer == "sgd" else f"-{config.optimizer}"
-    return f"{config.dataset}-{config.phase}-{member.method}-lr{member.lr:.6g}-s{member.seed}{period}{scale}{optimizer}"
+    layers = "" if member.lr_scale is None else "-m" + "_".join(f"{m:.4g}" for m in member.lr_scale)
+    return (f"{config.dataset}-{config.phase}-{member.method}-lr{member.lr:.6g}-s{member.seed}"
+            f"{period}{scale}{layers}{optimizer}")
 
 
 def _hyperparameters(config: TrainConfig) -> dict:
@@ -643,9 +662,11 @@ def _curves_table(config, members, train_log, eval_log) -> pd.DataFrame:
 
 def _runs_table(config, members, sizes, finals, diverged_at, seen, eval_log, curves) -> pd.DataFrame:
     hidden = len(sizes) - 2
-    # (points, hidden layers, pop) -> one gain per member
+    # (points, hidden layers, pop) -> a gain per member and hidden layer, and their geometric mean
     ratios = np.stack([[row[f"norm_ratio_l{l}"].numpy() for l in range(hidden)] for _, row in eval_log])
-    gains = np.array([feedback_gain(ratios[:, :, p]) for p in range(len(members))])
+    layer_gains = np.array([[feedback_gain(ratios[:, l, p]) for l in range(hidden)] for p in range(len(members))])
+    gains = np.array([feedback_gain(g) for g in layer_gains])
+    layer_lrs = np.array([m.layer_lrs(len(sizes) - 1) for m in members]) / np.array([[m.lr] for m in members])
     runs = pd.DataFrame({
         "run_id": [run_id(config, m) for m in members],
         "phase": config.phase,
@@ -677,6 +698,11 @@ def _runs_table(config, members, sizes, finals, diverged_at, seen, eval_log, cur
     runs["refresh_period"] = [m.refresh_period for m in members]
     runs["feedback_scale"] = [m.feedback_scale for m in members]
     runs["optimizer"] = config.optimizer
+    # 1-based, input to output: hidden layer l's error drives weight layer l's step
+    for l in range(hidden):
+        runs[f"feedback_gain_l{l + 1}"] = layer_gains[:, l]
+    for l in range(len(sizes) - 1):
+        runs[f"lr_scale_l{l + 1}"] = layer_lrs[:, l]
     runs["diverged_at"] = diverged_at
     runs["examples_seen"] = seen
     runs["epochs"] = config.epochs

@@ -30,6 +30,7 @@ from importlib import resources
 from pathlib import Path
 
 import jinja2
+from markupsafe import Markup
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -39,6 +40,7 @@ from scipy import stats
 from soap import figures as F
 from soap.analysis.summary import Interval, Summary
 from soap.analysis.tuning_budget import at_edge, budget_curves
+from soap.intervention_figures import report_section
 from soap.tables import read_table, validate_curves, validate_runs, write_table, write_text
 
 logger = logging.getLogger(__name__)
@@ -598,6 +600,9 @@ def build_report(results_dir: str | Path, out_html: str | Path, figures_dir: str
         logger.info("figure written: %s.{png,pdf}", figures_dir / stem)
     tables = write_tables(inputs, tables_dir)
     logger.info("tables written to %s: %s", tables_dir, ", ".join(sorted(tables)))
-    write_text(render_html(report_context(inputs, images, tables)), out_html)
+    context = dict(report_context(inputs, images, tables))
+    # issue 10's verdict table and figures, when the study ran the intervention arms (soap.intervention_figures)
+    context["interventions"] = Markup(report_section(Path(results_dir) / "interventions" / "verdict"))
+    write_text(render_html(context), out_html)
     logger.info("report written: %s", out_html)
     return out_html

@@ -44,6 +44,8 @@ RUNS_EXTRA_COLUMNS = (
     "feedback_scale",  # alpha: errors sent down as alpha * grad_y B
     "optimizer",  # sgd | momentum | adam | signsgd
     "tune_repeat",  # tuned runs: the tuning repeat whose lr the run trained at (-1: the aggregate lr)
+    # feedback_gain_l1, ...: per hidden layer |delta_rule| / |delta_bp| (feedback_gain is their geometric
+    # mean); lr_scale_l1, ...: per weight layer, its lr over the nominal lr (1 unless given per layer)
     "target_loss",  # the training-loss target examples_to_target refers to (NaN if none)
     "diverged_at",  # examples seen when divergence was detected (NaN if not diverged)
     "examples_seen",

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from soap.config import Member, TrainConfig
+from soap.config import ConfigError, Member, TrainConfig
 from soap.data import synthetic_dataset
 from soap.nn import FeedbackLinear, mlp
 from soap.population import PopulationMLP, by_data_order, train_population
@@ -316,5 +316,41 @@ def test_bp_with_feedback_scale_is_bp_with_per_layer_learning_rates():
                                   layer_lrs=[lr * alpha**2, lr * alpha, lr])
     assert runs["val_loss"].iloc[0] == pytest.approx(val, rel=1e-4)
     assert runs["test_acc"].iloc[0] == pytest.approx(test_acc, abs=1e-6)
-    # bp's gain is the scale itself, compounded per layer: geometric mean of alpha^2 and alpha
+    # bp's gain is the scale itself, compounded per layer: alpha^2 at hidden layer 1, alpha at 2, and
+    # feedback_gain their geometric mean
+    assert runs["feedback_gain_l1"].iloc[0] == pytest.approx(alpha**2, rel=1e-5)
+    assert runs["feedback_gain_l2"].iloc[0] == pytest.approx(alpha, rel=1e-5)
     assert runs["feedback_gain"].iloc[0] == pytest.approx(alpha**1.5, rel=1e-5)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum"])
+def test_population_bp_with_feedback_scale_equals_its_bp_with_per_layer_learning_rates(optimizer):
+    # The same identity inside one population: a member with scale alpha beside a member given one lr per
+    # layer (lr * alpha^k_l), which the trainer reaches by another road (sgd: a rescaled delta per layer;
+    # momentum: a per-layer lr in the stacked step). Linear optimizers only: adam and signsgd undo scale.
+    alpha, lr = 1.7, 0.05
+    members = [{"method": "bp", "lr": lr, "seed": 5, "feedback_scale": alpha},
+               {"method": "bp", "lr": [lr * alpha**2, lr * alpha, lr], "seed": 5},
+               {"method": "bp", "lr": lr, "seed": 5}]
+    result = train(members=members, optimizer=optimizer)
+    runs = result.runs
+    curves = result.curves.dropna(subset=["train_loss"])
+    loss = [curves[curves.run_id == r]["train_loss"].to_numpy() for r in runs["run_id"]]
+    np.testing.assert_allclose(loss[1], loss[0], rtol=2e-5)
+    assert runs["val_loss"].iloc[1] == pytest.approx(runs["val_loss"].iloc[0], rel=2e-5)
+    assert np.abs(loss[2] / loss[0] - 1).max() > 1e-3  # the plain member: the scale is not a no-op
+    # the nominal lr is the output layer's; the multipliers are recorded per layer
+    assert runs["lr"].tolist() == pytest.approx([lr] * 3)
+    assert runs.loc[1, ["lr_scale_l1", "lr_scale_l2", "lr_scale_l3"]].tolist() == pytest.approx([alpha**2, alpha, 1])
+    assert runs.loc[0, ["lr_scale_l1", "lr_scale_l2", "lr_scale_l3"]].tolist() == [1.0, 1.0, 1.0]
+    assert runs["run_id"].nunique() == 3
+    # and against torch.optim with one param group per layer
+    val, _ = reference_run("bp", lr, 5, BASE["epochs"], BASE["batch_size"], BASE["refresh_period"],
+                           optimizer=optimizer, layer_lrs=[lr * alpha**2, lr * alpha, lr])
+    assert runs["val_loss"].iloc[1] == pytest.approx(val, rel=1e-4)
+
+
+def test_per_layer_learning_rates_must_match_the_layers():
+    members = [{"method": "bp", "lr": [0.1, 0.1], "seed": 0}]
+    with pytest.raises(ConfigError, match="2 learning rates for 3 layers"):
+        train(members=members)

@@ -119,3 +119,77 @@ def report_figures():
     """Every figure of the report, named by its caption file (workflow/report/fig*.rst)."""
     captions = sorted((_REPO / "workflow" / "report").glob("fig*.rst"))
     return {path.stem: path.name for path in captions}
+
+
+# --- interventions (issue 10; soap.interventions): every arm off unless config["interventions"] says so ---
+
+from soap import interventions  # noqa: E402
+from soap.intervention_figures import FIGURES as VERDICT_FIGURES  # noqa: E402
+
+IV = config["interventions"]
+IV_ON = interventions.enabled(config)
+IV_OPTIMIZERS = {entry["name"]: entry for entry in IV["optimizers"]}
+IV_CHUNKS = list(range(pipeline.n_chunks(IV["seeds"], IV["seeds_per_job"])))
+
+
+def iv_seeds(wildcards):
+    return pipeline.chunk_seeds(IV["seeds"], IV["seeds_per_job"], int(wildcards.chunk))
+
+
+def dose_members(wildcards):
+    return interventions.dose_members(IV["alpha_methods"], IV["alphas"], GRID_LRS, iv_seeds(wildcards))
+
+
+def optimizer_train(wildcards):
+    """The `train` block with this optimizer."""
+    return {**config["train"], "optimizer": wildcards.optimizer}
+
+
+def optimizer_tune(wildcards):
+    """tune_settings() with this optimizer's own learning-rate range."""
+    entry = IV_OPTIMIZERS[wildcards.optimizer]
+    return {**tune_settings(), "lr_low": entry["lr_low"], "lr_high": entry["lr_high"]}
+
+
+def optimizer_grid_members(wildcards):
+    lrs = interventions.optimizer_lrs(IV_OPTIMIZERS[wildcards.optimizer])
+    return pipeline.grid_members(IV["optimizer_methods"], lrs, iv_seeds(wildcards))
+
+
+def optimizer_tune_bests(wildcards):
+    return expand(
+        "results/interventions/tune/{optimizer}/{dataset}/{method}/r{repeat}/best.json",
+        optimizer=wildcards.optimizer,
+        dataset=wildcards.dataset,
+        method=IV["optimizer_methods"],
+        repeat=REPEATS,
+    )
+
+
+def grid_runs_of(wildcards):
+    """The main grid's runs tables of one dataset (sign's per-layer gains for bp_matched)."""
+    return expand(
+        "results/train/grid/{dataset}/chunk{chunk}/runs.parquet",
+        dataset=wildcards.dataset,
+        chunk=GRID_CHUNKS,
+    )
+
+
+def intervention_outputs(name):
+    """One file kind (runs.parquet, curves.parquet, meta.json) of every intervention training job."""
+    arms = (["dose"] if IV["alphas"] else []) + (["matched"] if IV["bp_matched"] else [])
+    arms += [f"{optimizer}/{phase}" for optimizer in IV_OPTIMIZERS for phase in ("grid", "tuned")]
+    return expand(
+        "results/interventions/train/{arm}/{dataset}/chunk{chunk}/{name}",
+        arm=arms,
+        dataset=DATASETS,
+        chunk=IV_CHUNKS,
+        name=name,
+    )
+
+
+def intervention_targets():
+    """What `all` asks of the interventions: their runs table and verdict, when any arm is on."""
+    if not IV_ON:
+        return []
+    return ["results/interventions/runs.parquet", "results/interventions/verdict/verdict.csv"]

@@ -11,6 +11,8 @@ rule report:
         # read by soap.report (tuning figure and tables): declared, so a changed study reruns the report
         trials=tune_outputs("trials.csv"),
         best=tune_outputs("best.json"),
+        # the interventions' verdict table and figures, when any arm is on
+        verdict=intervention_targets()[1:],
     output:
         html=report("results/report.html", category="Report"),
         **{

@@ -15,6 +15,9 @@ rule train_grid:
     params:
         train=config["train"],
         members=grid_members,
+        phase="grid",
+    # first: bp_matched (soap.interventions) waits on sign's grid gains
+    priority: 1
     threads: THREADS
     resources:
         gpu=GPU_PER_JOB,
@@ -41,6 +44,7 @@ rule train_tuned:
         methods=METHODS,
         seeds=tuned_seeds,
         epochs=config["tuned"]["epochs"],
+        phase="tuned",
         lr_source=config["tuned"]["lr_source"],
     threads: THREADS
     resources:
