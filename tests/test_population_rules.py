@@ -28,13 +28,18 @@ def train(**overrides):
     return train_population(TrainConfig.from_dict({**BASE, **overrides}), DATA, progress=False)
 
 
-def reference_run(method: str, lr: float, seed: int, optimizer: str = "sgd", feedback_scale: float = 1.0):
+def reference_run(method: str, lr: float, seed: int, optimizer: str = "sgd", feedback_scale: float = 1.0,
+                  layer_lrs: list[float] | None = None):
     """One run the conventional way: soap.nn's mlp, a torch.optim optimizer over model.parameters()
-    (kolen_pollack's B among them), autograd."""
+    (kolen_pollack's B among them), autograd. layer_lrs: one lr per layer, as torch.optim param groups."""
     model = mlp(SIZES, method, seed=seed, decay=BASE["kp_decay"], feedback_scale=feedback_scale)
-    optimizer = {"sgd": lambda: torch.optim.SGD(model.parameters(), lr=lr),
-                 "momentum": lambda: torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9),
-                 "adam": lambda: torch.optim.Adam(model.parameters(), lr=lr)}[optimizer]()
+    linears = [m for m in model.modules() if isinstance(m, FeedbackLinear)]
+    params = [{"params": list(layer.parameters()), "lr": layer_lr}
+              for layer, layer_lr in zip(linears, layer_lrs or [lr] * len(linears))]
+    assert sum(len(g["params"]) for g in params) == len(list(model.parameters()))
+    optimizer = {"sgd": lambda: torch.optim.SGD(params, lr=lr),
+                 "momentum": lambda: torch.optim.SGD(params, lr=lr, momentum=0.9),
+                 "adam": lambda: torch.optim.Adam(params, lr=lr)}[optimizer]()
     order_gen, batch, period = generator(seed, "data"), BASE["batch_size"], BASE["refresh_period"]
     n = len(DATA.train_y)
     seen = 0
@@ -75,6 +80,19 @@ def test_population_of_one_with_an_optimizer_or_a_feedback_scale_equals_single_m
                                                                                              alpha, lr):
     result = train(members=[{"method": method, "lr": lr, "seed": 3, "feedback_scale": alpha}], optimizer=optimizer)
     val, test_acc = reference_run(method, lr, 3, optimizer=optimizer, feedback_scale=alpha)
+    assert result.runs.iloc[0]["val_loss"] == pytest.approx(val, rel=1e-4)
+    assert result.runs.iloc[0]["test_acc"] == pytest.approx(test_acc, abs=1e-6)
+
+
+@pytest.mark.parametrize("method, optimizer", [("dfa", "sgd"), ("dfa", "momentum"), ("kolen_pollack", "sgd"),
+                                               ("kolen_pollack", "momentum"), ("usf", "sgd")])
+def test_per_layer_learning_rates_reach_every_rules_path(method, optimizer):
+    """A member with one lr per layer (the bp_matched arm's kind) equals torch.optim with one param group
+    per layer, for rules whose signal takes another path: DFA's hidden deltas come straight from the
+    output error, Kolen-Pollack's B takes W's step and decays at the layer's lr."""
+    layer_lrs = [0.05, 0.2, 0.1]
+    result = train(members=[{"method": method, "lr": layer_lrs, "seed": 3}], optimizer=optimizer)
+    val, test_acc = reference_run(method, layer_lrs[-1], 3, optimizer=optimizer, layer_lrs=layer_lrs)
     assert result.runs.iloc[0]["val_loss"] == pytest.approx(val, rel=1e-4)
     assert result.runs.iloc[0]["test_acc"] == pytest.approx(test_acc, abs=1e-6)
 
