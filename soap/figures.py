@@ -34,6 +34,7 @@ from matplotlib.patches import FancyArrowPatch
 from matplotlib.transforms import blended_transform_factory
 from scipy import stats
 
+from soap.rules import SECOND_ORDER_PREFIX
 from soap.tables import write_atomic
 
 # One colour per method, fixed across every figure (mostly Paul Tol's colour-blind-safe "bright" and
@@ -82,16 +83,25 @@ STYLE_RC: dict = {
 
 
 def method_color(method: str) -> str:
-    """The fixed colour of a method; unknown methods get a stable colour from their name."""
-    if method in METHOD_COLORS:
-        return METHOD_COLORS[method]
+    """The fixed colour of a method; an so_ rule shares its base rule's (method_linestyle tells them
+    apart); unknown methods get a stable colour from their name."""
+    base = method.removeprefix(SECOND_ORDER_PREFIX)
+    if base in METHOD_COLORS:
+        return METHOD_COLORS[base]
     return _FALLBACK_COLORS[zlib.crc32(method.encode()) % len(_FALLBACK_COLORS)]
 
 
+def method_linestyle(method: str) -> str:
+    """Dashed for an so_ rule, so it reads as its base rule's colour with activity propagation on top."""
+    return "--" if method.startswith(SECOND_ORDER_PREFIX) and method != SECOND_ORDER_PREFIX else "-"
+
+
 def order_methods(methods: Iterable[str]) -> list[str]:
-    """Known methods in METHOD_ORDER, then any others alphabetically."""
+    """Known methods in METHOD_ORDER, then their so_ variants in the same order, then any others
+    alphabetically."""
     methods = set(methods)
     known = [m for m in METHOD_ORDER if m in methods]
+    known += [SECOND_ORDER_PREFIX + m for m in METHOD_ORDER if SECOND_ORDER_PREFIX + m in methods]
     return known + sorted(methods - set(known))
 
 
@@ -233,7 +243,8 @@ def _curve_panel(ax, curves: pd.DataFrame, target: float | None, value: str) -> 
             continue
         lowest = min(lowest, summary["mean"].min())
         rows = curves[curves["method"] == method]
-        _band(ax, summary, "examples", method_color(method), f"{method} ({rows['seed'].nunique()} seeds)")
+        _band(ax, summary, "examples", method_color(method), f"{method} ({rows['seed'].nunique()} seeds)",
+              ls=method_linestyle(method))
         any_diverged |= _mark_divergence(ax, rows, value, method_color(method))
         if target is not None and np.isfinite(target):
             crossings[method] = _first_crossing(summary, target)
@@ -359,7 +370,7 @@ def plot_lr_response(runs: pd.DataFrame | None, tuned_lr: Mapping[str, Mapping[s
             color = method_color(method)
             summary = mean_ci(rows, ["lr"], outcome)
             if not summary.empty:
-                _band(ax, summary, "lr", color, method, marker="o", ms=4)
+                _band(ax, summary, "lr", color, method, marker="o", ms=4, ls=method_linestyle(method))
                 lowest = min(lowest, summary["mean"].min())
             diverged = rows.groupby("lr")["diverged"].any()
             diverged = diverged[diverged].index
@@ -404,7 +415,7 @@ def plot_effective_lr_response(runs: pd.DataFrame | None, outcome: str = "test_l
             x = rows.groupby("lr")["effective_lr"].apply(lambda v: float(stats.gmean(v)))
             summary = summary.assign(effective_lr=summary["lr"].map(x))
             if not summary.empty:
-                _band(ax, summary, "effective_lr", color, method, marker="o", ms=4)
+                _band(ax, summary, "effective_lr", color, method, marker="o", ms=4, ls=method_linestyle(method))
         ax.set(xscale="log", yscale="log", xlabel="effective lr = lr × feedback gain (log scale)",
                ylabel=f"final {outcome.replace('_', ' ')}\n{LOSS_LABEL}", title=dataset_label(dataset))
         _clip_log_bands(ax, lowest)
@@ -679,7 +690,8 @@ def plot_km(km: pd.DataFrame | None, targets: Mapping[str, float] | None = None,
             rows = subset[subset["method"] == method].rename(columns={"survival": "mean"})
             if "ci_low" not in rows:
                 rows = rows.assign(ci_low=rows["mean"], ci_high=rows["mean"])
-            _band(ax, rows, "examples", method_color(method), method, step=True, alpha=0.12)
+            _band(ax, rows, "examples", method_color(method), method, step=True, alpha=0.12,
+                  ls=method_linestyle(method))
         title = dataset_label(dataset)
         if dataset in targets and pd.notna(targets[dataset]):
             title += f", target loss {targets[dataset]:.3g}"
@@ -742,7 +754,7 @@ def _alignment_panel(ax, curves: pd.DataFrame | None, column: str) -> None:
         return
     for method in order_methods(rows["method"].unique()):
         summary = mean_ci(rows[rows["method"] == method], ["examples"], column)
-        _band(ax, summary, "examples", method_color(method), method)
+        _band(ax, summary, "examples", method_color(method), method, ls=method_linestyle(method))
     ax.tick_params(labelbottom=True)
     ax.xaxis.set_major_formatter(EXAMPLES_FORMATTER)
 
@@ -791,3 +803,66 @@ def _tuning_panels(ax_hist, ax_lr, trials: pd.DataFrame, best: pd.DataFrame | No
         if best is not None and "lr" in best:
             for lr in best.loc[best["method"] == method, "lr"].dropna():
                 ax_lr.axvline(lr, color=color, ls=":", lw=1.2, label="_best")
+
+
+# --- 14: the rule comparison ------------------------------------------------------------------------
+
+RULE_COMPARISON_ESTIMANDS = ("tuned", "effective_lr")
+# (column, axis label, factor): accuracy differences read best in percentage points
+_RULE_COMPARISON_OUTCOMES = (("test_loss", "test loss, method - bp (nats)\n< 0: better than bp", 1.0),
+                             ("test_acc", "test accuracy, method - bp (points)\n> 0: better than bp", 100.0))
+
+
+@styled
+def plot_rule_comparison(estimates: pd.DataFrame | None, reference_values: Mapping | None = None,
+                         reference: str = "bp"):
+    """Figure 14: every rule minus bp on test loss (left) and test accuracy (right), one row per dataset: filled
+    squares with each rule at its own tuned lr (paired t interval over seeds), open diamonds at matched
+    effective lr (the grid regression, cluster-robust by seed). `reference_values`: {dataset: {outcome:
+    bp's mean at its tuned lr}}, printed in the panel titles so differences can be read as levels."""
+    rows = None if _empty(estimates, "estimand", "outcome", "estimate") else estimates[
+        estimates["estimand"].isin(RULE_COMPARISON_ESTIMANDS) & (estimates["reference"] == reference)]
+    datasets = _datasets(rows) or ["(none)"]
+    n_methods = 1 if rows is None or rows.empty else rows["method"].nunique()
+    fig, axes = plt.subplots(len(datasets), len(_RULE_COMPARISON_OUTCOMES), squeeze=False, layout="constrained",
+                             figsize=(11.5, (1.6 + 0.36 * max(n_methods, 3)) * len(datasets)))
+    for d, dataset in enumerate(datasets):
+        for c, (outcome, xlabel, factor) in enumerate(_RULE_COMPARISON_OUTCOMES):
+            ax = axes[d, c]
+            subset = None if rows is None else rows[(rows["dataset"] == dataset) & (rows["outcome"] == outcome)]
+            if subset is None or subset.empty:
+                no_data(ax, f"no {outcome.replace('_', ' ')} contrasts against {reference}")
+                continue
+            _comparison_panel(ax, subset, factor, show_labels=c == 0)
+            level = (reference_values or {}).get(dataset, {}).get(outcome)
+            title = dataset_label(dataset)
+            if _finite(level):
+                title += f" ({reference} at its tuned lr: {level * factor:.4g}{'%' if factor == 100 else ''})"
+            ax.set_title(title, fontsize=10.5)
+            ax.set_xlabel(xlabel)
+    for estimand in RULE_COMPARISON_ESTIMANDS:
+        axes[0, 0].plot([], [], ls="", marker=ESTIMAND_MARKERS[estimand], color="#555555", ms=6,
+                        mfc="white" if estimand == "effective_lr" else "#555555", label=ESTIMAND_LABELS[estimand])
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=len(labels))
+    return fig, axes
+
+
+def _comparison_panel(ax, rows: pd.DataFrame, factor: float, show_labels: bool) -> None:
+    methods = order_methods(rows["method"].unique())
+    for k, estimand in enumerate(RULE_COMPARISON_ESTIMANDS):
+        offset = 0.16 * (1 - 2 * k)  # the two estimands of a rule side by side on its row
+        for i, method in enumerate(methods):
+            match = rows[(rows["method"] == method) & (rows["estimand"] == estimand)]
+            if match.empty or not _finite(match["estimate"].iloc[0]):
+                continue
+            est, low, high = (match[key].iloc[0] * factor for key in ("estimate", "ci_low", "ci_high"))
+            color = method_color(method)
+            ax.errorbar(est, -i + offset, xerr=_xerr(est, low, high), fmt=ESTIMAND_MARKERS[estimand], color=color,
+                        mfc="white" if estimand == "effective_lr" else color, ms=5.5, capsize=2.5, lw=1.4)
+    ax.axvline(0, color="#777777", lw=1)
+    ax.set_yticks([-i for i in range(len(methods))], methods if show_labels else [""] * len(methods))
+    for label, method in zip(ax.get_yticklabels(), methods):
+        label.set_color(method_color(method))
+    ax.set_ylim(-len(methods) + 0.4, 0.6)
+    ax.grid(axis="y", visible=False)

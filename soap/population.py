@@ -40,6 +40,7 @@ from soap.nn import ACTIVATIONS, feedback_grad_input, initial_parameters, linear
 from soap.optim import StackedOptimizer
 from soap.rules import KOLEN_POLLACK_DECAY, draw_like_weight, get_rule, refresh_due
 from soap.seeding import generator
+from soap.tables import effective_lr
 from soap.step_graph import StepGraph
 
 log = logging.getLogger(__name__)
@@ -678,11 +679,11 @@ def _runs_table(config, members, sizes, finals, diverged_at, seen, eval_log, cur
         "diverged": ~np.isnan(diverged_at),
         **finals,
     })
-    runs["effective_lr"] = runs["lr"] * runs["feedback_gain"]
     # so_ runs: |n| / |g2| at the SOAP points, combined over points and log points like the feedback gain
     soap_keys = [key for key in eval_log[-1][1] if key.startswith("soap_gain_l")]
     soap = np.stack([[row[key].numpy() for key in soap_keys] for _, row in eval_log]) if soap_keys else None
     runs["soap_gain"] = [feedback_gain(soap[:, :, p]) if soap is not None else math.nan for p in range(len(members))]
+    runs["effective_lr"] = effective_lr(runs)
     if config.target_loss is not None:
         hits = examples_to_target(curves, config.target_loss).set_index("run_id")
         runs["examples_to_target"] = hits.loc[runs["run_id"], "examples_to_target"].to_numpy()

@@ -41,7 +41,8 @@ from soap import figures as F
 from soap.analysis.summary import Interval, Summary
 from soap.analysis.tuning_budget import at_edge, budget_curves
 from soap.intervention_figures import report_section
-from soap.tables import read_table, validate_curves, validate_runs, write_table, write_text
+from soap.rule_comparison import rule_comparison_table
+from soap.tables import effective_lr, read_table, validate_curves, validate_runs, write_table, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +115,13 @@ FIGURES: tuple[FigureSpec, ...] = (
                "Expected best validation loss after k tuning trials (Dodge et al. 2019), per method, "
                "from the i.i.d. trials only: those recorded as drawn at random, else TPE's startup "
                "trials (the first tune.batch of each study); the panel title says which."),
+    FigureSpec("fig14_rule_comparison", "Rule comparison: every rule against bp",
+               "Test loss (left) and test accuracy (right, percentage points), each rule minus bp. "
+               "Filled squares: each rule at its own tuned learning rate (paired t 95% interval over "
+               "seeds). Open diamonds: at matched effective learning rate (grid regression, cluster-"
+               "robust by seed). A rule whose square beats bp but whose diamond does not wins by its "
+               "step size; so_ rules (dashed in the other figures) carry activity propagation on top "
+               "of their base rule. Absolute values and times to target: tables/rule_comparison.csv."),
 )
 
 
@@ -143,7 +151,7 @@ def load_inputs(results_dir: str | Path) -> Inputs:
             raise FileNotFoundError(f"report input not found: {required}")
     runs = validate_runs(read_table(results / "runs.parquet"), source=str(results / "runs.parquet"))
     if "effective_lr" not in runs:  # an extra column (tables.RUNS_EXTRA_COLUMNS); derivable by definition
-        runs["effective_lr"] = runs["lr"] * runs["feedback_gain"]
+        runs["effective_lr"] = effective_lr(runs)
     curves = validate_curves(read_table(results / "curves.parquet"), source=str(results / "curves.parquet"))
     inputs = Inputs(runs=runs, curves=curves, summary=Summary.from_json(summary_path.read_text()))
     inputs.estimates = _optional_table(results / "analysis" / "estimates.csv", inputs.missing)
@@ -285,6 +293,9 @@ def make_figures(inputs: Inputs) -> dict[str, tuple]:
         "fig11_grid_contrasts": F.plot_grid_contrasts(estimates, REFERENCE, outcome, s.tuned_lr),
         "fig12_divergence": F.plot_divergence(in_dataset_order(divergence_cells(s), datasets)),
         "fig13_tuning_budget": F.plot_tuning_budget(in_dataset_order(budget, datasets), which),
+        # every outcome: the comparison shows accuracy beside loss
+        "fig14_rule_comparison": F.plot_rule_comparison(in_dataset_order(inputs.estimates, datasets),
+                                                        reference_levels(inputs.runs), REFERENCE),
     }
     assert list(made) == [spec.stem for spec in FIGURES], "FIGURES and make_figures disagree"
     return made
@@ -306,6 +317,13 @@ def _gmean(values: pd.Series) -> float:
     return float(stats.gmean(values)) if len(values) else math.nan
 
 
+def reference_levels(runs: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """{dataset: {outcome: bp's mean at its tuned lr}}: the levels the rule comparison's differences
+    are read against."""
+    tuned = runs[(runs["phase"] == "tuned") & (runs["method"] == REFERENCE)]
+    return {d: {o: float(rows[o].mean()) for o in ("test_loss", "test_acc")} for d, rows in tuned.groupby("dataset")}
+
+
 def tuned_lr_table(summary: Summary) -> pd.DataFrame:
     rows = [{"dataset": d, "method": m, "tuned_lr": lr} for d, by_method in summary.tuned_lr.items()
             for m, lr in by_method.items()]
@@ -317,7 +335,8 @@ def write_tables(inputs: Inputs, tables_dir: Path) -> dict[str, Path]:
     tables = {"runs_overview": runs_overview(inputs.runs), "tuned_lr": tuned_lr_table(s),
               "exclusions": pd.DataFrame([dataclasses.asdict(e) for e in s.exclusions],
                                          columns=["estimand", "dataset", "method", "reason", "n"]),
-              "divergence": divergence_cells(s)}
+              "divergence": divergence_cells(s),
+              "rule_comparison": rule_comparison_table(inputs.runs, inputs.estimates, REFERENCE)}
     budget, _ = tuning_budget(inputs)
     if budget is not None:
         tables["tuning_budget"] = budget

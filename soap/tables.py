@@ -39,7 +39,8 @@ BP_GAIN_TOLERANCE = 1e-3
 
 # Columns soap's trainer adds beyond the contract; analysis must not require them.
 RUNS_EXTRA_COLUMNS = (
-    "effective_lr",  # lr * feedback_gain
+    "effective_lr",  # lr * step_gain (step_gain below): lr * feedback_gain but for so_ runs
+    "soap_gain",  # so_ runs: |n| / |g2| at the SOAP points, combined like feedback_gain (NaN otherwise)
     "refresh_period",  # examples between feedback refreshes
     "feedback_scale",  # alpha: errors sent down as alpha * grad_y B
     "optimizer",  # sgd | momentum | adam | signsgd
@@ -53,6 +54,29 @@ RUNS_EXTRA_COLUMNS = (
     "batch_size",
     "architecture",  # e.g. "784-256-256-10 tanh"
 )
+
+
+
+def step_gain(runs: pd.DataFrame) -> pd.Series:
+    """How much larger than bp's a run's hidden-layer step is: feedback_gain, times soap_gain for so_ runs.
+
+    The one definition behind `effective_lr = lr * step_gain` (STUDY.md defines it with feedback_gain
+    alone, which predates the so_ rules). An so_ run's feedback_gain measures its base rule's signal;
+    activity propagation then replaces that signal by n, |n| / |g2| = soap_gain times larger, before it
+    reaches the weights below the SOAP point (with issue 12's defaults, about 3e-4). Leaving it out
+    would compare so_bp with bp at an effective lr some 3000 times too large.
+    """
+    gain = runs["feedback_gain"].astype(float)
+    if "soap_gain" not in runs:
+        return gain
+    soap = runs["soap_gain"].astype(float)
+    return gain * soap.where(soap.notna(), 1.0)
+
+
+def effective_lr(runs: pd.DataFrame) -> pd.Series:
+    """lr * step_gain: the learning rate a run's hidden layers actually apply, on bp's scale."""
+    return runs["lr"].astype(float) * step_gain(runs)
+
 
 CURVES_KEY = ("run_id", "examples")
 # Logged quantities (NaN between their logging points). Per-layer ones come besides, suffixed with the

@@ -259,3 +259,20 @@ def test_median_ratio_interval_uses_the_runs_the_estimate_uses():
     out = median_ratio(surv, "fa", 500, np.random.default_rng(0))
     assert out["n"] == 24
     assert out["ci_low"] <= out["estimate"] <= out["ci_high"]
+
+
+def test_an_so_runs_soap_gain_enters_its_effective_lr():
+    # sign's gain of ~20, moved from feedback_gain to soap_gain as an so_ run would log it: the run's
+    # hidden step is the same, so its effective lr and coefficient at matched effective lr must be too
+    from soap.analysis.effective_lr import fit_lr_model
+    from soap.tables import effective_lr
+    grid = generate_runs(SyntheticSpec(), seed=3).query("phase == 'grid' and dataset == 'synthetic'")
+    as_so = grid.copy()
+    sign = as_so["method"] == "sign"
+    as_so.loc[sign, "method"] = "so_sign"
+    as_so["soap_gain"] = np.where(sign, as_so["feedback_gain"], np.nan)
+    as_so.loc[sign, "feedback_gain"] = 1.0
+    assert np.allclose(effective_lr(as_so), grid["lr"] * grid["feedback_gain"], rtol=1e-12)
+    plain, so = fit_lr_model(grid, "test_loss"), fit_lr_model(as_so, "test_loss")
+    assert so.coef["so_sign"]["estimate"] == pytest.approx(plain.coef["sign"]["estimate"], rel=1e-9)
+    assert so.coef["fa"]["estimate"] == pytest.approx(plain.coef["fa"]["estimate"], rel=1e-9)

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -104,3 +105,12 @@ def test_soap_data_root_is_where_every_command_reads_data(tmp_path, command):
     proc = subprocess.run([sys.executable, "-m", "soap.cli", *command], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 2 and f"files missing under {empty / 'MNIST' / 'raw'}" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("study", sorted(p.name for p in (Path(__file__).parents[1] / "config").glob("*.yaml")))
+def test_every_shipped_study_config_validates_over_config_yaml(study):
+    # each file under config/ is used as `--configfile config/X.yaml` on top of config.yaml
+    from soap.pipeline import load_study_config
+    root = Path(__file__).parents[1]
+    cfg = load_study_config([root / "config.yaml", root / "config" / study])
+    assert cfg["methods"] and set(cfg["datasets"]) <= {"mnist", "fashion_mnist"}

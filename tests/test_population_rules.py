@@ -134,6 +134,9 @@ def test_second_order_on_one_hidden_layer_in_the_runs_and_curves():
     assert "soap_gain_l1" in result.curves and "soap_gain_l0" not in result.curves
     so_fa, fa = result.runs.iloc[0], result.runs.iloc[1]
     assert so_fa["soap_gain"] > 0 and np.isnan(fa["soap_gain"])
+    # an so_ run's hidden step is its base rule's times the SOAP gain: both enter its effective lr
+    assert so_fa["effective_lr"] == pytest.approx(0.3 * so_fa["feedback_gain"] * so_fa["soap_gain"], rel=1e-12)
+    assert fa["effective_lr"] == pytest.approx(0.3 * fa["feedback_gain"], rel=1e-12)
     # passes: one per step for fa; for so_fa one per warm-up step (3), then two
     assert fa["passes_to_target"] == fa["examples_to_target"] / 48
     steps = so_fa["examples_to_target"] / 48

@@ -1,9 +1,10 @@
 """The `effective_lr` estimand: method vs bp at matched effective learning rate (a controlled direct effect).
 
 Data convention: `grid` is one dataset's grid-phase runs. The model is OLS of the outcome on
-C(method, Treatment('bp')) plus a smooth function of log(lr * feedback_gain), fitted on the runs inside
-the common support (below), with cluster-robust standard errors by seed (runs sharing a seed share
-initial weights and data order) and t(G-1) reference distributions since the number of seeds G is small.
+C(method, Treatment('bp')) plus a smooth function of log(lr * step_gain) (soap.tables.step_gain:
+feedback_gain, times soap_gain for so_ runs), fitted on the runs inside the common support (below),
+with cluster-robust standard errors by seed (runs sharing a seed share initial weights and data
+order) and t(G-1) reference distributions since the number of seeds G is small.
 
 Which runs enter (in this order; summary.json's `support` reports each count per method):
 
@@ -50,6 +51,7 @@ import pandas as pd
 import statsmodels.formula.api as smf
 
 from soap.analysis.inputs import REFERENCE
+from soap.tables import effective_lr, step_gain
 
 METHOD_TERM = f"C(method, Treatment('{REFERENCE}'))"
 MAX_SPLINE_DF = 4
@@ -99,9 +101,9 @@ def model_rows(grid: pd.DataFrame, outcome: str) -> pd.DataFrame:
     """The grid runs a model can use (not diverged, finite outcome and gain), with log_lr, log_elr
     and `healthy` (no run of the (method, lr) cell diverged)."""
     grid = grid.assign(healthy=healthy_cells(grid))
-    usable = grid[~grid["diverged"] & np.isfinite(grid[outcome]) & (grid["feedback_gain"] > 0)].copy()
+    usable = grid[~grid["diverged"] & np.isfinite(grid[outcome]) & (step_gain(grid) > 0)].copy()
     usable["log_lr"] = np.log(usable["lr"])
-    usable["log_elr"] = np.log(usable["lr"] * usable["feedback_gain"])
+    usable["log_elr"] = np.log(effective_lr(usable))
     return usable
 
 
