@@ -276,3 +276,19 @@ def test_an_so_runs_soap_gain_enters_its_effective_lr():
     plain, so = fit_lr_model(grid, "test_loss"), fit_lr_model(as_so, "test_loss")
     assert so.coef["so_sign"]["estimate"] == pytest.approx(plain.coef["sign"]["estimate"], rel=1e-9)
     assert so.coef["fa"]["estimate"] == pytest.approx(plain.coef["fa"]["estimate"], rel=1e-9)
+
+
+def test_an_effective_lr_contrast_does_not_depend_on_other_methods_runs():
+    # A method whose outcome does not follow bp's curve (flat in effective lr, like an so_ rule whose
+    # hidden layers barely move) must not bend bp's curve for the other contrasts: fa's and sign's
+    # coefficients are the same with it in the table or not.
+    from soap.analysis.effective_lr import fit_lr_model
+    grid = generate_runs(SyntheticSpec(), seed=4).query("phase == 'grid'")
+    flat = grid[grid["method"] == "fa"].assign(method="flat", feedback_gain=0.5)
+    flat["test_loss"] = 0.4 + 0.01 * np.random.default_rng(0).standard_normal(len(flat))
+    alone, with_flat = fit_lr_model(grid, "test_loss"), fit_lr_model(pd.concat([grid, flat]), "test_loss")
+    assert with_flat.coef["flat"]["n"] > 0  # the flat method is in the support
+    for method in ("fa", "sign"):
+        for key in ("estimate", "ci_low", "ci_high"):
+            assert with_flat.coef[method][key] == pytest.approx(alone.coef[method][key], rel=1e-9)
+    assert with_flat.n > alone.n  # the pooled description does include it

@@ -285,18 +285,32 @@ def _effective_lr_rows(out: _Collector, grid, dataset, outcome, summary, model_t
                                                  & ~(arm["feedback_gain"] > 0)).sum())})
         summary.effective_lr_model[dataset] = EffectiveLrModel(
             formula=fit.formula, r2=fit.r2, n=fit.n, n_clusters=fit.n_clusters,
-            coef={m: Interval(**c, n=fit.n, unit="runs") for m, c in fit.coef.items()},
+            coef={m: Interval(**_coefficient(c), n=c["n"], unit="runs", interval=_pair_interval(c))
+                  for m, c in fit.coef.items()},
             support=json_safe(support), spline_sensitivity=fit.sensitivity,
             nominal_formula=None if isinstance(nominal, str) else nominal.formula,
-            nominal_coef={} if isinstance(nominal, str) else {m: Interval(**c) for m, c in nominal.coef.items()},
+            nominal_coef={} if isinstance(nominal, str) else {m: Interval(**_coefficient(c), n=c["n"], unit="runs")
+                                                              for m, c in nominal.coef.items()},
             interaction=load(WaldTest, json_safe(fit.interaction)) if fit.interaction else None)
-    interval = f"cluster-robust by seed, t({fit.n_clusters - 1})"
     for method in sorted(set(grid["method"]) - {REFERENCE}):
         if method in fit.coef:
-            out.row("effective_lr", dataset, method, REFERENCE, outcome, fit.coef[method], fit.n, "runs", interval)
+            coef = fit.coef[method]
+            out.row("effective_lr", dataset, method, REFERENCE, outcome, _coefficient(coef), coef["n"], "runs",
+                    _pair_interval(coef))
         else:
-            out.row("effective_lr", dataset, method, REFERENCE, outcome, {}, 0, "runs", interval,
+            out.row("effective_lr", dataset, method, REFERENCE, outcome, {}, 0, "runs", _pair_interval(None),
                     note=f"no healthy run inside {REFERENCE}'s effective-lr range")
+
+
+def _coefficient(coef: dict) -> dict:
+    """A per-contrast fit's estimate, interval and p-value (without its counts)."""
+    return {k: coef[k] for k in ("estimate", "ci_low", "ci_high", "p_value")}
+
+
+def _pair_interval(coef: dict | None) -> str:
+    """How an effective-lr contrast's interval is made: its own fit on bp's and the method's runs."""
+    clusters = f"t({coef['n_clusters'] - 1})" if coef else "t(G-1)"
+    return f"cluster-robust by seed, {clusters}; fitted on {REFERENCE}'s and this method's runs"
 
 
 def _mediation_rows(out: _Collector, grid, grid_at_lr, dataset, shared_lr, outcome, n_sims, seed, summary,
