@@ -858,8 +858,12 @@ def _comparison_panel(ax, rows: pd.DataFrame, factor: float, show_labels: bool) 
                 continue
             est, low, high = (match[key].iloc[0] * factor for key in ("estimate", "ci_low", "ci_high"))
             color = method_color(method)
+            # faded: the analysis found the rule's curve not parallel to bp's, so the difference is an average
+            note = match["note"].iloc[0] if "note" in match else ""
+            faded = isinstance(note, str) and "slope" in note
             ax.errorbar(est, -i + offset, xerr=_xerr(est, low, high), fmt=ESTIMAND_MARKERS[estimand], color=color,
-                        mfc="white" if estimand == "effective_lr" else color, ms=5.5, capsize=2.5, lw=1.4)
+                        mfc="white" if estimand == "effective_lr" else color, ms=5.5, capsize=2.5, lw=1.4,
+                        alpha=0.35 if faded else 1.0)
     ax.axvline(0, color="#777777", lw=1)
     ax.set_yticks([-i for i in range(len(methods))], methods if show_labels else [""] * len(methods))
     for label, method in zip(ax.get_yticklabels(), methods):

@@ -42,6 +42,7 @@ def rule_comparison_table(runs: pd.DataFrame, estimates: pd.DataFrame | None, re
                 match = _estimate(estimates, estimand, dataset, method, outcome, reference)
                 for key in ("estimate", "ci_low", "ci_high"):
                     row[f"{outcome}_{estimand}_{key}"] = match.get(key, math.nan)
+                row[f"{outcome}_{estimand}_note"] = match.get("note", "") if isinstance(match.get("note"), str) else ""
         row["median_examples_to_target"] = _km_median(arm, "examples_to_target", "examples_seen")
         if "passes_to_target" in arm:
             row["median_passes_to_target"] = _km_median(arm, "passes_to_target", None)

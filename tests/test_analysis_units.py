@@ -292,3 +292,5 @@ def test_an_effective_lr_contrast_does_not_depend_on_other_methods_runs():
         for key in ("estimate", "ci_low", "ci_high"):
             assert with_flat.coef[method][key] == pytest.approx(alone.coef[method][key], rel=1e-9)
     assert with_flat.n > alone.n  # the pooled description does include it
+    # and its contrast says that one difference does not describe it: its slope is not bp's
+    assert with_flat.coef["flat"]["parallel"]["p_value"] < 1e-3

@@ -296,7 +296,7 @@ def _effective_lr_rows(out: _Collector, grid, dataset, outcome, summary, model_t
         if method in fit.coef:
             coef = fit.coef[method]
             out.row("effective_lr", dataset, method, REFERENCE, outcome, _coefficient(coef), coef["n"], "runs",
-                    _pair_interval(coef))
+                    _pair_interval(coef), note=_not_parallel(coef["parallel"], method))
         else:
             out.row("effective_lr", dataset, method, REFERENCE, outcome, {}, 0, "runs", _pair_interval(None),
                     note=f"no healthy run inside {REFERENCE}'s effective-lr range")
@@ -305,6 +305,17 @@ def _effective_lr_rows(out: _Collector, grid, dataset, outcome, summary, model_t
 def _coefficient(coef: dict) -> dict:
     """A per-contrast fit's estimate, interval and p-value (without its counts)."""
     return {k: coef[k] for k in ("estimate", "ci_low", "ci_high", "p_value")}
+
+
+def _not_parallel(test: dict, method: str, level: float = 0.05) -> str:
+    """A warning for a contrast whose method's curve has another slope than bp's: one number then
+    averages a difference that changes with the learning rate (Kolen-Pollack, which starts as FA, is
+    far behind bp at small lrs and level with it at large ones)."""
+    p = test.get("p_value")
+    if p is None or not p < level:
+        return ""
+    return (f"{method}'s slope in log effective lr differs from {REFERENCE}'s (F test, p = {p:.2g}): the "
+            "difference changes with the learning rate and this is its average over the support")
 
 
 def _pair_interval(coef: dict | None) -> str:

@@ -74,7 +74,9 @@ class LrModelFit:
 
     formula: str
     results: object  # statsmodels RegressionResultsWrapper
-    coef: dict[str, dict[str, float]]  # method -> estimate, ci_low, ci_high, p_value, n, n_clusters
+    # method -> estimate, ci_low, ci_high, p_value, n, n_clusters, and `parallel`: interaction_test on
+    # bp's and its runs (one slope term: does its curve have bp's shape, so that one difference fits?)
+    coef: dict[str, dict]
     n: int  # runs in the pooled fit (every method)
     n_clusters: int
     summary_text: str
@@ -178,7 +180,8 @@ def fit_lr_model(grid: pd.DataFrame, outcome: str, lr_column: str = "log_elr",
     pairs = {m: rows[rows["method"].isin([REFERENCE, m])] for m in methods}
     pair_fits = {m: _fit(pair, formula, with_summary=True) for m, pair in pairs.items()}
     summary_text = "\n\n".join([f"pooled: {formula}\ncommon support: {support}\n{text}"] + [
-        f"{m} against {REFERENCE} (the {m} contrast): {formula}\n{pair_text}" for m, (_, pair_text) in pair_fits.items()])
+        f"{m} against {REFERENCE} (the {m} contrast): {formula}\n{pair_text}"
+        for m, (_, pair_text) in pair_fits.items()])
     by_df = {m: {} for m in methods}
     for m, pair in pairs.items():
         if sensitivity and pair[lr_column].round(9).nunique() > max(SENSITIVITY_DFS):
@@ -189,7 +192,8 @@ def fit_lr_model(grid: pd.DataFrame, outcome: str, lr_column: str = "log_elr",
         interaction=interaction_test(rows, outcome, lr_column, results),
         formula=formula,
         results=results,
-        coef={m: {**method_coefficient(fit, m), "n": int(fit.nobs), "n_clusters": int(pairs[m]["seed"].nunique())}
+        coef={m: {**method_coefficient(fit, m), "n": int(fit.nobs), "n_clusters": int(pairs[m]["seed"].nunique()),
+                  "parallel": interaction_test(pairs[m], outcome, lr_column, fit)}
               for m, (fit, _) in pair_fits.items()},
         n=int(results.nobs),
         n_clusters=int(rows["seed"].nunique()),
