@@ -808,9 +808,12 @@ def _tuning_panels(ax_hist, ax_lr, trials: pd.DataFrame, best: pd.DataFrame | No
 # --- 14: the rule comparison ------------------------------------------------------------------------
 
 RULE_COMPARISON_ESTIMANDS = ("tuned", "effective_lr")
-# (column, axis label, factor): accuracy differences read best in percentage points
-_RULE_COMPARISON_OUTCOMES = (("test_loss", "test loss, method - bp (nats)\n< 0: better than bp", 1.0),
-                             ("test_acc", "test accuracy, method - bp (points)\n> 0: better than bp", 100.0))
+# (column, axis label, factor, unit of the level in the title): accuracy reads best in percentage points
+_RULE_COMPARISON_OUTCOMES = (("test_loss", "test loss, method - bp (nats)\n< 0: better than bp", 1.0, " nats"),
+                             ("test_acc", "test accuracy, method - bp (points)\n> 0: better than bp", 100.0, "%"))
+# An interval this many times wider than the panel's median one runs off the panel instead of setting
+# its scale (one imprecise contrast would squeeze every other into a dot)
+_WIDE_INTERVAL = 4.0
 
 
 @styled
@@ -827,7 +830,7 @@ def plot_rule_comparison(estimates: pd.DataFrame | None, reference_values: Mappi
     fig, axes = plt.subplots(len(datasets), len(_RULE_COMPARISON_OUTCOMES), squeeze=False, layout="constrained",
                              figsize=(11.5, (1.6 + 0.36 * max(n_methods, 3)) * len(datasets)))
     for d, dataset in enumerate(datasets):
-        for c, (outcome, xlabel, factor) in enumerate(_RULE_COMPARISON_OUTCOMES):
+        for c, (outcome, xlabel, factor, unit) in enumerate(_RULE_COMPARISON_OUTCOMES):
             ax = axes[d, c]
             subset = None if rows is None else rows[(rows["dataset"] == dataset) & (rows["outcome"] == outcome)]
             if subset is None or subset.empty:
@@ -837,7 +840,7 @@ def plot_rule_comparison(estimates: pd.DataFrame | None, reference_values: Mappi
             level = (reference_values or {}).get(dataset, {}).get(outcome)
             title = dataset_label(dataset)
             if _finite(level):
-                title += f" ({reference} at its tuned lr: {level * factor:.4g}{'%' if factor == 100 else ''})"
+                title += f" ({reference} at its tuned lr: {level * factor:.4g}{unit})"
             ax.set_title(title, fontsize=10.5)
             ax.set_xlabel(xlabel)
     for estimand in RULE_COMPARISON_ESTIMANDS:
@@ -865,6 +868,13 @@ def _comparison_panel(ax, rows: pd.DataFrame, factor: float, show_labels: bool) 
                         mfc="white" if estimand == "effective_lr" else color, ms=5.5, capsize=2.5, lw=1.4,
                         alpha=0.35 if faded else 1.0)
     ax.axvline(0, color="#777777", lw=1)
+    finite = rows[np.isfinite(rows["estimate"].astype(float))]
+    width = (finite["ci_high"] - finite["ci_low"]).astype(float)
+    narrow = finite[width <= _WIDE_INTERVAL * width.median()]
+    low = min(0.0, finite["estimate"].min(), narrow["ci_low"].min()) * factor
+    high = max(0.0, finite["estimate"].max(), narrow["ci_high"].max()) * factor
+    if np.isfinite([low, high]).all() and high > low:
+        ax.set_xlim(low - 0.06 * (high - low), high + 0.06 * (high - low))
     ax.set_yticks([-i for i in range(len(methods))], methods if show_labels else [""] * len(methods))
     for label, method in zip(ax.get_yticklabels(), methods):
         label.set_color(method_color(method))

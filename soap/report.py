@@ -120,10 +120,11 @@ FIGURES: tuple[FigureSpec, ...] = (
                "Filled squares: each rule at its own tuned learning rate (paired t 95% interval over "
                "seeds). Open diamonds: at matched effective learning rate (grid regression, cluster-"
                "robust by seed, fitted on bp's and that rule's runs); a faded diamond marks a rule whose "
-               "curve has another slope than bp's (p < 0.05), where the one difference averages one that "
-               "changes with the learning rate. A rule whose square beats bp but whose diamond does not wins by its "
-               "step size; so_ rules (dashed in the other figures) carry activity propagation on top "
-               "of their base rule. Absolute values and times to target: tables/rule_comparison.csv."),
+               "curve has another slope than bp's (p < 0.05), where the one difference averages one "
+               "that changes with the learning rate. A rule whose square beats bp but whose diamond "
+               "does not wins by its step size. so_ rules (dashed in the other figures) carry activity "
+               "propagation on top of their base rule. An interval much wider than the others runs off "
+               "the panel. Absolute values and times to target: tables/rule_comparison.csv."),
 )
 
 
