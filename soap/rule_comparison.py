@@ -20,6 +20,7 @@ from scipy import stats
 from soap.analysis import time_to_target
 from soap.figures import RULE_COMPARISON_ESTIMANDS as ESTIMANDS
 from soap.figures import mean_ci, order_methods
+from soap.metrics import feedback_gain
 
 
 def rule_comparison_table(runs: pd.DataFrame, estimates: pd.DataFrame | None, reference: str = "bp") -> pd.DataFrame:
@@ -32,8 +33,9 @@ def rule_comparison_table(runs: pd.DataFrame, estimates: pd.DataFrame | None, re
     for (dataset, method), arm in tuned.groupby(["dataset", "method"], sort=False):
         row = {"dataset": dataset, "method": method, "tuned_lr": float(stats.gmean(arm["lr"])),
                "n_runs": len(arm), "n_diverged": int(arm["diverged"].sum()),
-               "feedback_gain": _gmean(arm["feedback_gain"]),
-               "soap_gain": _gmean(arm["soap_gain"]) if "soap_gain" in arm else math.nan}
+               # over runs, combined as each run's gain is over layers and time
+               "feedback_gain": feedback_gain(arm["feedback_gain"]),
+               "soap_gain": feedback_gain(arm["soap_gain"]) if "soap_gain" in arm else math.nan}
         for outcome in ("test_loss", "test_acc"):
             ci = mean_ci(arm.assign(all=0), ["all"], outcome)
             row.update({f"{outcome}_mean": ci["mean"].iloc[0], f"{outcome}_ci_low": ci["ci_low"].iloc[0],
@@ -56,11 +58,6 @@ def rule_comparison_table(runs: pd.DataFrame, estimates: pd.DataFrame | None, re
     order = {m: i for i, m in enumerate(order_methods(table["method"].unique()))}
     return table.sort_values(["dataset", "method"], key=lambda c: c.map(order) if c.name == "method" else c,
                              kind="stable").reset_index(drop=True)
-
-
-def _gmean(values: pd.Series) -> float:
-    values = values[np.isfinite(values) & (values > 0)]
-    return float(stats.gmean(values)) if len(values) else math.nan
 
 
 def _estimate(estimates, estimand, dataset, method, outcome, reference) -> dict:
