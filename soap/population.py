@@ -224,8 +224,8 @@ class PopulationMLP:
             if self.optimizer is None:  # sgd's step rides in the gradient GEMMs
                 output_error.mul_((lr if self.lr_scale is None else lr * self.lr_scale[-1]).view(-1, 1, 1))
             self.error_signals(acts, output_error, self.feedback, self.feedback_scale, lr)
-        # The first layer's B sends nothing down (no gradient goes to the data): only alignment() reads
-        # it, and syncs it then, which spares copying the largest weight every step.
+        # The first layer's B sends nothing down (no gradient goes to the data): complete_feedback()
+        # brings it up to date for whatever reads it, which spares copying the largest weight every step.
         self._sync_tracking(range(1, len(self.weights)))
         return loss
 
@@ -291,25 +291,38 @@ class PopulationMLP:
         self.capturable = self.second_order is None
         self.soap_gains = {h: torch.full((len(self.members),), math.nan, device=self.device, dtype=self.weights[0].dtype)
                            for h in self.second_order_layers}
-        self._form_step_feedback()
+        self._draw_step_randoms()
+        self._form_step_feedback(range(n_layers))
 
     @torch.no_grad()
-    def _form_step_feedback(self) -> None:
-        """B = form(W, R) for the rules formed every step, from the W that the next step uses."""
-        if not self.step_groups:
-            return
-        # R_t: one draw per seed, layer after layer, shared by that seed's members (as each alone)
-        draws = {seed: [draw_like_weight(tuple(w.shape[1:]), gen).to(w) for w in self.weights]
-                 for seed, gen in self.redraw_generators.items()}
+    def _draw_step_randoms(self) -> None:
+        """R_t of the redrawing rules (brsf): one draw per seed, layer after layer, shared by that seed's
+        members (as each alone draws them). Every layer is drawn every step, so the seed stream, and
+        with it each run, stays the single layer's."""
+        self.redraws = {seed: [draw_like_weight(tuple(w.shape[1:]), gen).to(w) for w in self.weights]
+                        for seed, gen in self.redraw_generators.items()}
+
+    @torch.no_grad()
+    def _form_step_feedback(self, layers) -> None:
+        """B = form(W, R) on `layers` for the rules formed every step, from the W that the next step uses."""
         for name, members in self.step_groups.items():
             rule = get_rule(name)
-            for layer, (w, fb) in enumerate(zip(self.weights, self.feedback)):
+            for layer in layers:
                 random = None
                 if rule.random == "fa":
                     random = self.fa_matrices[name][layer]
                 elif rule.random == "redraw":
-                    random = torch.stack([draws[seed][layer] for seed in self.step_seeds[name]])
-                fb[members] = rule.form(w[members], random)
+                    random = torch.stack([self.redraws[seed][layer] for seed in self.step_seeds[name]])
+                self.feedback[layer][members] = rule.form(self.weights[layer][members], random)
+
+    @torch.no_grad()
+    def complete_feedback(self) -> None:
+        """Bring the first layer's B up to date. A training step never reads it (no error goes down to
+        the data), so steps leave it stale: B = W is not copied for the rules that track W, and the
+        every-step rules do not form it (for usf and frsf that is three quarters of their forming
+        work). Anything that reads B calls this first."""
+        self._sync_tracking([0])
+        self._form_step_feedback([0])
 
     @torch.no_grad()
     def refresh(self, due: np.ndarray) -> None:
@@ -322,7 +335,9 @@ class PopulationMLP:
                 index = torch.as_tensor(chosen, device=self.device)
                 for w, fb in zip(self.weights, self.feedback):
                     fb[index] = get_rule(name).refresh(w[index])
-        self._form_step_feedback()
+        if self.step_groups:
+            self._draw_step_randoms()
+            self._form_step_feedback(range(1, len(self.weights)))  # the first layer's: complete_feedback()
 
     @torch.no_grad()
     def _sync_tracking(self, layers) -> None:
@@ -356,7 +371,7 @@ class PopulationMLP:
     def alignment(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         """Per layer: angle(B, W); per hidden layer: cosine and norm ratio of the rule's error signal
         against BP's on the same batch and weights. x (groups, batch, in), y (groups, batch)."""
-        self._sync_tracking([0])  # the only layer train_step leaves unsynced
+        self.complete_feedback()  # the only layer train_step leaves stale
         y = y.index_select(0, self.member_group)
         acts = self.forward(x)
         output_error = _output_error_(_cross_entropy(acts[-1], y)[1], y)

@@ -174,6 +174,7 @@ def test_population_feedback_follows_the_rules_step_by_step():
     for t in range(5):
         draws = {seed: [torch.empty(o, i).uniform_(-i**-0.5, i**-0.5, generator=redraws[seed])
                         for i, o in zip(SIZES[:-1], SIZES[1:])] for seed in (1, 2)}
+        model.complete_feedback()  # a step leaves the first layer's B stale: its readers bring it up to date
         for l in range(3):
             w = model.weights[l].numpy()
             b = model.feedback[l].numpy()
@@ -187,6 +188,25 @@ def test_population_feedback_follows_the_rules_step_by_step():
                 assert distance == pytest.approx(start[p][l] * (1 - members[p].lr * decay) ** t, rel=1e-5)
         model.train_step(x, y, lr)
         model.refresh(np.zeros(len(members), dtype=bool))  # forms the every-step B (no periodic rule here)
+
+
+def test_alignment_reads_the_first_layers_feedback_formed_from_the_current_weights():
+    # Steps leave layer 0's B stale (nothing reads it in training); the alignment metrics must still
+    # see B = form(W) of the current W: the angle against a numpy computation after W's signs moved.
+    members = [Member("usf", 3.0, 1), Member("frsf", 3.0, 1)]
+    model = PopulationMLP(SIZES, members, "tanh", torch.device("cpu"))
+    fa = initial_parameters(SIZES, 1)[0].feedback.numpy()
+    x, y = DATA.train_x[:48].unsqueeze(0), DATA.train_y[:48].unsqueeze(0)
+    start = np.sign(model.weights[0].numpy())
+    for _ in range(3):
+        model.train_step(x, y, torch.tensor([3.0, 3.0]))
+        model.refresh(np.zeros(2, dtype=bool))
+    w = model.weights[0].numpy()
+    assert (np.sign(w) != start).any()  # signs moved, so a stale B would be another matrix
+    angles = model.alignment(x, y)["angle_l0"].numpy()
+    for p, formed in enumerate((np.sign(w[0]) / np.sqrt(3 * SIZES[0]), np.abs(fa) * np.sign(w[1]))):
+        cos = (formed * w[p]).sum() / np.linalg.norm(formed) / np.linalg.norm(w[p])
+        assert angles[p] == pytest.approx(np.degrees(np.arccos(cos)), abs=1e-3)
 
 
 def test_dfa_error_signals_in_the_population_by_hand():
