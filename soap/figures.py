@@ -819,10 +819,12 @@ _WIDE_INTERVAL = 4.0
 @styled
 def plot_rule_comparison(estimates: pd.DataFrame | None, reference_values: Mapping | None = None,
                          reference: str = "bp"):
-    """Figure 14: every rule minus bp on test loss (left) and test accuracy (right), one row per dataset: filled
-    squares with each rule at its own tuned lr (paired t interval over seeds), open diamonds at matched
-    effective lr (the grid regression, cluster-robust by seed). `reference_values`: {dataset: {outcome:
-    bp's mean at its tuned lr}}, printed in the panel titles so differences can be read as levels."""
+    """Figure 14: every rule minus bp on test loss (left) and test accuracy (right), one row per
+    dataset: filled squares with each rule at its own tuned lr (the `tuned` estimand's paired t
+    interval), open diamonds at matched effective lr (`effective_lr`: the grid regression on bp's and
+    the rule's runs), faded where its note says the rule's slope is not bp's. `reference_values`:
+    {dataset: {outcome: bp's mean at its tuned lr}}, printed in the panel titles so differences can be
+    read as levels."""
     rows = None if _empty(estimates, "estimand", "outcome", "estimate") else estimates[
         estimates["estimand"].isin(RULE_COMPARISON_ESTIMANDS) & (estimates["reference"] == reference)]
     datasets = _datasets(rows) or ["(none)"]

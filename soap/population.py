@@ -40,8 +40,8 @@ from soap.nn import ACTIVATIONS, feedback_grad_input, initial_parameters, linear
 from soap.optim import StackedOptimizer
 from soap.rules import KOLEN_POLLACK_DECAY, draw_like_weight, get_rule, refresh_due
 from soap.seeding import generator
-from soap.tables import effective_lr
 from soap.step_graph import StepGraph
+from soap.tables import effective_lr
 
 log = logging.getLogger(__name__)
 

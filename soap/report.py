@@ -117,8 +117,8 @@ FIGURES: tuple[FigureSpec, ...] = (
                "trials (the first tune.batch of each study); the panel title says which."),
     FigureSpec("fig14_rule_comparison", "Rule comparison: every rule against bp",
                "Test loss (left) and test accuracy (right, percentage points), each rule minus bp. "
-               "Filled squares: each rule at its own tuned learning rate (paired t 95% interval over "
-               "seeds). Open diamonds: at matched effective learning rate (grid regression, cluster-"
+               "Filled squares: each rule at its own tuned learning rate (paired t 95% interval, over "
+               "tuning repeats when each seed trains at its repeat's lr). Open diamonds: at matched effective learning rate (grid regression, cluster-"
                "robust by seed, fitted on bp's and that rule's runs); a faded diamond marks a rule whose "
                "curve has another slope than bp's (p < 0.05), where the one difference averages one "
                "that changes with the learning rate. A rule whose square beats bp but whose diamond "
