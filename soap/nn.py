@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from soap.rules import KOLEN_POLLACK_DECAY, draw_like_weight, get_rule
+from soap.rules import KOLEN_POLLACK_DECAY, draw_like_weight, get_rule, init_bound
 from soap.seeding import generator
 
 
@@ -191,7 +191,7 @@ def initial_parameters(sizes: Sequence[int], seed: int) -> list[LayerInit]:
     init_gen, feedback_gen = generator(seed, "init"), generator(seed, "feedback")
     layers = []
     for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
-        bound = 1.0 / math.sqrt(fan_in)
+        bound = init_bound(fan_in)
         weight = draw_like_weight((fan_out, fan_in), init_gen)
         bias = torch.empty(fan_out).uniform_(-bound, bound, generator=init_gen)
         layers.append(LayerInit(weight, bias, draw_like_weight((fan_out, fan_in), feedback_gen)))

@@ -103,14 +103,14 @@ def refresh_due(seen_before: int, seen_after: int, period):
     return seen_after // period > seen_before // period
 
 
-def init_bound(weight: Tensor) -> float:
-    """1/sqrt(fan_in): torch.nn.Linear draws W from U(-bound, bound), so its std is bound / sqrt(3)."""
-    return 1.0 / math.sqrt(weight.shape[-1])
+def init_bound(fan_in: int) -> float:
+    """1/sqrt(fan_in): torch.nn.Linear draws W and b from U(-bound, bound), so W's std is bound / sqrt(3)."""
+    return 1.0 / math.sqrt(fan_in)
 
 
 def draw_like_weight(shape: tuple[int, ...], generator: torch.Generator | None = None) -> Tensor:
     """A (..., out, in) matrix from torch.nn.Linear's weight distribution U(-1/sqrt(in), 1/sqrt(in))."""
-    bound = 1.0 / math.sqrt(shape[-1])
+    bound = init_bound(shape[-1])
     return torch.empty(shape).uniform_(-bound, bound, generator=generator)
 
 
@@ -130,7 +130,7 @@ def _copy(weight: Tensor, _: Tensor | None) -> Tensor:
 
 def _uniform_sign(weight: Tensor, _: Tensor | None) -> Tensor:
     # s = the init std 1/sqrt(3 fan_in): B has W's initial scale, whatever W's scale becomes
-    return torch.sign(weight) * (init_bound(weight) / math.sqrt(3.0))
+    return torch.sign(weight) * (init_bound(weight.shape[-1]) / math.sqrt(3.0))
 
 
 def _random_magnitude_sign(weight: Tensor, magnitudes: Tensor) -> Tensor:
