@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from soap.tables import write_atomic
+from soap.files import write_atomic
 
 log = logging.getLogger(__name__)
 

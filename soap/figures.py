@@ -35,7 +35,8 @@ from matplotlib.transforms import blended_transform_factory
 from scipy import stats
 
 from soap.rules import SECOND_ORDER_PREFIX
-from soap.tables import write_atomic
+from soap.analysis.descriptive import mean_ci
+from soap.files import write_atomic
 
 # One colour per method, fixed across every figure (mostly Paul Tol's colour-blind-safe "bright" and
 # "muted" sets). bp is near-black because it is the reference everything is compared with.
@@ -151,20 +152,6 @@ def no_data(ax, message: str) -> None:
     ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=11, color="#555555",
             transform=ax.transAxes,
             bbox={"boxstyle": "round,pad=0.8", "facecolor": "#f4f4f4", "edgecolor": "#cccccc"})
-
-
-def mean_ci(table: pd.DataFrame, by: list[str], value: str, level: float = 0.95) -> pd.DataFrame:
-    """Mean of ``value`` per group with a t-interval over the group's finite rows.
-
-    Returns columns ``by + [mean, ci_low, ci_high, n]``; a group with one row has a zero-width interval.
-    """
-    finite = table[np.isfinite(table[value].astype(float))]
-    grouped = finite.groupby(by, observed=True)[value].agg(["mean", "std", "count"]).reset_index()
-    half = stats.t.ppf(0.5 + level / 2, np.maximum(grouped["count"] - 1, 1)) * grouped["std"] / np.sqrt(
-        grouped["count"])
-    half = half.fillna(0.0).where(grouped["count"] > 1, 0.0)
-    return grouped.assign(ci_low=grouped["mean"] - half, ci_high=grouped["mean"] + half).rename(
-        columns={"count": "n"}).drop(columns="std")
 
 
 def _datasets(table: pd.DataFrame | None) -> list[str]:

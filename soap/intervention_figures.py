@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from soap.analysis.verdict import _plain, optimum_shift_points
+from soap.files import png_data_uri
 
 # file stem -> caption (also the Snakemake report's, workflow/report/verdict_*.rst)
 FIGURES = {
@@ -125,7 +126,6 @@ def _optimum_shift(ax, grid, runs) -> bool:
 def report_section(verdict_dir) -> str:
     """The report's "Interventions" section (HTML): what the data support and do not, the verdict table and
     the figures embedded (the report is one self-contained file); empty without a verdict table."""
-    import base64
 
     path = Path(verdict_dir) / "verdict.csv"
     if not path.is_file():
@@ -139,7 +139,7 @@ def report_section(verdict_dir) -> str:
     for stem, caption in FIGURES.items():
         png = Path(verdict_dir) / f"{stem}.png"
         if png.is_file():
-            src = "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode("ascii")
+            src = png_data_uri(png)
             parts.append(f'<figure id="{stem}"><img src="{src}" alt="{stem}"><figcaption>{html.escape(caption)} '
                          f"(<code>interventions/verdict/{stem}.png</code>)</figcaption></figure>")
     return "\n".join(parts)

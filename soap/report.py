@@ -19,7 +19,6 @@ report, and the figures that need them draw a "no data" panel.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import json
 import logging
@@ -39,6 +38,7 @@ from scipy import stats
 
 from soap import figures as F
 from soap.analysis.summary import Interval, Summary
+from soap.files import png_data_uri
 from soap.analysis.tuning_budget import at_edge, budget_curves
 from soap.intervention_figures import report_section
 from soap.rule_comparison import rule_comparison_table
@@ -599,10 +599,6 @@ def render_html(context: Mapping) -> str:
     return env.from_string(template_text).render(**context)
 
 
-def data_uri(png_path: Path) -> str:
-    return "data:image/png;base64," + base64.b64encode(png_path.read_bytes()).decode("ascii")
-
-
 # --- the entry point --------------------------------------------------------------------------------
 
 def build_report(results_dir: str | Path, out_html: str | Path, figures_dir: str | Path,
@@ -618,7 +614,7 @@ def build_report(results_dir: str | Path, out_html: str | Path, figures_dir: str
     for stem, (fig, _axes) in make_figures(inputs).items():
         png, _pdf = F.save_figure(fig, figures_dir / stem)
         plt.close(fig)
-        images[stem] = data_uri(png)
+        images[stem] = png_data_uri(png)
         logger.info("figure written: %s.{png,pdf}", figures_dir / stem)
     tables = write_tables(inputs, tables_dir)
     logger.info("tables written to %s: %s", tables_dir, ", ".join(sorted(tables)))

@@ -19,7 +19,8 @@ from scipy import stats
 
 from soap.analysis import time_to_target
 from soap.figures import RULE_COMPARISON_ESTIMANDS as ESTIMANDS
-from soap.figures import mean_ci, order_methods
+from soap.analysis.descriptive import mean_ci
+from soap.figures import order_methods
 from soap.metrics import feedback_gain
 
 

@@ -8,11 +8,12 @@ reader never sees half a file.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from soap.files import write_atomic
 
 # Columns every runs table must carry (STUDY.md), with the dtype kind analysis relies on.
 RUNS_COLUMNS: dict[str, str] = {
@@ -169,26 +170,6 @@ def _as_bool(column: pd.Series) -> pd.Series:
     if unknown:
         raise ValueError(f"not booleans: {unknown[:3]}")
     return as_text.map(mapping).astype(bool)
-
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-def write_atomic(path: str | os.PathLike, write) -> Path:
-    """Call write(tmp_path), then rename into place: readers see the old file or the whole new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would make results unreadable to others
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def write_table(table: pd.DataFrame, path: str | os.PathLike) -> Path:

@@ -43,7 +43,8 @@ from pathlib import Path
 import numpy as np
 
 from soap.config import ConfigError
-from soap.tables import write_atomic, write_text
+from soap.files import write_atomic
+from soap.tables import write_text
 from soap.tuning.workers import WORKER_ATTR
 
 log = logging.getLogger(__name__)
