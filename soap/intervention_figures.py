@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from soap.analysis.verdict import _plain, optimum_shift_points
+from soap.analysis.verdict import plain_runs, optimum_shift_points
 from soap.files import png_data_uri
 
 # file stem -> caption (also the Snakemake report's, workflow/report/verdict_*.rst)
@@ -38,7 +38,7 @@ def write_figures(runs: pd.DataFrame, verdict: pd.DataFrame, margins: dict, out_
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    runs = pd.concat([_plain(part) for _, part in runs.groupby("dataset")]) if len(runs) else runs
+    runs = pd.concat([plain_runs(part) for _, part in runs.groupby("dataset")]) if len(runs) else runs
     grid = runs[(runs["phase"] == "grid") & ~runs["diverged"]]
     paths = []
     for stem, draw in (("verdict_a_dose", _dose), ("verdict_b_matched", _matched),

@@ -43,10 +43,10 @@ from soap.analysis.tuning_budget import at_edge, budget_curves
 from soap.intervention_figures import report_section
 from soap.rule_comparison import rule_comparison_table
 from soap.tables import effective_lr, read_table, validate_curves, validate_runs, write_table, write_text
+from soap.rules import REFERENCE
 
 logger = logging.getLogger(__name__)
 
-REFERENCE = "bp"
 COMPARISON_ESTIMANDS = ("fixed_lr", "small_lr", "tuned", "effective_lr")
 
 

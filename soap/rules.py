@@ -30,6 +30,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+REFERENCE = "bp"  # the rule every contrast is taken against: exact backprop
 SECOND_ORDER_PREFIX = "so_"
 KOLEN_POLLACK_DECAY = 1e-3  # lambda: per step, B - W shrinks by (1 - lr * lambda)
 

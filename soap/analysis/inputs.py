@@ -12,8 +12,8 @@ from scipy import stats
 
 from soap.analysis.errors import AnalysisError
 from soap.tables import TableError, validate_runs
+from soap.rules import REFERENCE
 
-REFERENCE = "bp"
 
 
 def prepare_runs(runs: pd.DataFrame) -> pd.DataFrame:

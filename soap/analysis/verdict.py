@@ -49,7 +49,7 @@ def verdict_table(runs: pd.DataFrame, margins: dict, seed: int = 0, n_boot: int 
     """
     rows = []
     for dataset, part in runs.groupby("dataset"):
-        part = _plain(part)
+        part = plain_runs(part)
         rows += dose_rows(part, margins)
         rows += matched_rows(part, margins)
         rows += optimizer_rows(part, margins)
@@ -175,7 +175,7 @@ def optimum_shift_points(curves: pd.Series, gains: pd.Series) -> tuple[np.ndarra
 # --- pieces ----------------------------------------------------------------------------------------------
 
 
-def _plain(runs: pd.DataFrame) -> pd.DataFrame:
+def plain_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """Runs at the study's main refresh period with one lr for every layer (bp_matched aside), with the
     columns older runs tables may lack filled in."""
     runs = runs.copy()
