@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from soap.nn import FeedbackLinear
+
 
 @dataclass(frozen=True)
 class ActivityPropagation:
@@ -109,8 +111,6 @@ def two_pass_backward(model: nn.Module, loss_of: Callable[[Tensor], Tensor], x: 
     learning signal (pass 2 above the points, n below them); call the optimizer's step once. During
     the first `warmup` steps it is that plain backward.
     """
-    from soap.nn import FeedbackLinear
-
     points = [m for m in model.modules() if isinstance(m, SecondOrderActivity)]
     settings = points[0].settings
     warm = int(points[0].steps) < settings.warmup

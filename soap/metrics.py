@@ -58,3 +58,10 @@ def examples_to_target(curves: pd.DataFrame, target: float, column: str = "train
     out["examples_to_target"] = hits.reindex(runs).astype(float)
     out["reached_target"] = out["examples_to_target"].notna()
     return out.reset_index()
+
+
+def time_to_target(curves: pd.DataFrame, run_ids, target: float) -> tuple[np.ndarray, np.ndarray]:
+    """examples_to_target (NaN: censored) and reached_target of each of `run_ids`, in that order: the
+    one reading of the curves that the trainer and the pipeline's gathered target both use."""
+    hits = examples_to_target(curves, target).set_index("run_id").reindex(pd.Index(run_ids))
+    return hits["examples_to_target"].to_numpy(), hits["reached_target"].fillna(False).astype(bool).to_numpy()

@@ -210,9 +210,9 @@ class FeedbackLinear(nn.Linear):
     Rules formed every step (usf, frsf, brsf) form B in each forward pass made in training mode with
     grad enabled, as dropout draws its mask, unless `hold_feedback` is set (a second pass of the same
     step); periodic rules form it when `refresh_feedback()` is called. brsf draws R_t with `generator`
-    (torch's global RNG when None; `mlp(seed=...)` gives it the seed's feedback_redraw stream). Errors
+    (torch's global RNG when None; `soap.models.mlp(seed=...)` gives it the seed's feedback_redraw stream). Errors
     go down as feedback_scale * grad_y B. dfa and the so_ part of a rule act on a whole network
-    (`mlp` builds it); a lone layer with them sends grad_y B like fa, or like the so_ rule's base rule.
+    (soap.models.mlp builds it); a lone layer with them sends grad_y B like fa, or like the so_ rule's base rule.
     """
 
     def __init__(self, in_features: int, out_features: int, rule: str = "fa", bias: bool = True,
@@ -251,65 +251,9 @@ class FeedbackLinear(nn.Linear):
 
     @torch.no_grad()
     def _form_feedback(self) -> None:
-        random = None
-        if self.rule.random == "fa":
-            random = self.fa_matrix
-        elif self.rule.random == "redraw":
-            random = draw_like_weight(self.weight.shape, self.generator).to(self.weight)
-        self.feedback.copy_(self.rule.form(self.weight, random))
+        fa_matrix = self.fa_matrix if self.rule.random == "fa" else None
+        self.feedback.copy_(self.rule.formed(
+            self.weight, fa_matrix, lambda: draw_like_weight(self.weight.shape, self.generator).to(self.weight)))
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, rule={self.rule.name}, feedback_scale={self.feedback_scale:g}"
-
-
-def mlp(sizes: Sequence[int], rule: str, activation: str = "tanh", bias: bool = True,
-        seed: int | None = None, feedback_scale: float = 1.0, decay: float = KOLEN_POLLACK_DECAY,
-        second_order=None) -> nn.Module:
-    """An MLP of FeedbackLinear layers, e.g. mlp([784, 256, 256, 10], "fa").
-
-    With `seed`, parameters, the FA (and DFA) matrices and brsf's redraws come from soap's seed streams
-    (identical to the population trainer's member with that seed); without, from torch's global RNG like
-    nn.Linear. `decay` is kolen_pollack's lambda. A `dfa` network is a soap.direct_feedback
-    DirectFeedbackMLP; an `so_` rule inserts soap.activity_propagation.SecondOrderActivity modules
-    (settings `second_order`, an ActivityPropagation) and trains with its `two_pass_backward`.
-    """
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {activation!r}; known: {', '.join(ACTIVATIONS)}")
-    if len(sizes) < 2:
-        raise ValueError(f"an MLP needs at least input and output sizes, got {list(sizes)}")
-    spec = get_rule(rule)
-    if spec.direct:
-        from soap.direct_feedback import DirectFeedbackMLP
-
-        model = DirectFeedbackMLP(sizes, activation, bias=bias, feedback_scale=feedback_scale)
-    else:
-        from soap.activity_propagation import ActivityPropagation, SecondOrderActivity
-
-        settings = (second_order or ActivityPropagation()) if spec.second_order else None
-        carrying = settings.hidden_layers(len(sizes) - 2) if settings else ()
-        modules: list[nn.Module] = []
-        for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-            modules.append(FeedbackLinear(fan_in, fan_out, rule=rule, bias=bias, feedback_scale=feedback_scale,
-                                          decay=decay))
-            if i in carrying:
-                modules.append(SecondOrderActivity(settings))
-            if i < len(sizes) - 2:
-                modules.append(ACTIVATIONS[activation].module())
-        model = nn.Sequential(*modules)
-    linears = [m for m in model.modules() if isinstance(m, FeedbackLinear)]
-    if seed is not None:
-        inits = initial_parameters(sizes, seed)
-        redraws = generator(seed, "feedback_redraw")  # one stream, drawn layer after layer each step
-        with torch.no_grad():
-            for layer, init in zip(linears, inits):
-                layer.weight.copy_(init.weight)
-                if layer.bias is not None:
-                    layer.bias.copy_(init.bias)
-                layer.feedback.copy_(init.feedback)
-                if layer.rule.random == "fa":
-                    layer.fa_matrix.copy_(init.feedback)
-                layer.generator = redraws
-            if spec.direct:
-                for matrix, init in zip(model.direct_matrices(), inits[1:]):
-                    matrix.copy_(init.direct)
-    return model

@@ -248,7 +248,7 @@ def bp_reference_loss(runs: pd.DataFrame, curves: pd.DataFrame) -> float:
 def fill_targets(runs: pd.DataFrame, curves: pd.DataFrame, target) -> pd.DataFrame:
     """Set target_loss, examples_to_target and reached_target per dataset; target: "auto", a loss, or
     {dataset: loss}."""
-    from soap.metrics import examples_to_target
+    from soap.metrics import time_to_target
 
     runs = runs.copy()
     for dataset, rows in runs.groupby("dataset").groups.items():
@@ -263,10 +263,10 @@ def fill_targets(runs: pd.DataFrame, curves: pd.DataFrame, target) -> pd.DataFra
             runs.loc[rows, ["target_loss", "examples_to_target"]] = math.nan
             runs.loc[rows, "reached_target"] = False
             continue
-        hits = examples_to_target(part, loss).set_index("run_id").reindex(ids)
+        examples, reached = time_to_target(part, ids, loss)
         runs.loc[rows, "target_loss"] = loss
-        runs.loc[rows, "examples_to_target"] = hits["examples_to_target"].to_numpy()
-        runs.loc[rows, "reached_target"] = hits["reached_target"].fillna(False).astype(bool).to_numpy()
+        runs.loc[rows, "examples_to_target"] = examples
+        runs.loc[rows, "reached_target"] = reached
         log.info("%s: target loss %.4f, reached by %d of %d runs", dataset, loss,
                  int(runs.loc[rows, "reached_target"].sum()), len(rows))
     runs["reached_target"] = runs["reached_target"].astype(bool)

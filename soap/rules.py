@@ -60,6 +60,12 @@ class FeedbackRule:
             return None
         return lambda weight: self.form(weight, None)
 
+    def formed(self, weight: Tensor, fa_matrix: Tensor | None, redraw: Callable[[], Tensor]) -> Tensor:
+        """B = form(W, R), R as `random` names it: the run's FA matrix, or `redraw()` (called only
+        for "redraw", so no other rule consumes a draw). The single layer and the trainer both form B here."""
+        random = fa_matrix if self.random == "fa" else redraw() if self.random == "redraw" else None
+        return self.form(weight, random)
+
     @property
     def base(self) -> str:
         """The rule without its so_ prefix: the feedback that the second-order variant sends."""

@@ -1,0 +1,20 @@
+"""The population trainer: P independent runs (any mix of method, seed and learning rate) trained as
+one batched computation.
+
+- `orders`: data-order groups (members with one seed share every batch) and their blocks;
+- `feedback`: every member's B and its rule's hooks (soap.rules), one object;
+- `model`: the stacked forward and the hand-written backward (PopulationMLP);
+- `placement`: one stacked model, or one per step shape (PopulationGroups, population_model);
+- `loop`: train_population, the training loop;
+- `records`: the runs and curves tables, run ids, the meta record.
+"""
+
+from soap.population.feedback import PopulationFeedback, SignalPath
+from soap.population.loop import load_splits, train_population
+from soap.population.model import PopulationMLP
+from soap.population.orders import by_data_order
+from soap.population.placement import PopulationGroups, population_model
+from soap.population.records import TrainResult, run_id, versions
+
+__all__ = ["PopulationFeedback", "PopulationGroups", "PopulationMLP", "SignalPath", "TrainResult", "by_data_order",
+           "load_splits", "population_model", "run_id", "train_population", "versions"]

@@ -1,0 +1,282 @@
+"""The stacked model: P MLPs, one per member, as one batched computation with a hand-written backward.
+
+Every member's parameters are stacked along a leading population dimension: weights[l] (pop, out, in),
+biases[l] (pop, out), feedback[l] (pop, out, in). A step runs the layer maths of
+`FeedbackLinearFunction` (soap.nn) on the stacks and updates every member with its own learning rate.
+Members never mix: the loss is a sum of per-member means, so a member's gradients are exactly those it
+would get trained alone.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from soap.activity_propagation import ActivityPropagation, newton_step, perturbation_scale, soap_gain
+from soap.config import Member
+from soap.metrics import signal_agreement
+from soap.nn import ACTIVATIONS, initial_parameters, linear_forward, sgd_update_, weight_grad
+from soap.optim import StackedOptimizer
+from soap.population.feedback import PopulationFeedback, SignalPath, unit_ratio
+from soap.population.orders import DataOrders
+from soap.rules import KOLEN_POLLACK_DECAY
+
+
+@dataclass(frozen=True)
+class Step:
+    """An optimizer step taken on the way down: lr (pop,); `fused`: under sgd the deltas already
+    carry each member's lr (the step rides in the gradient GEMMs)."""
+
+    lr: Tensor
+    fused: bool
+
+
+class PopulationMLP:
+    """Stacked MLPs, one per member, with the members' feedback rules (`hooks`, soap.population.feedback).
+
+    The backward pass is written out by hand: it needs the error signal of every layer anyway (for
+    the alignment metrics), and it lets the SGD step fuse into the weight-gradient GEMM. It calls the
+    same layer maths as FeedbackLinear (soap.nn), and tests hold it equal to autograd through that layer.
+
+    The training input is one batch per data-order group (soap.population.orders), x (groups, batch, in);
+    members sharing an order share their first layer's GEMMs: its forward is one wide product per
+    order, its weight update one tall one.
+
+    optimizer: "sgd" (fused into the weight-gradient GEMM) or one of soap.optim's, with its
+    hyperparameters as keywords (momentum, betas, eps).
+    """
+
+    def __init__(self, sizes: list[int], members: list[Member], activation: str, device: torch.device,
+                 optimizer: str = "sgd", decay: float = KOLEN_POLLACK_DECAY,
+                 second_order: ActivityPropagation | None = None, dtype: torch.dtype = torch.float32,
+                 **hyperparameters):
+        self.sizes, self.members, self.device = sizes, members, device
+        self.optimizer = None if optimizer == "sgd" else StackedOptimizer(optimizer, **hyperparameters)
+        scales = [m.feedback_scale for m in members]
+        # alpha per member, (pop, 1, 1); a plain 1.0 when no member scales, which skips the product
+        self.feedback_scale = 1.0 if set(scales) == {1.0} else torch.tensor(scales, device=device).view(-1, 1, 1)
+        # per-layer lr multipliers, [(pop,)] input to output; None when every member has one lr
+        self.lr_scale = None
+        if any(m.lr_scale is not None for m in members):
+            layers = len(sizes) - 1
+            table = torch.tensor([m.layer_lrs(layers) for m in members], device=device)
+            self.lr_scale = list((table / torch.tensor([m.lr for m in members], device=device)[:, None]).T)
+        self.activation = ACTIVATIONS[activation]
+        orders = DataOrders(members, device)
+        self.group_seeds, self.blocks, self.member_group = orders.group_seeds, orders.blocks, orders.member_group
+        inits = {seed: initial_parameters(sizes, seed) for seed in self.group_seeds}
+
+        def stack(part: str, layer: int) -> Tensor:
+            return torch.stack([getattr(inits[m.seed][layer], part) for m in members]).to(device, dtype)
+
+        layers = range(len(sizes) - 1)
+        self.weights = [stack("weight", l) for l in layers]  # (pop, out, in)
+        self.biases = [stack("bias", l) for l in layers]  # (pop, out)
+        self.feedback = [stack("feedback", l) for l in layers]  # (pop, out, in), kept by `hooks`
+        self.hooks = PopulationFeedback(members, self.weights, self.feedback, inits, self.member_group, decay)
+        self.steps = 0
+        second = {r.second_order for r in self.hooks.rules}
+        if len(second) > 1:
+            raise ValueError("so_ members and other members train in separate groups (see population_model)")
+        self.second_order = (second_order or ActivityPropagation()) if second == {True} else None
+        self.second_order_layers = self.second_order.hidden_layers(len(sizes) - 2) if self.second_order else ()
+        # a captured step replays one fixed computation: the so_ warm-up switches from one to two passes
+        self.capturable = self.second_order is None
+        self.soap_gains = {h: torch.full((len(members),), math.nan, device=device, dtype=self.weights[0].dtype)
+                           for h in self.second_order_layers}
+        if self.lr_scale is not None and self.second_order is not None:
+            # the two-pass step sends an unscaled signal down and scales each layer at its update; per-layer
+            # lrs would need their own path through it, and no arm of the study asks for both
+            raise ValueError("per-layer learning rates are not supported for so_ members")
+
+    def forward(self, x: Tensor, shifts: dict[int, Tensor] | None = None) -> list[Tensor]:
+        """Inputs of every layer, then the logits: [x, h_1, ..., h_{L-1}, logits].
+
+        x: (groups, batch, in), one batch per data-order group, or (batch, in) shared by every member;
+        logits (pop, batch, classes).
+        """
+        acts = [x]
+        for layer, (w, b) in enumerate(zip(self.weights, self.biases)):
+            if layer == 0 and x.dim() == 3:
+                parts = [linear_forward(x[groups], w[members], b[members]) for members, groups in self.blocks]
+                a = parts[0] if len(parts) == 1 else torch.cat(parts)
+            else:
+                a = linear_forward(acts[-1], w, b)  # (pop, batch, out)
+            if shifts is not None and layer in shifts:
+                a.sub_(shifts[layer])  # pass 2 of activity propagation: a - eps g1
+            acts.append(self.activation.forward_(a) if layer < len(self.weights) - 1 else a)
+        return acts
+
+    def error_signals(self, acts: list[Tensor], output_error: Tensor, path: SignalPath, step: Step | None = None,
+                      replace: dict[int, Callable[[Tensor], Tensor]] | None = None) -> list[Tensor]:
+        """delta_l = dL/da_l (pop, batch, out_l) at every layer's pre-activation, sent down from the
+        logits' `output_error` along `path` (the rules' B, or W for backprop's reference).
+
+        With `step`, every member takes its optimizer step in place on the way down (W_l is updated
+        only after its own feedback product is taken, so every gradient sees the pre-step weights).
+        `replace` (hidden layer -> function): the delta sent below that layer is the function of the
+        plain delta there (activity propagation); the plain signal also continues down to the replaced
+        layers below.
+        """
+        delta, plain = output_error, None  # plain: the unreplaced signal, where it differs from delta
+        deltas = [delta]
+        # sgd carries each layer's lr in its delta: going down a layer rescales it to the next layer's lr
+        lr_ratio = self._lr_ratio if step is not None and step.fused and self.lr_scale is not None else unit_ratio
+        for layer in reversed(range(len(self.weights))):
+            if layer:
+                upstream = path.upstream(delta, output_error, layer, lr_ratio)  # (pop, batch, in)
+                plain_upstream = None if plain is None else path.upstream(plain, output_error, layer, lr_ratio)
+            if step is not None:
+                self._update(layer, delta, acts[layer], step)
+            if layer:
+                delta = self.activation.backward(upstream, acts[layer])
+                if plain is not None:
+                    plain = self.activation.backward(plain_upstream, acts[layer])
+                if replace and layer - 1 in replace:
+                    signal = delta if plain is None else plain
+                    delta = replace[layer - 1](signal)
+                    plain = signal if any(h < layer - 1 for h in replace) else None
+                deltas.insert(0, delta)
+        return deltas
+
+    def _lr_ratio(self, to_layer: int, from_layer: int) -> Tensor:
+        return (self.lr_scale[to_layer] / self.lr_scale[from_layer]).view(-1, 1, 1)
+
+    def _update(self, layer: int, delta: Tensor, x: Tensor, step: Step) -> None:
+        """Every member's optimizer step on layer `layer` from its deltas (pop, batch, out) and input x
+        (pop, batch, in), for the first layer one batch per data-order group (groups, batch, in)."""
+        w, b, fb = self.weights[layer], self.biases[layer], self.feedback[layer]
+        blocks = self.blocks if layer == 0 else [(slice(None), slice(None))]
+        layer_lr = step.lr if self.lr_scale is None else step.lr * self.lr_scale[layer]
+        if self.optimizer is None:  # sgd: the step lr * dL/da rides in the gradient GEMMs
+            scaled = delta if step.fused else delta * layer_lr.view(-1, 1, 1)
+            coupled = self.hooks.coupled_signals(layer, scaled, x, self.hooks.decay * layer_lr)  # lr times each
+            for members, groups in blocks:
+                sgd_update_(w[members], b[members], scaled[members], x[groups])
+            coupled.after_sgd_(w, fb)
+            return
+        grads = [weight_grad(delta[members], x[groups]) for members, groups in blocks]
+        grad = grads[0] if len(grads) == 1 else torch.cat(grads)
+        coupled = self.hooks.coupled_signals(layer, delta, x, self.hooks.decay * torch.ones_like(step.lr))
+        grad_fb = coupled.gradients(grad, fb)
+        if grad_fb is not None:  # B takes its own optimizer step, as torch.optim does for a parameter
+            self.optimizer.step_(2 * len(self.weights) + layer, fb, grad_fb, layer_lr)
+        self.optimizer.step_(2 * layer, w, grad, layer_lr)
+        self.optimizer.step_(2 * layer + 1, b, delta.sum(-2), layer_lr)
+
+    @torch.no_grad()
+    def train_step(self, x: Tensor, y: Tensor, lr: Tensor) -> Tensor:
+        """One optimizer step of every member on its group's batch: x (groups, batch, in), y (groups, batch),
+        lr (pop,). Returns the per-member loss before the step."""
+        y = y.index_select(0, self.member_group)  # (pop, batch)
+        self.steps += 1
+        if self.second_order is not None and self.steps > self.second_order.warmup:
+            loss = self._two_pass_step(x, y, lr)
+        else:
+            acts = self.forward(x)
+            loss, log_probs = cross_entropy(acts[-1], y)
+            output_error = output_error_(log_probs, y)  # (pop, batch, classes)
+            if self.optimizer is None:  # sgd's step rides in the gradient GEMMs
+                output_error.mul_((lr if self.lr_scale is None else lr * self.lr_scale[-1]).view(-1, 1, 1))
+            self.error_signals(acts, output_error, self.hooks.path(scale=self.feedback_scale),
+                               Step(lr, fused=self.optimizer is None))
+        # The first layer's B sends nothing down (no gradient goes to the data): complete_feedback()
+        # brings it up to date for whatever reads it, which spares copying the largest weight every step.
+        self.hooks.sync_tracking(range(1, len(self.weights)))
+        return loss
+
+    def _two_pass_step(self, x: Tensor, y: Tensor, lr: Tensor) -> Tensor:
+        """Activity propagation (soap.activity_propagation): g1, then the step from the perturbed pass."""
+        settings, path = self.second_order, self.hooks.path(scale=self.feedback_scale)
+        acts = self.forward(x)
+        loss, log_probs = cross_entropy(acts[-1], y)
+        g1 = self.error_signals(acts, output_error_(log_probs, y), path)
+        scales = {h: perturbation_scale(settings.eta, g1[h]) for h in self.second_order_layers}
+        acts = self.forward(x, shifts={h: g1[h] * scales[h] for h in self.second_order_layers})
+        error = output_error_(cross_entropy(acts[-1], y)[1], y)
+
+        def newton(h: int) -> Callable[[Tensor], Tensor]:
+            def step(g2: Tensor) -> Tensor:
+                n = newton_step(g1[h], g2, scales[h], settings.curvature_bias)
+                self.soap_gains[h] = soap_gain(n, g2)
+                return n
+            return step
+
+        replace = {h: newton(h) for h in self.second_order_layers}
+        self.error_signals(acts, error, path, Step(lr, fused=False), replace=replace)
+        return loss
+
+    @torch.no_grad()
+    def complete_feedback(self) -> None:
+        """Bring the first layer's B up to date (a step leaves it stale: soap.population.feedback)."""
+        self.hooks.complete()
+
+    @torch.no_grad()
+    def refresh(self, due: np.ndarray) -> None:
+        """After each step: the members' periodic and every-step B (PopulationFeedback.refresh)."""
+        self.hooks.refresh(due)
+
+    @torch.no_grad()
+    def freeze(self, members: Tensor) -> None:
+        """Zero the parameters of diverged members so non-finite values never reach later arithmetic."""
+        for tensor in [*self.weights, *self.biases, *self.feedback]:
+            tensor[members] = 0.0
+        if self.optimizer is not None:
+            self.optimizer.freeze(members)
+
+    @torch.no_grad()
+    def evaluate(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean loss and accuracy of every member on a shared set: (n, in), (n,) -> (pop,), (pop,)."""
+        # chunks of at most ~64M activations, so large populations fit in device memory
+        chunk = max(64, 2**26 // (len(self.members) * max(self.sizes[1:])))
+        total_loss = torch.zeros(len(self.members), device=self.device)
+        correct = torch.zeros(len(self.members), device=self.device)
+        for start in range(0, len(y), chunk):
+            xs, ys = x[start:start + chunk], y[start:start + chunk]
+            logits = self.forward(xs)[-1]
+            total_loss += cross_entropy(logits, ys)[0] * len(ys)
+            correct += (logits.argmax(-1) == ys).sum(1)
+        return total_loss / len(y), correct / len(y)
+
+    @torch.no_grad()
+    def alignment(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+        """Per layer: angle(B, W); per hidden layer: cosine and norm ratio of the rule's error signal
+        against BP's on the same batch and weights. x (groups, batch, in), y (groups, batch)."""
+        self.complete_feedback()  # the only layer train_step leaves stale
+        y = y.index_select(0, self.member_group)
+        acts = self.forward(x)
+        output_error = output_error_(cross_entropy(acts[-1], y)[1], y)
+        rule = self.error_signals(acts, output_error, self.hooks.path(scale=self.feedback_scale))
+        bp = self.error_signals(acts, output_error, SignalPath(self.weights))
+        out = {f"angle_l{layer}": angle for layer, angle in enumerate(self.hooks.angles())}
+        for layer in range(len(self.weights) - 1):  # hidden layers: the output layer's signal is exact
+            out[f"cos_l{layer}"], out[f"norm_ratio_l{layer}"] = signal_agreement(rule[layer], bp[layer])
+        for layer, gain in self.soap_gains.items():  # |n| / |g2| of the last two-pass step
+            out[f"soap_gain_l{layer}"] = gain.clone()
+        return out
+
+
+def cross_entropy(logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean cross-entropy per member (pop,) and the log-probabilities it came from.
+
+    logits (pop, batch, classes); y (pop, batch), or (batch,) shared by every member.
+    """
+    log_probs = torch.log_softmax(logits, dim=-1)
+    return -log_probs.gather(-1, _targets(y, logits)).mean((-2, -1)), log_probs
+
+
+def output_error_(log_probs: Tensor, y: Tensor) -> Tensor:
+    """dL/dlogits of each member's mean cross-entropy, (softmax - onehot) / batch, overwriting log_probs."""
+    targets = _targets(y, log_probs)
+    delta = log_probs.exp_()
+    delta.scatter_add_(-1, targets, torch.full(targets.shape, -1.0, dtype=delta.dtype, device=delta.device))
+    return delta.div_(log_probs.shape[-2])
+
+
+def _targets(y: Tensor, logits: Tensor) -> Tensor:
+    return y.expand(logits.shape[:-1]).unsqueeze(-1)  # (pop, batch, 1), for gather and scatter
