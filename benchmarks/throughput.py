@@ -35,7 +35,8 @@ import torch.nn.functional as F
 from soap.config import OPTIMIZERS, TrainConfig
 from soap.data import load_dataset
 from soap.devices import resolve_device
-from soap.nn import feedback_grad_input, linear_forward, mlp, sgd_update_
+from soap.models import mlp
+from soap.nn import feedback_grad_input, linear_forward, sgd_update_
 from soap.population import train_population
 
 SIZES = [784, 256, 256, 10]

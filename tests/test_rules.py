@@ -1,11 +1,19 @@
-"""Feedback rules against hand-derived gradients and torch.nn.Linear."""
+"""Feedback rules (soap.rules) in the single layer against hand-derived gradients and B matrices."""
 
+import math
+
+import numpy as np
 import pytest
 import torch
-from torch import nn
+import torch.nn.functional as F
 
-from soap.nn import ACTIVATIONS, FeedbackLinear, FeedbackLinearFunction, mlp, sgd_update_
+from soap.config import ConfigError, TrainConfig
+from soap.models import mlp
+from soap.nn import FeedbackLinear, initial_parameters
 from soap.rules import RULES, get_rule, refresh_due
+from soap.seeding import stream_seed
+
+from helpers import TINY_SIZES, TINY_X, TINY_Y
 
 W = torch.tensor([[1.0, -2.0], [3.0, -4.0]])
 FA = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
@@ -28,14 +36,18 @@ GRAD_X_AFTER_REFRESH = {
     "sign_scaled": [7.5, -7.5],
     "stale_bp": [7.0, -10.0],
 }
+FA_SIGNED = torch.tensor([[0.5, -1.0], [2.0, 0.25]])  # a signed R, for the sign-concordant rules
 
 
-def hand_layer(rule: str) -> FeedbackLinear:
-    layer = FeedbackLinear(2, 2, rule=rule)
+def hand_layer(rule: str, feedback: torch.Tensor = FA, decay: float = 0.0) -> FeedbackLinear:
+    """A 2x2 layer with W above, b = [0.5, -0.5] and B (and frsf's R) = `feedback`."""
+    layer = FeedbackLinear(2, 2, rule=rule, decay=decay)
     with torch.no_grad():
         layer.weight.copy_(W)
         layer.bias.copy_(torch.tensor([0.5, -0.5]))
-        layer.feedback.copy_(FA)
+        layer.feedback.copy_(feedback)
+        if hasattr(layer, "fa_matrix"):
+            layer.fa_matrix.copy_(feedback)
     return layer
 
 
@@ -68,52 +80,6 @@ def test_refreshing_rules_use_the_fa_matrix_until_the_first_refresh(rule):
     assert torch.equal(x.grad, torch.tensor([GRAD_X_AFTER_REFRESH["fa"]]))
 
 
-def test_bp_matches_torch_linear_under_autograd():
-    torch.manual_seed(0)
-    reference = nn.Linear(30, 20)
-    layer = FeedbackLinear(30, 20, rule="bp")
-    layer.load_state_dict({**reference.state_dict(), "feedback": layer.feedback})
-    x = torch.randn(5, 7, 30)  # extra leading dimension, as nn.Linear accepts
-    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
-    y1, y2 = reference(x1), layer(x2)
-    torch.testing.assert_close(y2, y1, atol=1e-6, rtol=1e-6)
-    upstream = torch.randn_like(y1)
-    y1.backward(upstream)
-    y2.backward(upstream)
-    torch.testing.assert_close(x2.grad, x1.grad, atol=1e-6, rtol=1e-6)
-    torch.testing.assert_close(layer.weight.grad, reference.weight.grad, atol=1e-6, rtol=1e-6)
-    torch.testing.assert_close(layer.bias.grad, reference.bias.grad, atol=1e-6, rtol=1e-6)
-
-
-def test_initialisation_matches_torch_linear_distribution():
-    torch.manual_seed(1)
-    layer = FeedbackLinear(400, 300)
-    bound = 400 ** -0.5
-    for tensor in (layer.weight, layer.bias, layer.feedback):
-        assert tensor.abs().max() <= bound
-        assert tensor.abs().max() > 0.98 * bound  # uniform on the whole interval, not a narrower one
-    # U(-a, a) has variance a^2 / 3.
-    assert abs(layer.weight.var().item() / (bound**2 / 3) - 1) < 0.02
-    assert "feedback" in layer.state_dict() and "feedback" not in dict(layer.named_parameters())
-
-
-def test_population_call_equals_per_member_calls():
-    torch.manual_seed(2)
-    pop_x, pop_w, pop_b, pop_fb = torch.randn(3, 5, 4), torch.randn(3, 6, 4), torch.randn(3, 6), torch.randn(3, 6, 4)
-    upstream = torch.randn(3, 5, 6)
-    leaves = [t.clone().requires_grad_() for t in (pop_x, pop_w, pop_b)]
-    FeedbackLinearFunction.apply(*leaves, pop_fb).backward(upstream)
-    for p in range(3):
-        x, w, b = (t[p].clone().requires_grad_() for t in (pop_x, pop_w, pop_b))
-        out = FeedbackLinearFunction.apply(x, w, b, pop_fb[p])
-        out.backward(upstream[p])
-        # independent expectation for this member, written with explicit sums
-        torch.testing.assert_close(x.grad, torch.einsum("no,oi->ni", upstream[p], pop_fb[p]))
-        torch.testing.assert_close(w.grad, torch.einsum("no,ni->oi", upstream[p], pop_x[p]))
-        for leaf, single in zip(leaves, (x, w, b)):
-            torch.testing.assert_close(leaf.grad[p], single.grad)
-
-
 def test_refresh_due_at_multiples_of_the_period():
     period, batch = 100, 48  # 48 does not divide 100
     seen, fired = 0, []
@@ -124,62 +90,6 @@ def test_refresh_due_at_multiples_of_the_period():
     # counts 48, 96, 144, 192, 240, 288, 336, 384, 432, 480, 528, 576: each first count past 100k
     assert fired == [144, 240, 336, 432, 528]
     assert refresh_due(0, 64, 64) and not refresh_due(64, 127, 64) and refresh_due(64, 128, 64)
-
-
-def test_mlp_builds_the_architecture():
-    model = mlp([784, 256, 256, 10], "sign", activation="tanh")
-    linears = [m for m in model if isinstance(m, FeedbackLinear)]
-    assert [(m.in_features, m.out_features) for m in linears] == [(784, 256), (256, 256), (256, 10)]
-    assert all(m.rule.name == "sign" for m in linears)
-    assert sum(isinstance(m, nn.Tanh) for m in model) == 2
-    with pytest.raises(ValueError, match="unknown activation"):
-        mlp([3, 2], "fa", activation="softplusx")
-
-
-@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
-def test_activation_matches_its_torch_module_under_autograd(name):
-    activation = ACTIVATIONS[name]
-    a = torch.linspace(-6, 6, 241).requires_grad_()  # float32, the trainer's dtype; includes 0
-    expected_h = activation.module()(a)
-    grad_h = torch.randn(241, generator=torch.Generator().manual_seed(0))
-    (expected_grad_a,) = torch.autograd.grad(expected_h, a, grad_h)
-    h = activation.forward_(a.detach().clone())
-    torch.testing.assert_close(h, expected_h.detach(), atol=2e-7, rtol=0)
-    torch.testing.assert_close(activation.backward(grad_h, h), expected_grad_a, atol=1e-6, rtol=1e-5)
-
-
-def test_fused_sgd_update_equals_subtracting_the_gradients():
-    torch.manual_seed(3)
-    w, b = torch.randn(4, 6, 5), torch.randn(4, 6)
-    grad_out, x = torch.randn(4, 8, 6), torch.randn(4, 8, 5)
-    expected_w = w - torch.einsum("pbo,pbi->poi", grad_out, x)
-    expected_b = b - grad_out.sum(1)
-    sgd_update_(w, b, grad_out, x)
-    torch.testing.assert_close(w, expected_w)
-    torch.testing.assert_close(b, expected_b)
-
-
-def test_members_sharing_an_input_equal_per_member_calls():
-    # 6 members in 2 groups of 3; each group feeds its 3 members one input (one wide GEMM per group)
-    torch.manual_seed(4)
-    x, w, b, fb = torch.randn(2, 5, 4), torch.randn(6, 7, 4), torch.randn(6, 7), torch.randn(6, 7, 4)
-    upstream = torch.randn(6, 5, 7)
-    leaves = [t.clone().requires_grad_() for t in (x, w, b)]
-    out = FeedbackLinearFunction.apply(*leaves, fb)
-    out.backward(upstream)
-    expected_grad_x = torch.zeros_like(x)
-    for p in range(6):
-        g = p // 3
-        torch.testing.assert_close(out[p], x[g] @ w[p].T + b[p])
-        torch.testing.assert_close(leaves[1].grad[p], upstream[p].T @ x[g])
-        torch.testing.assert_close(leaves[2].grad[p], upstream[p].sum(0))
-        expected_grad_x[g] += upstream[p] @ fb[p]  # a shared input collects every member's error
-    torch.testing.assert_close(leaves[0].grad, expected_grad_x)
-    # the fused update takes the same grouped input
-    expected_w, expected_b = w - leaves[1].grad, b - leaves[2].grad
-    sgd_update_(w, b, upstream, x)
-    torch.testing.assert_close(w, expected_w)
-    torch.testing.assert_close(b, expected_b)
 
 
 @pytest.mark.parametrize("rule", sorted(B_AFTER_REFRESH))
@@ -195,3 +105,119 @@ def test_feedback_scale_multiplies_only_the_error_sent_down(rule):
         assert torch.equal(layer.feedback, B_AFTER_REFRESH[rule])  # B itself stays the rule's
     with pytest.raises(ValueError, match="feedback_scale must be a positive number"):
         FeedbackLinear(2, 2, rule=rule, feedback_scale=0.0)
+
+
+def test_every_rule_but_dfa_has_a_second_order_variant():
+    plain = [name for name, rule in RULES.items() if not rule.second_order]
+    assert set(plain) >= {"bp", "fa", "sign", "sign_scaled", "stale_bp", "usf", "frsf", "brsf", "kolen_pollack", "dfa"}
+    for name in plain:
+        assert (f"so_{name}" in RULES) == (name != "dfa")
+    assert get_rule("so_sign").base == "sign" and get_rule("so_sign").form is get_rule("sign").form
+
+
+@pytest.mark.parametrize("rule, grad_x", [
+    ("usf", [3.0 / math.sqrt(6), -3.0 / math.sqrt(6)]),  # sign(W) / sqrt(3 * fan_in 2): rows [1,-1], [1,-1]
+    ("frsf", [0.5 + 4.0, -1.0 - 0.5]),  # |FA_SIGNED| sign(W) = [[0.5, -1], [2, -0.25]]
+])
+def test_sign_concordant_feedback_by_hand(rule, grad_x):
+    layer = hand_layer(rule, FA_SIGNED)
+    x = X.clone().requires_grad_()
+    layer(x).backward(GRAD_Y)
+    assert torch.allclose(x.grad, torch.tensor([grad_x]), atol=1e-6)
+    assert torch.equal(layer.weight.grad, torch.tensor([[1.0, 1.0], [2.0, 2.0]]))
+
+
+def test_step_rules_form_feedback_only_in_training_forward_passes():
+    layer = hand_layer("brsf", FA_SIGNED)
+    layer.eval()
+    layer(X)
+    with torch.no_grad():
+        layer.train()(X)
+    assert torch.equal(layer.feedback, FA_SIGNED)  # evaluation and no-grad passes neither form B nor draw R_t
+    layer(X)
+    assert torch.equal(torch.sign(layer.feedback), torch.sign(W))
+
+
+@pytest.mark.parametrize("rule", ["usf", "frsf", "brsf"])
+def test_step_rules_track_sign_of_w_every_step_with_their_magnitudes(rule):
+    """B_t of every layer over 4 SGD steps against numpy; brsf's R_t redrawn from the seed's stream."""
+    seed = 3
+    model = mlp(TINY_SIZES, rule, seed=seed)
+    twin = mlp(TINY_SIZES, rule, seed=seed)
+    linears = [m for m in model if isinstance(m, FeedbackLinear)]
+    twins = [m for m in twin if isinstance(m, FeedbackLinear)]
+    fa = [init.feedback.numpy() for init in initial_parameters(TINY_SIZES, seed)]
+    redraws = torch.Generator().manual_seed(stream_seed(seed, "feedback_redraw"))
+    optimizers = [torch.optim.SGD(m.parameters(), lr=0.5) for m in (model, twin)]
+    previous = None
+    for step in range(4):
+        weights = [layer.weight.detach().numpy().copy() for layer in linears]
+        losses = [F.cross_entropy(m(TINY_X), TINY_Y) for m in (model, twin)]
+        for l, (layer, w) in enumerate(zip(linears, weights)):
+            fan_out, fan_in = w.shape
+            if rule == "usf":
+                expected = np.sign(w) / np.sqrt(3 * fan_in)
+            elif rule == "frsf":
+                expected = np.abs(fa[l]) * np.sign(w)
+            else:  # layer after layer, step after step, like W's init distribution
+                r = torch.empty(fan_out, fan_in).uniform_(-fan_in**-0.5, fan_in**-0.5, generator=redraws)
+                expected = np.abs(r.numpy()) * np.sign(w)
+            np.testing.assert_allclose(layer.feedback.numpy(), expected, rtol=1e-6, atol=0)
+        assert all(torch.equal(a.feedback, b.feedback) for a, b in zip(linears, twins))  # reproducible
+        current = [layer.feedback.clone() for layer in linears]
+        if previous is not None and rule == "brsf":  # redrawn: the magnitudes change every step
+            assert not torch.equal(current[1].abs(), previous[1].abs())
+        previous = current
+        for optimizer, loss in zip(optimizers, losses):
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    if rule != "usf":  # another seed, other magnitudes
+        other, again = mlp(TINY_SIZES, rule, seed=seed + 1), mlp(TINY_SIZES, rule, seed=seed)
+        other(TINY_X), again(TINY_X)
+        assert not torch.equal(other[2].feedback.abs(), again[2].feedback.abs())
+
+
+def test_kolen_pollack_one_step_by_hand():
+    lr, decay = 0.5, 0.1
+    layer = hand_layer("kolen_pollack", FA_SIGNED, decay=decay)
+    assert "feedback" in dict(layer.named_parameters())  # trained alongside W
+    x = X.clone().requires_grad_()
+    layer(x).backward(GRAD_Y)
+    assert torch.allclose(x.grad, GRAD_Y @ FA_SIGNED)  # B starts as the FA_SIGNED matrix
+    torch.optim.SGD(layer.parameters(), lr=lr).step()
+    grad_w = torch.tensor([[1.0, 1.0], [2.0, 2.0]])  # grad_y^T x
+    assert torch.allclose(layer.weight, W - lr * (grad_w + decay * W))
+    assert torch.allclose(layer.feedback, FA_SIGNED - lr * (grad_w + decay * FA_SIGNED))
+    assert torch.allclose(layer.bias, torch.tensor([0.5 - lr * 1.0, -0.5 - lr * 2.0]))  # no decay on b
+
+
+def test_kolen_pollack_distance_between_b_and_w_decays_geometrically():
+    lr, decay = 0.2, 0.5
+    model = mlp(TINY_SIZES, "kolen_pollack", seed=2, decay=decay)
+    linears = [m for m in model if isinstance(m, FeedbackLinear)]
+    start = [(layer.feedback - layer.weight).norm().item() for layer in linears]
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    for t in range(1, 16):
+        optimizer.zero_grad()
+        F.cross_entropy(model(TINY_X), TINY_Y).backward()
+        optimizer.step()
+        for layer, d0 in zip(linears, start):
+            distance = (layer.feedback - layer.weight).norm().item()
+            assert distance == pytest.approx(d0 * (1 - lr * decay) ** t, rel=1e-5)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("kp_decay", -0.1, "kp_decay: -0.1 is less than the minimum of 0"),
+    ("soap_eta", 0.0, "soap_eta: 0.0 is less than or equal to the minimum of 0"),
+    ("soap_curvature_bias", -1e-3, "soap_curvature_bias: -0.001 is less than or equal to the minimum of 0"),
+    ("soap_warmup", -1, "soap_warmup: -1 is less than the minimum of 0"),
+    ("soap_layers", [0, 2], r"soap_layers: .*hidden layers \[2\] do not exist \(the network has 2\)"),
+])
+def test_config_rejects_bad_rule_settings_in_one_line(key, value, message):
+    from soap.config import ConfigError, TrainConfig
+
+    with pytest.raises(ConfigError, match=message) as error:
+        TrainConfig.from_dict({"methods": ["so_fa", "kolen_pollack"], key: value})
+    assert "\n" not in str(error.value)
+    assert TrainConfig.from_dict({"methods": ["so_fa"], "soap_layers": [1]}).second_order().layers == (1,)
