@@ -121,7 +121,8 @@ def test_population_bp_with_feedback_scale_equals_its_bp_with_per_layer_learning
     ("dfa", "sgd", 3.0, 0.2), ("brsf", "momentum", 1.0, 0.05), ("usf", "sgd", 3.0, 0.2)])
 def test_population_of_one_with_an_optimizer_or_a_feedback_scale_equals_single_model_training(method, optimizer,
                                                                                              alpha, lr):
-    result = train_rules(members=[{"method": method, "lr": lr, "seed": 3, "feedback_scale": alpha}], optimizer=optimizer)
+    result = train_rules(members=[{"method": method, "lr": lr, "seed": 3, "feedback_scale": alpha}],
+                         optimizer=optimizer)
     val, test_acc = reference_rules(method, lr, 3, optimizer=optimizer, feedback_scale=alpha)
     assert result.runs.iloc[0]["val_loss"] == pytest.approx(val, rel=1e-4)
     assert result.runs.iloc[0]["test_acc"] == pytest.approx(test_acc, abs=1e-6)

@@ -3,7 +3,10 @@
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
+
+from soap.metrics import time_to_target
 
 from helpers import train, train_rules
 
@@ -58,3 +61,11 @@ def test_passes_to_target_follow_the_pipelines_target_too():
     assert fa["passes_to_target"] == fa["examples_to_target"] / 48
     steps = so_fa["examples_to_target"] / 48
     assert steps > 3 and so_fa["passes_to_target"] == 3 + 2 * (steps - 3)
+
+
+def test_time_to_target_reads_the_first_logged_hit_in_the_order_asked():
+    curves = pd.DataFrame({"run_id": ["a", "a", "a", "b", "b", "c"], "examples": [10, 20, 30, 10, 20, 10],
+                           "train_loss_ema": [2.0, 0.9, 0.5, 3.0, np.nan, 0.1]})
+    examples, reached = time_to_target(curves, ["b", "c", "a", "missing"], 1.0)
+    np.testing.assert_array_equal(examples, [np.nan, 10.0, 20.0, np.nan])  # b never reached: censored
+    assert reached.dtype == bool and reached.tolist() == [False, True, True, False]
