@@ -20,6 +20,8 @@ def test_an_unknown_device_is_a_one_line_error(spec, message):
 
 
 def test_a_cuda_device_this_machine_lacks_is_a_one_line_error():
-    missing = f"cuda:{torch.cuda.device_count()}"  # one past the last visible device, or cuda:0 without CUDA
-    with pytest.raises(ConfigError, match=f"device '{missing}' requested but"):
-        resolve_device(missing)
+    count = torch.cuda.device_count()
+    # without CUDA, any cuda spec; with it, one past the last visible device
+    spec, message = (f"cuda:{count}", f"only {count} CUDA device") if count else ("cuda", "CUDA is not available")
+    with pytest.raises(ConfigError, match=f"device '{spec}' requested but {message}"):
+        resolve_device(spec)
