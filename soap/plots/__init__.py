@@ -20,7 +20,7 @@ from soap.plots.alignment import plot_alignment
 from soap.plots.curves import plot_bp_vs_fa, plot_fixed_lr_curves
 from soap.plots.diagram import plot_causal_diagram
 from soap.plots.estimates import plot_forest, plot_grid_contrasts, plot_mediation, plot_rule_comparison
-from soap.plots.facets import dataset_rows, datasets_of, facets
+from soap.plots.facets import dataset_facets, dataset_rows, datasets_of
 from soap.plots.lr_response import plot_divergence, plot_effective_lr_response, plot_lr_response
 from soap.plots.panels import no_data
 from soap.plots.saving import save_figure
@@ -30,7 +30,7 @@ from soap.plots.tuning import plot_tuning, plot_tuning_budget
 from soap.plots.verdict import (plot_dose, plot_matched, plot_optimizers, plot_optimum_shift, verdict_figures,
                                 write_figures)
 
-__all__ = ["dataset_label", "dataset_rows", "datasets_of", "facets", "method_color", "method_linestyle",
+__all__ = ["dataset_facets", "dataset_label", "dataset_rows", "datasets_of", "method_color", "method_linestyle",
            "no_data", "order_methods", "plot_alignment", "plot_bp_vs_fa", "plot_causal_diagram", "plot_divergence",
            "plot_dose", "plot_effective_lr_response", "plot_fixed_lr_curves", "plot_forest", "plot_grid_contrasts",
            "plot_km", "plot_lr_response", "plot_matched", "plot_mediation", "plot_optimizers", "plot_optimum_shift",

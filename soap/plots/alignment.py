@@ -10,7 +10,7 @@ from __future__ import annotations
 import pandas as pd
 
 from soap.analysis.descriptive import mean_ci
-from soap.plots.facets import dataset_rows, datasets_of, facets
+from soap.plots.facets import dataset_facets, dataset_rows, datasets_of
 from soap.plots.panels import band, legend_below, no_data
 from soap.plots.style import EXAMPLES_FORMATTER, EXAMPLES_LABEL, dataset_label, method_color, method_linestyle, \
     order_methods, styled
@@ -35,8 +35,8 @@ def plot_alignment(curves: pd.DataFrame | None):
     """
     layer_cols = {p: ([] if curves is None else layer_columns(curves, p)) for p, _ in QUANTITIES}
     ncols = max(1, *(len(c) for c in layer_cols.values()))
-    fig, axes, datasets = facets(datasets_of(curves), columns=ncols, rows_per_dataset=len(QUANTITIES),
-                                 panel=(4.6, 3.3), sharex=True)
+    fig, axes, datasets = dataset_facets(datasets_of(curves), columns=ncols, rows_per_dataset=len(QUANTITIES),
+                                         panel=(4.6, 3.3), sharex=True)
     for d, dataset in enumerate(datasets):
         rows = dataset_rows(curves, dataset, "examples")
         for r, (prefix, ylabel) in enumerate(QUANTITIES):

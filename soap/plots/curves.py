@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from soap.analysis.descriptive import mean_ci
-from soap.plots.facets import dataset_rows, datasets_of, facets
+from soap.plots.facets import dataset_facets, dataset_rows, datasets_of
 from soap.plots.panels import band, clip_log_bands, finite, legend_below, no_data, number
 from soap.plots.style import (EXAMPLES_FORMATTER, EXAMPLES_LABEL, LOSS_LABEL, dataset_label, method_color,
                               method_linestyle, order_methods, styled)
@@ -35,7 +35,7 @@ def plot_bp_vs_fa(curves: pd.DataFrame | None, targets: Mapping[str, float] | No
     ``estimate, ci_low, ci_high`` for fa's examples-to-target over bp's.
     """
     targets, ratios, lrs = targets or {}, ratios or {}, lrs or {}
-    fig, axes, datasets = facets(datasets_of(curves))
+    fig, axes, datasets = dataset_facets(datasets_of(curves))
     for ax, dataset in zip(axes[0], datasets):
         rows = dataset_rows(curves, dataset, value)
         if rows is not None:
@@ -60,7 +60,7 @@ def plot_fixed_lr_curves(curves: pd.DataFrame | None, lrs: Mapping[str, float] |
                          targets: Mapping[str, float] | None = None, value: str = "train_loss_ema"):
     """Figure 2: every method at the shared fixed learning rate (the write-up's naive comparison)."""
     lrs, targets = lrs or {}, targets or {}
-    fig, axes, datasets = facets(datasets_of(curves))
+    fig, axes, datasets = dataset_facets(datasets_of(curves))
     for ax, dataset in zip(axes[0], datasets):
         rows = dataset_rows(curves, dataset, value)
         if rows is not None:

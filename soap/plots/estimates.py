@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.transforms import blended_transform_factory
 
-from soap.plots.facets import datasets_of, facets, has_columns
+from soap.plots.facets import dataset_facets, datasets_of, has_columns
 from soap.plots.panels import finite, legend_below, no_data, number, xerr
 from soap.plots.style import ESTIMAND_LABELS, ESTIMAND_MARKERS, dataset_label, method_color, order_methods, styled
 from soap.rule_comparison import ESTIMANDS as RULE_COMPARISON_ESTIMANDS
@@ -40,8 +40,8 @@ def plot_forest(estimates: pd.DataFrame | None, estimands: tuple[str, ...] = FOR
         rows = estimates[estimates["estimand"].isin(estimands) & (estimates["reference"] == reference)]
     present = [e for e in estimands if rows is not None and (rows["estimand"] == e).any()] or ["(none)"]
     n_methods = 1 if rows is None or rows.empty else rows["method"].nunique()
-    fig, axes, datasets = facets(datasets_of(rows), columns=len(present),
-                                 panel=(3.9, 1.3 + 0.42 * max(n_methods, 3)))
+    fig, axes, datasets = dataset_facets(datasets_of(rows), columns=len(present),
+                                         panel=(3.9, 1.3 + 0.42 * max(n_methods, 3)))
     for d, dataset in enumerate(datasets):
         for e, estimand in enumerate(present):
             ax = axes[d, e]
@@ -95,7 +95,7 @@ def plot_mediation(mediation: Mapping[str, Mapping] | None, outcome: str = "test
     that dataset's panel. Each effect is labelled with its SD, so the imprecision of the split shows.
     """
     mediation, skipped = mediation or {}, skipped or {}
-    fig, axes, datasets = facets(dict.fromkeys([*mediation, *skipped]), panel=(5.6, 3.4))
+    fig, axes, datasets = dataset_facets(dict.fromkeys([*mediation, *skipped]), panel=(5.6, 3.4))
     for ax, dataset in zip(axes[0], datasets):
         block = mediation.get(dataset)
         if not block or not any(part in block for part, _ in MEDIATION_PARTS):
@@ -141,7 +141,7 @@ def plot_grid_contrasts(estimates: pd.DataFrame | None, reference: str = REFEREN
     rows = None
     if has_columns(estimates, "estimand", "reference", "lr"):
         rows = estimates[(estimates["estimand"] == "grid_lr") & (estimates["reference"] == reference)]
-    fig, axes, datasets = facets(datasets_of(rows), panel=(6.4, 4.2))
+    fig, axes, datasets = dataset_facets(datasets_of(rows), panel=(6.4, 4.2))
     for ax, dataset in zip(axes[0], datasets):
         subset = None if rows is None else rows[rows["dataset"] == dataset]
         if subset is None or subset.empty:
@@ -189,12 +189,13 @@ def plot_rule_comparison(estimates: pd.DataFrame | None, reference_values: Mappi
     titles so differences can be read as levels."""
     rows = None
     if has_columns(estimates, "estimand", "reference", "outcome", "estimate"):
-        rows = estimates[estimates["estimand"].isin(RULE_COMPARISON_ESTIMANDS) & (estimates["reference"] == reference)]
+        rows = estimates[estimates["estimand"].isin(RULE_COMPARISON_ESTIMANDS)
+                         & (estimates["reference"] == reference)]
         if "slopes_differ" in rows:
             rows = rows.assign(slopes_differ=_boolean(rows["slopes_differ"]))
     n_methods = 1 if rows is None or rows.empty else rows["method"].nunique()
-    fig, axes, datasets = facets(datasets_of(rows), columns=len(RULE_COMPARISON_OUTCOMES),
-                                 panel=(5.75, 1.6 + 0.36 * max(n_methods, 3)))
+    fig, axes, datasets = dataset_facets(datasets_of(rows), columns=len(RULE_COMPARISON_OUTCOMES),
+                                         panel=(5.75, 1.6 + 0.36 * max(n_methods, 3)))
     for d, dataset in enumerate(datasets):
         for c, (outcome, xlabel, factor, unit) in enumerate(RULE_COMPARISON_OUTCOMES):
             ax = axes[d, c]

@@ -23,7 +23,7 @@ def datasets_of(table: pd.DataFrame | None) -> list[str]:
     return list(dict.fromkeys(table["dataset"].dropna()))
 
 
-def facets(datasets: Iterable[str], columns: int | None = None, rows_per_dataset: int = 1,
+def dataset_facets(datasets: Iterable[str], columns: int | None = None, rows_per_dataset: int = 1,
            panel: tuple[float, float] = (5.6, 4.2), **subplots) -> tuple[plt.Figure, np.ndarray, list[str]]:
     """The figure, its axes (always 2-d) and the datasets they show, in the given order.
 

@@ -16,7 +16,7 @@ from matplotlib.transforms import blended_transform_factory
 from scipy import stats
 
 from soap.analysis.descriptive import mean_ci
-from soap.plots.facets import dataset_rows, datasets_of, facets
+from soap.plots.facets import dataset_facets, dataset_rows, datasets_of
 from soap.plots.panels import band, clip_log_bands, legend_below, no_data
 from soap.plots.style import LOSS_LABEL, dataset_label, method_color, method_linestyle, order_methods, styled
 
@@ -29,7 +29,7 @@ def plot_lr_response(runs: pd.DataFrame | None, tuned_lr: Mapping[str, Mapping[s
     Diverged runs have no final loss; where any seed diverged, an x at the top marks the lr.
     """
     tuned_lr, fixed_lr = tuned_lr or {}, fixed_lr or {}
-    fig, axes, datasets = facets(datasets_of(runs))
+    fig, axes, datasets = dataset_facets(datasets_of(runs))
     for ax, dataset in zip(axes[0], datasets):
         grid = dataset_rows(runs, dataset, "lr", outcome)
         if grid is None or grid.empty:
@@ -69,7 +69,7 @@ def plot_effective_lr_response(runs: pd.DataFrame | None, outcome: str = "test_l
     Points are runs; lines join, per method and nominal lr, the geometric mean effective lr with the
     mean outcome and its 95% CI. If the methods' differences are learning rate, the lines collapse.
     """
-    fig, axes, datasets = facets(datasets_of(runs))
+    fig, axes, datasets = dataset_facets(datasets_of(runs))
     for ax, dataset in zip(axes[0], datasets):
         grid = dataset_rows(runs, dataset, "effective_lr", outcome)
         if grid is not None:
@@ -101,7 +101,7 @@ def plot_divergence(cells: pd.DataFrame | None):
 
     ``cells`` has columns dataset, method, lr, rate, ci_low, ci_high (summary.json's divergence cells).
     """
-    fig, axes, datasets = facets(datasets_of(cells))
+    fig, axes, datasets = dataset_facets(datasets_of(cells))
     for ax, dataset in zip(axes[0], datasets):
         rows = dataset_rows(cells, dataset, "rate")
         if rows is None or rows.empty:

@@ -33,7 +33,9 @@ def save_figure(fig, path_stem: str | Path, dpi: int = 200, formats: tuple[str, 
         metadata = {"CreationDate": None} if fmt == "pdf" else None
         # Inside the style: some of it (PDF font embedding) acts at save time. The format is given
         # explicitly because the temporary file's suffix is ".tmp".
+        def write(tmp, fmt=fmt, metadata=metadata):
+            fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight", metadata=metadata)
+
         with plt.rc_context(STYLE_RC):
-            paths.append(write_atomic(stem.with_suffix(f".{fmt}"), lambda tmp, fmt=fmt, metadata=metadata: fig.savefig(
-                tmp, format=fmt, dpi=dpi, bbox_inches="tight", metadata=metadata)))
+            paths.append(write_atomic(stem.with_suffix(f".{fmt}"), write))
     return tuple(paths)

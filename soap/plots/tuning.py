@@ -12,7 +12,7 @@ import matplotlib.ticker
 import numpy as np
 import pandas as pd
 
-from soap.plots.facets import dataset_rows, datasets_of, facets
+from soap.plots.facets import dataset_facets, dataset_rows, datasets_of
 from soap.plots.panels import legend_below, no_data
 from soap.plots.style import LOSS_LABEL, dataset_label, method_color, order_methods, styled
 
@@ -20,7 +20,7 @@ from soap.plots.style import LOSS_LABEL, dataset_label, method_color, order_meth
 @styled
 def plot_tuning(trials: pd.DataFrame | None, best: pd.DataFrame | None = None):
     """Figure 10: Optuna tuning, per dataset: best objective so far vs trial, and lr vs objective."""
-    fig, axes, datasets = facets(datasets_of(trials), columns=2, panel=(6.0, 4.2))
+    fig, axes, datasets = dataset_facets(datasets_of(trials), columns=2, panel=(6.0, 4.2))
     for (ax_hist, ax_lr), dataset in zip(axes, datasets):
         rows = dataset_rows(trials, dataset, "number", "value", "params_lr")
         if rows is not None:
@@ -62,7 +62,7 @@ def plot_tuning_budget(curves: pd.DataFrame | None, which: str = ""):
 
     ``curves`` has columns dataset, method, budget, expected_best (soap.analysis.tuning_budget).
     """
-    fig, axes, datasets = facets(datasets_of(curves))
+    fig, axes, datasets = dataset_facets(datasets_of(curves))
     for ax, dataset in zip(axes[0], datasets):
         rows = dataset_rows(curves, dataset, "budget", "expected_best")
         if rows is None or rows.empty:

@@ -22,7 +22,8 @@ from soap.rules import REFERENCE
 FIGURES = {
     "verdict_a_dose": "Dose-response (row a). Final test loss against effective learning rate lr x gain (gain "
                       "measured with the feedback scale alpha inside it) for each dose rule, one line per alpha, "
-                      "mean over seeds. If the rule's scale acts only as a learning rate, the lines lie on one curve.",
+                      "mean over seeds. If the rule's scale acts only as a learning rate, the lines lie on one "
+                      "curve.",
     "verdict_b_matched": "bp at sign's step sizes (row b). Final test loss against nominal lr of sign, bp and "
                          "bp_matched (bp whose layer-l lr is lr x sign's gain at layer l, same seed and lr); "
                          "mean and 95% interval over seeds. If sign's advantage is its gain, bp_matched tracks sign.",
