@@ -104,5 +104,8 @@ def test_rule_comparison_shows_accuracy_in_points_and_the_references_level():
     assert sorted(x for x, _, _ in _points(axes[0, 1])) == pytest.approx([-5.0, 2.0, 3.0, 10.0])
     assert axes[0, 1].get_title() == "MNIST (bp at its tuned lr: 95%)"
     assert [t.get_text() for t in axes[0, 0].get_yticklabels()] == ["fa", "sign"]
+    # each rule's two estimands side by side on its row: tuned just above, effective_lr just below
+    assert sorted((round(y, 6), x) for x, y, _ in _points(axes[0, 0])) == [
+        (-1.16, 0.02), (-0.84, -0.05), (-0.16, 0.03), (0.16, 0.1)]
     _, axes = plot_rule_comparison(comparison()[lambda t: t["outcome"] == "test_loss"])
     assert "no test acc contrasts against bp" in axes[0, 1].texts[0].get_text()

@@ -69,3 +69,22 @@ def test_figures_facet_their_datasets_in_the_tables_order():
     _, axes = plot_tuning(trials)
     assert axes.shape == (2, 2) and _titles(axes[:, 0]) == ["MNIST: optimisation history",
                                                            "kmnist: optimisation history"]
+
+
+def test_dataset_panels_hand_out_the_datasets_with_rows_and_say_why_for_the_others():
+    table = pd.DataFrame({"dataset": ["a", "b", "b"], "x": [1.0, np.nan, 2.0]})
+    fig, axes, panels = F.dataset_panels(table, "nothing here", "x", select=lambda rows: rows[rows["x"] > 1])
+    assert axes.shape == (1, 2) and [(ax, d, list(r["x"])) for ax, d, r in panels] == [(axes[0, 1], "b", [2.0])]
+    assert not axes[0, 0].axison and axes[0, 0].texts[0].get_text() == "nothing here"
+    _, axes, panels = F.dataset_panels(table, "no y", "y")
+    assert panels == [] and axes.shape == (1, 2)
+
+
+def test_dataset_grid_gives_a_cell_per_dataset_and_value():
+    table = pd.DataFrame({"dataset": ["a", "a", "b"], "outcome": ["loss", "acc", "loss"], "v": [1, 2, 3]})
+    _, axes, datasets, panels = F.dataset_grid(table, "outcome", ["loss", "acc"], lambda v: f"no {v}")
+    assert axes.shape == (2, 2) and datasets == ["a", "b"]
+    assert [(d, c, list(rows["v"])) for _, d, c, rows in panels] == [("a", 0, [1]), ("a", 1, [2]), ("b", 0, [3])]
+    assert axes[1, 1].texts[0].get_text() == "no acc"
+    _, axes, _, panels = F.dataset_grid(None, "outcome", ["loss"], lambda v: "none")
+    assert axes.shape == (1, 1) and panels == []

@@ -46,6 +46,16 @@ def test_lr_response_draws_the_mean_over_seeds_and_marks_divergence_and_the_tune
     assert ax.get_xscale() == ax.get_yscale() == "log"
 
 
+def test_a_wide_band_runs_off_the_bottom_at_half_the_lowest_value():
+    # two seeds 0.1 apart: the t-interval (t = 12.7) reaches down to 0.415, below half the lowest mean
+    # (1.05) and half the lowest run (1.0)
+    runs = pd.DataFrame({"dataset": "mnist", "method": "bp", "lr": [0.1, 0.1, 1.0, 1.0], "seed": [0, 1, 0, 1],
+                         "diverged": False, "test_loss": [1.0, 1.1, 1.0, 1.1], "effective_lr": [0.1, 0.1, 1.0, 1.0]})
+    assert plot_lr_response(runs)[1][0, 0].get_ylim()[0] == pytest.approx(1.05 / 2)
+    # the effective-lr figure shows the runs as points too: half the lowest run
+    assert plot_effective_lr_response(runs)[1][0, 0].get_ylim()[0] == pytest.approx(1.0 / 2)
+
+
 def test_effective_lr_response_puts_each_lr_at_its_geometric_mean_effective_lr(grid):
     _, axes = plot_effective_lr_response(grid)
     sign = _line(axes[0, 0], "sign")

@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 
 from soap.analysis.descriptive import mean_ci
-from soap.plots.facets import dataset_facets, dataset_rows, datasets_of
-from soap.plots.panels import band, clip_log_bands, finite, legend_below, no_data, number
+from soap.plots.facets import dataset_panels
+from soap.plots.panels import band, clip_log_bands, finite, legend_below, number
 from soap.plots.style import (EXAMPLES_FORMATTER, EXAMPLES_LABEL, LOSS_LABEL, dataset_label, method_color,
                               method_linestyle, order_methods, styled)
 from soap.rules import REFERENCE
@@ -35,15 +35,11 @@ def plot_bp_vs_fa(curves: pd.DataFrame | None, targets: Mapping[str, float] | No
     ``estimate, ci_low, ci_high`` for fa's examples-to-target over bp's.
     """
     targets, ratios, lrs = targets or {}, ratios or {}, lrs or {}
-    fig, axes, datasets = dataset_facets(datasets_of(curves))
-    for ax, dataset in zip(axes[0], datasets):
-        rows = dataset_rows(curves, dataset, value)
-        if rows is not None:
-            rows = rows[rows["method"].isin([REFERENCE, CHALLENGER])].dropna(subset=[value])
-        if rows is None or rows.empty:
-            no_data(ax, f"no {REFERENCE} / {CHALLENGER} training curves at the shared learning rate\n"
-                        "(no fixed_lr in summary.json, or no grid runs at it)")
-            continue
+    fig, axes, panels = dataset_panels(
+        curves, f"no {REFERENCE} / {CHALLENGER} training curves at the shared learning rate\n"
+                "(no fixed_lr in summary.json, or no grid runs at it)", value,
+        select=lambda rows: rows[rows["method"].isin([REFERENCE, CHALLENGER])].dropna(subset=[value]))
+    for ax, dataset, rows in panels:
         target = targets.get(dataset)
         crossings = _curve_panel(ax, rows, target, value)
         title = dataset_label(dataset)
@@ -60,15 +56,10 @@ def plot_fixed_lr_curves(curves: pd.DataFrame | None, lrs: Mapping[str, float] |
                          targets: Mapping[str, float] | None = None, value: str = "train_loss_ema"):
     """Figure 2: every method at the shared fixed learning rate (the write-up's naive comparison)."""
     lrs, targets = lrs or {}, targets or {}
-    fig, axes, datasets = dataset_facets(datasets_of(curves))
-    for ax, dataset in zip(axes[0], datasets):
-        rows = dataset_rows(curves, dataset, value)
-        if rows is not None:
-            rows = rows.dropna(subset=[value])
-        if rows is None or rows.empty:
-            no_data(ax, "no training curves at the shared learning rate\n"
-                        "(no fixed_lr in summary.json, or no grid runs at it)")
-            continue
+    fig, axes, panels = dataset_panels(curves, "no training curves at the shared learning rate\n"
+                                               "(no fixed_lr in summary.json, or no grid runs at it)", value,
+                                       select=lambda rows: rows.dropna(subset=[value]))
+    for ax, dataset, rows in panels:
         _curve_panel(ax, rows, targets.get(dataset), value)
         title = dataset_label(dataset)
         if dataset in lrs:

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.transforms import blended_transform_factory
 
-from soap.plots.facets import dataset_facets, datasets_of, has_columns
+from soap.plots.facets import dataset_facets, dataset_grid, dataset_panels, has_columns
 from soap.plots.panels import finite, legend_below, no_data, number, xerr
 from soap.plots.style import ESTIMAND_LABELS, ESTIMAND_MARKERS, dataset_label, method_color, order_methods, styled
 from soap.rule_comparison import ESTIMANDS as RULE_COMPARISON_ESTIMANDS
@@ -40,22 +40,18 @@ def plot_forest(estimates: pd.DataFrame | None, estimands: tuple[str, ...] = FOR
         rows = estimates[estimates["estimand"].isin(estimands) & (estimates["reference"] == reference)]
     present = [e for e in estimands if rows is not None and (rows["estimand"] == e).any()] or ["(none)"]
     n_methods = 1 if rows is None or rows.empty else rows["method"].nunique()
-    fig, axes, datasets = dataset_facets(datasets_of(rows), columns=len(present),
-                                         panel=(3.9, 1.3 + 0.42 * max(n_methods, 3)))
-    for d, dataset in enumerate(datasets):
-        for e, estimand in enumerate(present):
-            ax = axes[d, e]
-            subset = None if rows is None else rows[(rows["dataset"] == dataset) & (rows["estimand"] == estimand)]
-            if subset is None or subset.empty:
-                no_data(ax, f"no method-vs-{reference} estimates")
-                continue
-            _forest_panel(ax, subset, estimand, show_labels=e == 0)
-            title = ESTIMAND_LABELS.get(estimand, estimand)
-            lr = subset["lr"].dropna() if "lr" in subset else pd.Series(dtype=float)
-            if len(lr):
-                title += f"\n(lr = {lr.iloc[0]:.3g})"
-            ax.set_title(f"{dataset_label(dataset)}: {title}" if len(datasets) > 1 else title, fontsize=10.5)
-            ax.set_xlabel(f"{outcome.replace('_', ' ')}, method - {reference}")
+    fig, axes, datasets, panels = dataset_grid(rows, "estimand", present,
+                                               lambda _: f"no method-vs-{reference} estimates",
+                                               panel=(3.9, 1.3 + 0.42 * max(n_methods, 3)))
+    for ax, dataset, e, subset in panels:
+        estimand = present[e]
+        _forest_panel(ax, subset, estimand, show_labels=e == 0)
+        title = ESTIMAND_LABELS.get(estimand, estimand)
+        lr = subset["lr"].dropna() if "lr" in subset else pd.Series(dtype=float)
+        if len(lr):
+            title += f"\n(lr = {lr.iloc[0]:.3g})"
+        ax.set_title(f"{dataset_label(dataset)}: {title}" if len(datasets) > 1 else title, fontsize=10.5)
+        ax.set_xlabel(f"{outcome.replace('_', ' ')}, method - {reference}")
     return fig, axes
 
 
@@ -141,12 +137,8 @@ def plot_grid_contrasts(estimates: pd.DataFrame | None, reference: str = REFEREN
     rows = None
     if has_columns(estimates, "estimand", "reference", "lr"):
         rows = estimates[(estimates["estimand"] == "grid_lr") & (estimates["reference"] == reference)]
-    fig, axes, datasets = dataset_facets(datasets_of(rows), panel=(6.4, 4.2))
-    for ax, dataset in zip(axes[0], datasets):
-        subset = None if rows is None else rows[rows["dataset"] == dataset]
-        if subset is None or subset.empty:
-            no_data(ax, "no grid contrasts")
-            continue
+    fig, axes, panels = dataset_panels(rows, "no grid contrasts", panel=(6.4, 4.2))
+    for ax, dataset, subset in panels:
         methods = order_methods(subset["method"].unique())
         for i, method in enumerate(methods):
             m = subset[(subset["method"] == method) & np.isfinite(subset["estimate"].astype(float))].sort_values("lr")
@@ -194,22 +186,19 @@ def plot_rule_comparison(estimates: pd.DataFrame | None, reference_values: Mappi
         if "slopes_differ" in rows:
             rows = rows.assign(slopes_differ=_boolean(rows["slopes_differ"]))
     n_methods = 1 if rows is None or rows.empty else rows["method"].nunique()
-    fig, axes, datasets = dataset_facets(datasets_of(rows), columns=len(RULE_COMPARISON_OUTCOMES),
-                                         panel=(5.75, 1.6 + 0.36 * max(n_methods, 3)))
-    for d, dataset in enumerate(datasets):
-        for c, (outcome, xlabel, factor, unit) in enumerate(RULE_COMPARISON_OUTCOMES):
-            ax = axes[d, c]
-            subset = None if rows is None else rows[(rows["dataset"] == dataset) & (rows["outcome"] == outcome)]
-            if subset is None or subset.empty:
-                no_data(ax, f"no {outcome.replace('_', ' ')} contrasts against {reference}")
-                continue
-            _comparison_panel(ax, subset, factor, show_labels=c == 0)
-            level = (reference_values or {}).get(dataset, {}).get(outcome)
-            title = dataset_label(dataset)
-            if finite(level):
-                title += f" ({reference} at its tuned lr: {level * factor:.4g}{unit})"
-            ax.set_title(title, fontsize=10.5)
-            ax.set_xlabel(xlabel.format(reference=reference))
+    fig, axes, _, panels = dataset_grid(
+        rows, "outcome", [outcome for outcome, *_ in RULE_COMPARISON_OUTCOMES],
+        lambda outcome: f"no {outcome.replace('_', ' ')} contrasts against {reference}",
+        panel=(5.75, 1.6 + 0.36 * max(n_methods, 3)))
+    for ax, dataset, c, subset in panels:
+        outcome, xlabel, factor, unit = RULE_COMPARISON_OUTCOMES[c]
+        _comparison_panel(ax, subset, factor, show_labels=c == 0)
+        level = (reference_values or {}).get(dataset, {}).get(outcome)
+        title = dataset_label(dataset)
+        if finite(level):
+            title += f" ({reference} at its tuned lr: {level * factor:.4g}{unit})"
+        ax.set_title(title, fontsize=10.5)
+        ax.set_xlabel(xlabel.format(reference=reference))
     for estimand in RULE_COMPARISON_ESTIMANDS:
         axes[0, 0].plot([], [], ls="", marker=ESTIMAND_MARKERS[estimand], color="#555555", ms=6,
                         mfc="white" if estimand == "effective_lr" else "#555555", label=ESTIMAND_LABELS[estimand])

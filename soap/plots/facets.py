@@ -13,6 +13,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from soap.plots.panels import no_data
+
 NO_DATASET = "(none)"  # the facet of a figure with nothing to show
 
 
@@ -40,6 +42,39 @@ def dataset_facets(datasets: Iterable[str], columns: int | None = None, rows_per
     fig, axes = plt.subplots(nrows, ncols, figsize=(panel[0] * ncols, panel[1] * nrows), squeeze=False,
                              layout="constrained", **subplots)
     return fig, axes, datasets
+
+
+def dataset_panels(table: pd.DataFrame | None, message: str, *columns: str, select=None, **facet_kw):
+    """Side-by-side facets of the table's datasets: ``(fig, axes, panels)``, ``panels`` the
+    ``(ax, dataset, rows)`` of each dataset with rows to draw (after ``select``, a filter of one
+    dataset's rows); the other panels say ``message``. ``facet_kw`` goes to :func:`dataset_facets`."""
+    fig, axes, datasets = dataset_facets(datasets_of(table), **facet_kw)
+    panels = []
+    for ax, dataset in zip(axes[0], datasets):
+        rows = dataset_rows(table, dataset, *columns)
+        if rows is not None and select is not None:
+            rows = select(rows)
+        if rows is None or rows.empty:
+            no_data(ax, message)
+        else:
+            panels.append((ax, dataset, rows))
+    return fig, axes, panels
+
+
+def dataset_grid(table: pd.DataFrame | None, column: str, values: list, message, **facet_kw):
+    """One row of panels per dataset of the table, one column per value of ``column``:
+    ``(fig, axes, datasets, panels)``, ``panels`` the ``(ax, dataset, c, rows)`` of each cell (c its
+    column) with rows to draw; the other cells say ``message(value)``."""
+    fig, axes, datasets = dataset_facets(datasets_of(table), columns=len(values), **facet_kw)
+    panels = []
+    for d, dataset in enumerate(datasets):
+        for c, value in enumerate(values):
+            rows = None if table is None else table[(table["dataset"] == dataset) & (table[column] == value)]
+            if rows is None or rows.empty:
+                no_data(axes[d, c], message(value))
+            else:
+                panels.append((axes[d, c], dataset, c, rows))
+    return fig, axes, datasets, panels
 
 
 def dataset_rows(table: pd.DataFrame | None, dataset: str, *columns: str) -> pd.DataFrame | None:

@@ -16,8 +16,8 @@ from matplotlib.transforms import blended_transform_factory
 from scipy import stats
 
 from soap.analysis.descriptive import mean_ci
-from soap.plots.facets import dataset_facets, dataset_rows, datasets_of
-from soap.plots.panels import band, clip_log_bands, legend_below, no_data
+from soap.plots.facets import dataset_panels
+from soap.plots.panels import band, clip_log_bands, legend_below
 from soap.plots.style import LOSS_LABEL, dataset_label, method_color, method_linestyle, order_methods, styled
 
 
@@ -29,12 +29,8 @@ def plot_lr_response(runs: pd.DataFrame | None, tuned_lr: Mapping[str, Mapping[s
     Diverged runs have no final loss; where any seed diverged, an x at the top marks the lr.
     """
     tuned_lr, fixed_lr = tuned_lr or {}, fixed_lr or {}
-    fig, axes, datasets = dataset_facets(datasets_of(runs))
-    for ax, dataset in zip(axes[0], datasets):
-        grid = dataset_rows(runs, dataset, "lr", outcome)
-        if grid is None or grid.empty:
-            no_data(ax, "no grid runs")
-            continue
+    fig, axes, panels = dataset_panels(runs, "no grid runs", "lr", outcome)
+    for ax, dataset, grid in panels:
         top = blended_transform_factory(ax.transData, ax.transAxes)
         lowest = math.inf
         for method in order_methods(grid["method"].unique()):
@@ -55,9 +51,7 @@ def plot_lr_response(runs: pd.DataFrame | None, tuned_lr: Mapping[str, Mapping[s
             ax.axvline(fixed_lr[dataset], color="#777777", ls="--", lw=1, label="shared lr")
         ax.plot([], [], ls="", marker="^", color="#555555", ms=9, label="tuned lr (per method)")
         ax.plot([], [], ls="", marker="x", color="#555555", label="some seeds diverged")
-        ax.set(xscale="log", yscale="log", xlabel="nominal learning rate (log scale)",
-               ylabel=f"final {outcome.replace('_', ' ')}\n{LOSS_LABEL}", title=dataset_label(dataset))
-        clip_log_bands(ax, lowest)
+        _response_axes(ax, "nominal learning rate (log scale)", outcome, dataset, lowest)
     legend_below(fig, axes)
     return fig, axes
 
@@ -69,14 +63,10 @@ def plot_effective_lr_response(runs: pd.DataFrame | None, outcome: str = "test_l
     Points are runs; lines join, per method and nominal lr, the geometric mean effective lr with the
     mean outcome and its 95% CI. If the methods' differences are learning rate, the lines collapse.
     """
-    fig, axes, datasets = dataset_facets(datasets_of(runs))
-    for ax, dataset in zip(axes[0], datasets):
-        grid = dataset_rows(runs, dataset, "effective_lr", outcome)
-        if grid is not None:
-            grid = grid[np.isfinite(grid["effective_lr"]) & (grid["effective_lr"] > 0)]
-        if grid is None or grid.empty:
-            no_data(ax, "no grid runs with an effective learning rate")
-            continue
+    fig, axes, panels = dataset_panels(
+        runs, "no grid runs with an effective learning rate", "effective_lr", outcome,
+        select=lambda rows: rows[np.isfinite(rows["effective_lr"]) & (rows["effective_lr"] > 0)])
+    for ax, dataset, grid in panels:
         lowest = grid[outcome].min()
         for method in order_methods(grid["method"].unique()):
             rows = grid[grid["method"] == method]
@@ -88,11 +78,16 @@ def plot_effective_lr_response(runs: pd.DataFrame | None, outcome: str = "test_l
             summary = summary.assign(effective_lr=summary["lr"].map(x))
             if not summary.empty:
                 band(ax, summary, "effective_lr", color, method, marker="o", ms=4, ls=method_linestyle(method))
-        ax.set(xscale="log", yscale="log", xlabel="effective lr = lr × feedback gain (log scale)",
-               ylabel=f"final {outcome.replace('_', ' ')}\n{LOSS_LABEL}", title=dataset_label(dataset))
-        clip_log_bands(ax, lowest)
+        _response_axes(ax, "effective lr = lr × feedback gain (log scale)", outcome, dataset, lowest)
     legend_below(fig, axes)
     return fig, axes
+
+
+def _response_axes(ax, xlabel: str, outcome: str, dataset: str, lowest: float) -> None:
+    """Both axes logarithmic, the final outcome against an lr; the lower limit near the lowest mean."""
+    ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel=f"final {outcome.replace('_', ' ')}\n{LOSS_LABEL}",
+           title=dataset_label(dataset))
+    clip_log_bands(ax, lowest)
 
 
 @styled
@@ -101,12 +96,8 @@ def plot_divergence(cells: pd.DataFrame | None):
 
     ``cells`` has columns dataset, method, lr, rate, ci_low, ci_high (summary.json's divergence cells).
     """
-    fig, axes, datasets = dataset_facets(datasets_of(cells))
-    for ax, dataset in zip(axes[0], datasets):
-        rows = dataset_rows(cells, dataset, "rate")
-        if rows is None or rows.empty:
-            no_data(ax, "no grid runs")
-            continue
+    fig, axes, panels = dataset_panels(cells, "no grid runs", "rate")
+    for ax, dataset, rows in panels:
         for method in order_methods(rows["method"].unique()):
             m = rows[rows["method"] == method].sort_values("lr")
             ax.errorbar(m["lr"], m["rate"], yerr=[m["rate"] - m["ci_low"], m["ci_high"] - m["rate"]], fmt="o-",

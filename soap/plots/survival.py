@@ -11,8 +11,8 @@ from collections.abc import Mapping
 
 import pandas as pd
 
-from soap.plots.facets import dataset_facets, dataset_rows, datasets_of
-from soap.plots.panels import band, legend_below, no_data
+from soap.plots.facets import dataset_panels
+from soap.plots.panels import band, legend_below
 from soap.plots.style import EXAMPLES_FORMATTER, EXAMPLES_LABEL, dataset_label, method_color, method_linestyle, \
     order_methods, styled
 
@@ -25,12 +25,8 @@ def plot_km(km: pd.DataFrame | None, targets: Mapping[str, float] | None = None,
     ``phases[dataset]`` names the runs the curves come from ("tuned" or "grid").
     """
     targets, phases = targets or {}, phases or {}
-    fig, axes, datasets = dataset_facets(datasets_of(km))
-    for ax, dataset in zip(axes[0], datasets):
-        rows = dataset_rows(km, dataset, "examples", "survival")
-        if rows is None or rows.empty:
-            no_data(ax, "no time-to-target data")
-            continue
+    fig, axes, panels = dataset_panels(km, "no time-to-target data", "examples", "survival")
+    for ax, dataset, rows in panels:
         for method in order_methods(rows["method"].unique()):
             curve = rows[rows["method"] == method].rename(columns={"survival": "mean"})
             if "ci_low" not in curve:

@@ -12,7 +12,7 @@ import matplotlib.ticker
 import numpy as np
 import pandas as pd
 
-from soap.plots.facets import dataset_facets, dataset_rows, datasets_of
+from soap.plots.facets import dataset_facets, dataset_panels, dataset_rows, datasets_of
 from soap.plots.panels import legend_below, no_data
 from soap.plots.style import LOSS_LABEL, dataset_label, method_color, order_methods, styled
 
@@ -62,12 +62,8 @@ def plot_tuning_budget(curves: pd.DataFrame | None, which: str = ""):
 
     ``curves`` has columns dataset, method, budget, expected_best (soap.analysis.tuning_budget).
     """
-    fig, axes, datasets = dataset_facets(datasets_of(curves))
-    for ax, dataset in zip(axes[0], datasets):
-        rows = dataset_rows(curves, dataset, "budget", "expected_best")
-        if rows is None or rows.empty:
-            no_data(ax, "no i.i.d. tuning trials")
-            continue
+    fig, axes, panels = dataset_panels(curves, "no i.i.d. tuning trials", "budget", "expected_best")
+    for ax, dataset, rows in panels:
         for method in order_methods(rows["method"].unique()):
             m = rows[rows["method"] == method].sort_values("budget")
             ax.plot(m["budget"], m["expected_best"], "o-", ms=3.5, lw=1.6, color=method_color(method), label=method)
