@@ -36,7 +36,7 @@ import pandas as pd
 
 from scipy import stats
 
-from soap import figures as F
+from soap import plots as F
 from soap.analysis.summary import Interval, Summary
 from soap.files import png_data_uri
 from soap.analysis.tuning_budget import at_edge, budget_curves

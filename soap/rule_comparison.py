@@ -6,7 +6,7 @@ as bp's (the mechanistic one: is anything left besides the step size)? Both are 
 already estimates (`tuned`: paired over seeds; `effective_lr`: regression on the grid), on test loss
 and test accuracy. This module lays them side by side for every rule, with each rule's absolute test
 metrics at its tuned lr and its time to target (in examples, and in forward-backward passes, since an
-so_ step makes two), as one table; its figure is soap.figures.plot_rule_comparison.
+so_ step makes two), as one table; its figure is soap.plots.plot_rule_comparison.
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ import pandas as pd
 from scipy import stats
 
 from soap.analysis import time_to_target
-from soap.figures import RULE_COMPARISON_ESTIMANDS as ESTIMANDS
 from soap.analysis.descriptive import mean_ci
-from soap.figures import order_methods
 from soap.metrics import feedback_gain
+from soap.rules import in_registry_order as order_methods
+
+ESTIMANDS = ("tuned", "effective_lr")  # the contrasts each rule is compared on (figure 14 draws them)
 
 
 def rule_comparison_table(runs: pd.DataFrame, estimates: pd.DataFrame | None, reference: str = "bp") -> pd.DataFrame:

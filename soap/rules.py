@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Callable
 
@@ -99,6 +100,13 @@ def get_rule(name: str) -> FeedbackRule:
         return RULES[name]
     except KeyError:
         raise ValueError(f"unknown feedback rule {name!r}; known rules: {', '.join(RULES)}") from None
+
+
+def in_registry_order(methods: Iterable[str]) -> list[str]:
+    """The given methods with the registered rules first, in registry order (plain rules, then so_
+    variants), then any others alphabetically: the one method order of every table and figure."""
+    methods = set(methods)
+    return [name for name in RULES if name in methods] + sorted(methods - set(RULES))
 
 
 def refresh_due(seen_before: int, seen_after: int, period):

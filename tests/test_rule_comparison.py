@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from soap import figures
+from soap import plots
 from soap.analysis import analyze
 from soap.rule_comparison import rule_comparison_table
 from soap.synthetic import SyntheticSpec, generate_runs
@@ -67,7 +67,7 @@ def test_time_to_target_is_the_kaplan_meier_median_in_examples_and_in_passes(stu
 
 def test_figure_draws_each_estimate_at_its_value_with_accuracy_in_points(study):
     runs, estimates = study
-    fig, axes = figures.plot_rule_comparison(estimates, {"synthetic": {"test_loss": 0.3, "test_acc": 0.95}})
+    fig, axes = plots.plot_rule_comparison(estimates, {"synthetic": {"test_loss": 0.3, "test_acc": 0.95}})
     assert axes.shape == (1, 2)
     for ax, (outcome, factor) in zip(axes[0], (("test_loss", 1), ("test_acc", 100))):
         drawn = sorted(round(float(c.lines[0].get_xdata()[0]), 9) for c in ax.containers)

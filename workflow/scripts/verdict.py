@@ -1,4 +1,4 @@
-"""The verdict table of issue 10 (soap.analysis.verdict) and its figures (soap.intervention_figures), from
+"""The verdict table of issue 10 (soap.analysis.verdict) and its figures (soap.plots.verdict), from
 the main and the intervention runs tables."""
 
 import json
@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from soap.analysis.verdict import verdict_table
-from soap.intervention_figures import write_figures
+from soap.plots.verdict import write_figures
 from soap.pipeline import log_to_file
 from soap.tables import write_table, write_text
 

@@ -1,0 +1,56 @@
+"""The causal diagram (figure 5): why a comparison at one method's learning rate is confounded, and
+what the effective learning rate mediates."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.patches import FancyArrowPatch
+
+from soap.plots.style import styled
+from soap.rules import REFERENCE
+
+# Node positions in axis coordinates (0..1): the causal chain along the top row, the learning rates
+# below it, so that no edge crosses another.
+NODES = {
+    "method": ("method\n(feedback rule)", (0.09, 0.60)),
+    "gain": (f"feedback gain\n|δ rule| / |δ {REFERENCE}|", (0.37, 0.60)),
+    "effective": ("effective lr\nlr × gain", (0.65, 0.60)),
+    "outcome": ("test loss", (0.91, 0.60)),
+    "nominal": ("nominal lr", (0.65, 0.17)),
+    "other": (f"lr chosen for\nanother method ({REFERENCE})", (0.91, 0.17)),
+}
+EDGES = [
+    # (from, to, line style, colour, label, label position)
+    ("method", "gain", "-", "#222222", None, None),
+    ("gain", "effective", "-", "#222222", None, None),
+    ("effective", "outcome", "-", "#222222", None, None),
+    ("nominal", "effective", "-", "#222222", None, None),
+    ("method", "outcome", "-", "#222222", "direct: how well the feedback aligns", (0.50, 0.96)),
+    ("method", "nominal", "--", "#4477AA", "lr tuned for this method:\na mediator of its effect",
+     (0.25, 0.22)),
+    ("other", "nominal", ":", "#CC3311", f"lr tuned for {REFERENCE}:\nconfounds the comparison", (0.78, 0.02)),
+]
+
+
+@styled
+def plot_causal_diagram():
+    """Figure 5: the causal diagram of method, feedback gain, learning rates and outcome."""
+    fig, ax = plt.subplots(figsize=(10, 4.6), layout="constrained")
+    ax.set(xlim=(0, 1), ylim=(-0.06, 1.02))
+    ax.set_axis_off()
+    boxes = {}
+    for key, (text, (x, y)) in NODES.items():
+        boxes[key] = ax.text(x, y, text, ha="center", va="center", fontsize=12, zorder=3,
+                             bbox={"boxstyle": "round,pad=0.5", "facecolor": "#fbfbfb",
+                                   "edgecolor": "#444444", "lw": 1.2})
+    fig.canvas.draw()  # text boxes need a renderer before arrows can be clipped to them
+    for src, dst, style, color, label, where in EDGES:
+        arc = "arc3,rad=-0.35" if (src, dst) == ("method", "outcome") else "arc3,rad=0"
+        ax.add_patch(FancyArrowPatch(NODES[src][1], NODES[dst][1], arrowstyle="-|>",
+                                     mutation_scale=18, lw=1.8, ls=style, color=color, connectionstyle=arc,
+                                     patchA=boxes[src].get_bbox_patch(), patchB=boxes[dst].get_bbox_patch(),
+                                     zorder=2))
+        if label:
+            ax.text(*where, label, ha="center", va="center", fontsize=10.5, color=color, style="italic")
+    return fig, np.array([[ax]])
