@@ -78,8 +78,15 @@ def plain_runs(runs: pd.DataFrame) -> pd.DataFrame:
     return runs[keep]
 
 
-def factorial_runs(runs: pd.DataFrame) -> pd.DataFrame:
-    """The runs a factorial cell can hold: plain grid runs under sgd at feedback scale 1."""
+NEEDED_COLUMNS = ("dataset", "phase", "method", "seed", "lr", "diverged", "val_loss", "test_loss", "test_acc")
+
+
+def factorial_runs(runs: pd.DataFrame, source: str = "runs table") -> pd.DataFrame:
+    """The runs a factorial cell can hold: plain grid runs under sgd at feedback scale 1. AnalysisError
+    names the columns the factorial needs that `runs` lacks."""
+    missing = [c for c in NEEDED_COLUMNS if c not in runs.columns]
+    if missing:
+        raise AnalysisError(f"{source} is missing column(s) the factorial needs: {', '.join(missing)}")
     runs = plain_runs(runs)
     return runs[(runs["phase"] == "grid") & (runs["optimizer"] == "sgd") & (runs["feedback_scale"] == 1.0)]
 

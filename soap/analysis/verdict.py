@@ -105,7 +105,7 @@ def study_verdict(runs: pd.DataFrame, primary: dict, margins: dict, factorial: l
     rule, outcome = primary["rule"], primary["outcome"]
     margin = margins[outcome] if primary.get("margin") is None else float(primary["margin"])
     rules = list(dict.fromkeys([rule, *factorial]))
-    cells = factorial_runs(runs)
+    cells = factorial_runs(runs, source)
     present = list(cells["dataset"].unique())
     order = [d for d in (datasets or []) if d in present] + sorted(d for d in present if d not in (datasets or []))
     if not order:
