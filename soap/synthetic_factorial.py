@@ -100,6 +100,11 @@ class FactorialSpec:
         largest = np.log(lr) + (np.log(self.gains(step)).max() + self.seed_gain * u) * noisy
         return stats.norm.sf((largest - np.log(self.diverge_step)) / self.edge_sd)
 
+    def expected_cell(self, cell: str, lr: float) -> float:
+        """E[test_loss] of a run of `cell` at lr (unconditional on survival)."""
+        u, w = _hermite()
+        return float((w * self._cell_mean_given_u(cell, lr, u)).sum())
+
     def expected_effect(self, effect: str, lr: float, outcome: str = "test_loss") -> float:
         """The paired estimand: E[sum_c coef_c * y_c] over seeds whose runs in every cell the effect
         needs did not diverge (test accuracy in points)."""

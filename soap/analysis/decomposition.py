@@ -108,26 +108,28 @@ def factorial_rules(runs: pd.DataFrame) -> list[str]:
 
 def seed_values(runs: pd.DataFrame, rule: str, outcome: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per (lr, seed), each cell's mean outcome where the seed's runs there are healthy (NaN otherwise),
-    and each cell's count of diverged runs per lr; columns are cell names."""
-    values, diverged = {}, {}
-    for cell in EFFECTS["interaction"]:
-        method, step = cell_key(cell, rule)
-        rows = runs[(runs["method"] == method) & (runs["step_rule"] == step)]
-        value = rows[outcome].astype(float).where(~rows["diverged"] & np.isfinite(rows[outcome].astype(float)))
-        # a seed with any unhealthy repeat has no value: its mean would be over survivors only
-        grouped = rows.assign(value=value).groupby(["lr", "seed"])["value"]
-        values[cell] = grouped.mean().where(grouped.count() == grouped.size())
-        diverged[cell] = rows.groupby("lr")["diverged"].sum()
-    return pd.DataFrame(values), pd.DataFrame(diverged).fillna(0).astype(int)
+    and each cell's count of diverged runs per lr; columns are the cell names of EFFECTS."""
+    names = list(EFFECTS["interaction"])
+    cell_of = {cell_key(cell, rule): cell for cell in names}
+    cell = pd.Series(list(zip(runs["method"], runs["step_rule"])), index=runs.index).map(cell_of)
+    rows = runs.assign(cell=cell).dropna(subset=["cell"])
+    value = rows[outcome].astype(float)
+    rows = rows.assign(value=value.where(~rows["diverged"] & np.isfinite(value)))
+    grouped = rows.groupby(["lr", "seed", "cell"])["value"]
+    # a seed with any unhealthy repeat has no value: its mean would be over survivors only
+    values = grouped.mean().where(grouped.count() == grouped.size()).unstack("cell").reindex(columns=names)
+    diverged = rows.groupby(["lr", "cell"])["diverged"].sum().unstack("cell").reindex(columns=names)
+    return values, diverged.fillna(0).astype(int)
 
 
 def effect_estimate(wide: pd.DataFrame, effect: str, scale: float = 1.0) -> tuple[dict, int]:
-    """t interval of one effect from the per-seed cell values of one lr; and the seeds with any value."""
+    """t interval of one effect from the per-seed cell values of one lr (columns: cell names); and the
+    number of seeds with a value in any cell the effect needs."""
     needed = EFFECTS[effect]
-    present = wide.reindex(columns=list(needed))
-    usable = present.dropna()
-    diffs = sum(coef * usable[cell] for cell, coef in needed.items()) * scale
-    return t_interval(np.asarray(diffs, dtype=float)), int(present.notna().any(axis=1).sum())
+    present = wide.reindex(columns=list(needed)).to_numpy(dtype=float)
+    complete = ~np.isnan(present).any(axis=1)
+    diffs = present[complete] @ np.array(list(needed.values()), dtype=float) * scale
+    return t_interval(diffs), int((~np.isnan(present)).any(axis=1).sum())
 
 
 def decomposition_table(runs: pd.DataFrame, rules: list[str] | None = None) -> pd.DataFrame:
@@ -135,27 +137,31 @@ def decomposition_table(runs: pd.DataFrame, rules: list[str] | None = None) -> p
     lr and outcome, with Holm's p over the whole table (module docstring)."""
     runs = factorial_runs(runs)
     rules = factorial_rules(runs) if rules is None else rules
-    rows = []
-    for dataset, part in runs.groupby("dataset"):
-        for rule in rules:
-            for outcome, (unit, scale) in OUTCOMES.items():
-                values, diverged = seed_values(part, rule, outcome)
-                for lr, wide in values.groupby(level="lr"):
-                    for effect, needed in EFFECTS.items():
-                        stats_, n_seeds = effect_estimate(wide, effect, scale)
-                        counts = diverged.reindex(columns=list(needed)).loc[lr].fillna(0).astype(int)
-                        note = ", ".join(f"{cell_label(c, rule)}: {k} diverged" for c, k in counts.items() if k)
-                        rows.append({"dataset": dataset, "rule": rule, "lr": float(lr), "outcome": outcome,
-                                     "unit": unit, "effect": effect, "contrast": contrast_text(effect, rule),
-                                     "estimate": stats_["estimate"], "ci_low": stats_["ci_low"],
-                                     "ci_high": stats_["ci_high"], "p": stats_["p_value"], "p_holm": np.nan,
-                                     "n": stats_["n"], "n_seeds": n_seeds, "diverged": int(counts.sum()),
-                                     "note": note})
+    rows = [row for dataset, part in runs.groupby("dataset") for rule in rules for outcome in OUTCOMES
+            for row in effect_rows(part, rule, outcome)]
     table = pd.DataFrame(rows, columns=list(COLUMNS))
     tested = table["p"].notna()
     if tested.any():
         table.loc[tested, "p_holm"] = multipletests(table.loc[tested, "p"].to_numpy(), method="holm")[1]
     return table
+
+
+def effect_rows(runs: pd.DataFrame, rule: str, outcome: str) -> list[dict]:
+    """The rows of one dataset's factorial runs, rule and outcome: every grid lr and effect (no Holm)."""
+    unit, scale = OUTCOMES[outcome]
+    values, diverged = seed_values(runs, rule, outcome)
+    rows = []
+    for lr, wide in values.groupby(level="lr"):
+        for effect, needed in EFFECTS.items():
+            stats_, n_seeds = effect_estimate(wide, effect, scale)
+            counts = diverged.reindex(columns=list(needed)).loc[lr].fillna(0).astype(int)
+            note = ", ".join(f"{cell_label(c, rule)}: {k} diverged" for c, k in counts.items() if k)
+            rows.append({"dataset": runs["dataset"].iloc[0], "rule": rule, "lr": float(lr), "outcome": outcome,
+                         "unit": unit, "effect": effect, "contrast": contrast_text(effect, rule),
+                         "estimate": stats_["estimate"], "ci_low": stats_["ci_low"], "ci_high": stats_["ci_high"],
+                         "p": stats_["p_value"], "p_holm": np.nan, "n": stats_["n"], "n_seeds": n_seeds,
+                         "diverged": int(counts.sum()), "note": note})
+    return rows
 
 
 def contrast_text(effect: str, rule: str) -> str:
