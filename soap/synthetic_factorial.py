@@ -35,18 +35,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-REFERENCE = "bp"
-# cell name -> (method: the direction, step_rule: the per-layer step sizes), for rule r
-CELLS = {"bp": ("bp", "bp"), "r": ("r", "r"), "bp@r": ("bp", "r"), "r@bp": ("r", "bp")}
-# effect -> {cell: coefficient}: the linear combination of cell means it estimates
-EFFECTS = {
-    "total": {"r": 1, "bp": -1},
-    "step": {"bp@r": 1, "bp": -1},
-    "direction_at_r_steps": {"r": 1, "bp@r": -1},
-    "direction_at_bp_steps": {"r@bp": 1, "bp": -1},
-    "interaction": {"r": 1, "bp@r": -1, "r@bp": -1, "bp": 1},
-}
-
+from soap.factorial import CELL_NAMES, EFFECTS, cell_roles
 
 @dataclass(frozen=True)
 class FactorialSpec:
@@ -81,7 +70,7 @@ class FactorialSpec:
 
     def _cell_mean_given_u(self, cell: str, lr: float, u: np.ndarray) -> np.ndarray:
         """E[test_loss | u] of a cell at lr (over the gain draws, which are lognormal given u)."""
-        direction, step = CELLS[cell]
+        direction, step = cell_roles(cell)
         noisy = step == "r"
         log_steps = np.log(lr) + np.log(np.append(self.gains(step), 1.0))  # hidden layers, output
         sd = np.append(np.full(len(self.hidden_gain), self.gain_sd if noisy else 0.0), 0.0)
@@ -95,7 +84,7 @@ class FactorialSpec:
         return total
 
     def _survival_given_u(self, cell: str, lr: float, u: np.ndarray) -> np.ndarray:
-        _, step = CELLS[cell]
+        _, step = cell_roles(cell)
         noisy = step == "r"
         largest = np.log(lr) + (np.log(self.gains(step)).max() + self.seed_gain * u) * noisy
         return stats.norm.sf((largest - np.log(self.diverge_step)) / self.edge_sd)
@@ -133,7 +122,7 @@ def _hermite(n: int = 80) -> tuple[np.ndarray, np.ndarray]:
 
 
 def generate_factorial_runs(spec: FactorialSpec | None = None, seed: int = 0,
-                            cells: tuple[str, ...] = tuple(CELLS)) -> pd.DataFrame:
+                            cells: tuple[str, ...] = CELL_NAMES) -> pd.DataFrame:
     """A runs table of the factorial's cells (every dataset, grid lr and seed of `spec`) drawn with `seed`.
 
     Pure: the same arguments give the same table. `cells` leaves cells out (to test the missing-arm errors).
@@ -145,7 +134,7 @@ def generate_factorial_runs(spec: FactorialSpec | None = None, seed: int = 0,
     for dataset in spec.datasets:
         u = rng.standard_normal(spec.seeds)
         for cell in cells:
-            direction, step = CELLS[cell]
+            direction, step = cell_roles(cell)
             lr, seeds = (a.ravel() for a in np.meshgrid(spec.grid_lrs, np.arange(spec.seeds), indexing="ij"))
             n = len(lr)
             noisy = step == "r"

@@ -27,7 +27,8 @@ import pytest
 
 import soap.analysis.effective_lr as effective_lr_module
 import soap.analysis.mediation as mediation_module
-from soap.analysis.decomposition import EFFECTS, effect_rows, factorial_runs
+from soap.analysis.decomposition import effect_rows, factorial_runs
+from soap.factorial import EFFECTS
 from soap.analysis.effective_lr import fit_lr_model
 from soap.analysis.primary import power, primary_test
 from soap.analysis.inputs import at_lr

@@ -96,7 +96,8 @@ def test_factorial_runs_follow_the_contract_and_the_design():
 def test_factorial_truth_matches_the_mean_of_many_draws(world):
     # 20,000 seeds: every effect's sample mean (over seeds healthy in its cells) within 4 SE of the exact
     # truth, at an lr without divergence and at one where about 20% of the runs at sign's steps diverge
-    from soap.synthetic_factorial import EFFECTS, FACTORIAL_WORLDS, generate_factorial_runs
+    from soap.factorial import EFFECTS
+    from soap.synthetic_factorial import FACTORIAL_WORLDS, generate_factorial_runs
 
     spec = replace(FACTORIAL_WORLDS[world], seeds=20_000, grid_lrs=(0.01, 0.1))
     runs = generate_factorial_runs(spec, seed=1)

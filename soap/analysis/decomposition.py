@@ -6,8 +6,8 @@ the grid lrs and paired by seed. Factorial runs are ordinary grid rows (optimize
 one lr for every layer) with a `step_rule` column; a table without it has step_rule == method.
 
 Per dataset, rule, grid lr and outcome (test loss in nats, test accuracy in points), each effect is a
-linear combination of the cells' per-seed outcomes (EFFECTS), with the paired t interval (95%) and the
-two-sided t-test over seeds:
+linear combination of the cells' per-seed outcomes (soap.factorial.EFFECTS), with the paired t interval
+(95%) and the two-sided t-test over seeds:
 
 - total r - bp;
 - step effect bp@r - bp (bp's direction; only the per-layer step sizes change);
@@ -33,33 +33,12 @@ from statsmodels.stats.multitest import multipletests
 
 from soap.analysis.errors import AnalysisError
 from soap.analysis.paired import t_interval
+from soap.factorial import CELL_NAMES, EFFECTS, cell_key, cell_label
 from soap.rules import REFERENCE
 
 OUTCOMES = {"test_loss": ("nats", 1.0), "test_acc": ("points", 100.0)}
-# effect -> {cell: coefficient}; cells are named for rule r (CELL_LABELS spells them for one rule)
-EFFECTS = {
-    "total": {"r": 1, "bp": -1},
-    "step": {"bp@r": 1, "bp": -1},
-    "direction_at_r_steps": {"r": 1, "bp@r": -1},
-    "direction_at_bp_steps": {"r@bp": 1, "bp": -1},
-    "interaction": {"r": 1, "bp@r": -1, "r@bp": -1, "bp": 1},
-}
 COLUMNS = ("dataset", "rule", "lr", "outcome", "unit", "effect", "contrast", "estimate", "ci_low", "ci_high",
            "p", "p_holm", "n", "n_seeds", "diverged", "note")
-
-
-def cell_key(cell: str, rule: str) -> tuple[str, str]:
-    """(method, step_rule) of a cell name ("bp", "r", "bp@r", "r@bp") for rule r."""
-    direction, _, step = cell.partition("@")
-    step = step or direction
-    name = {"bp": REFERENCE, "r": rule}
-    return name[direction], name[step]
-
-
-def cell_label(cell: str, rule: str) -> str:
-    """A cell as the report writes it for rule r: bp, r, bp@r, r@bp with r's name."""
-    method, step = cell_key(cell, rule)
-    return method if method == step else f"{method}@{step}"
 
 
 def plain_runs(runs: pd.DataFrame) -> pd.DataFrame:
@@ -93,7 +72,7 @@ def factorial_runs(runs: pd.DataFrame, source: str = "runs table") -> pd.DataFra
 
 def require_cells(runs: pd.DataFrame, rule: str, source: str = "RUNS") -> None:
     """AnalysisError naming the first factorial cell of `rule` with no runs in `runs` (factorial_runs)."""
-    for cell in ("bp", "r", "bp@r", "r@bp"):
+    for cell in CELL_NAMES:
         method, step = cell_key(cell, rule)
         if not ((runs["method"] == method) & (runs["step_rule"] == step)).any():
             raise AnalysisError(f"no {cell_label(cell, rule)} runs (method {method}, step_rule {step}) in {source}: "
@@ -109,7 +88,7 @@ def factorial_rules(runs: pd.DataFrame) -> list[str]:
 def seed_values(runs: pd.DataFrame, rule: str, outcome: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per (lr, seed), each cell's mean outcome where the seed's runs there are healthy (NaN otherwise),
     and each cell's count of diverged runs per lr; columns are the cell names of EFFECTS."""
-    names = list(EFFECTS["interaction"])
+    names = list(CELL_NAMES)
     cell_of = {cell_key(cell, rule): cell for cell in names}
     cell = pd.Series(list(zip(runs["method"], runs["step_rule"])), index=runs.index).map(cell_of)
     rows = runs.assign(cell=cell).dropna(subset=["cell"])
