@@ -81,9 +81,9 @@ def test_one_sided_test_matches_scipy_and_its_bounds():
 def test_power_is_the_size_at_the_margin_and_matches_simulation():
     assert power(5, effect=0.02, sd=0.01, margin=0.02) == pytest.approx(0.05)
     rng = np.random.default_rng(1)
-    draws = rng.normal(0.0, 0.015, (4000, 5))
+    draws = rng.normal(0.0, 0.02, (4000, 5))
     simulated = np.mean([non_inferiority(d, 0.02)["verdict"] == "supported" for d in draws])
-    expected = power(5, effect=0.0, sd=0.015, margin=0.02)
+    expected = power(5, effect=0.0, sd=0.02, margin=0.02)
     assert 0.3 < expected < 0.7  # where a wrong df or a two-sided critical value moves it most
     assert simulated == pytest.approx(expected, abs=4 * np.sqrt(expected * (1 - expected) / 4000))
 
