@@ -80,8 +80,10 @@ def test_factorial_runs_follow_the_contract_and_the_design():
     runs = generate_factorial_runs(spec, seed=0)
     assert set(RUNS_COLUMNS) <= set(runs.columns) and runs["run_id"].is_unique
     assert len(runs) == 4 * len(spec.grid_lrs) * spec.seeds
-    assert set(zip(runs["method"], runs["step_rule"])) == {("bp", "bp"), ("sign", "sign"), ("bp", "sign"), ("sign", "bp")}
-    assert (runs["phase"] == "grid").all() and (runs["optimizer"] == "sgd").all() and (runs["feedback_scale"] == 1).all()
+    cells = {("bp", "bp"), ("sign", "sign"), ("bp", "sign"), ("sign", "bp")}
+    assert set(zip(runs["method"], runs["step_rule"])) == cells
+    assert (runs["phase"] == "grid").all() and (runs["optimizer"] == "sgd").all()
+    assert (runs["feedback_scale"] == 1).all()
     bp_steps = runs["step_rule"] == "bp"
     assert (runs.loc[bp_steps, ["feedback_gain", "feedback_gain_l1", "feedback_gain_l2"]] == 1.0).all().all()
     # feedback_gain is the geometric mean of the per-layer gains; bp@sign's gains are sign's by construction
@@ -96,23 +98,21 @@ def test_factorial_runs_follow_the_contract_and_the_design():
 def test_factorial_truth_matches_the_mean_of_many_draws(world):
     # 20,000 seeds: every effect's sample mean (over seeds healthy in its cells) within 4 SE of the exact
     # truth, at an lr without divergence and at one where about 20% of the runs at sign's steps diverge
-    from soap.factorial import EFFECTS
+    from soap.factorial import CELL_NAMES, EFFECTS, cell_key
     from soap.synthetic_factorial import FACTORIAL_WORLDS, generate_factorial_runs
 
     spec = replace(FACTORIAL_WORLDS[world], seeds=20_000, grid_lrs=(0.01, 0.1))
     runs = generate_factorial_runs(spec, seed=1)
     for lr in spec.grid_lrs:
         at = runs[runs["lr"] == lr]
-        cells = {cell: at[(at["method"] == ("bp" if cell.startswith("bp") else "sign"))
-                          & (at["step_rule"] == ("sign" if cell in ("r", "bp@r") else "bp"))].set_index("seed")["test_loss"]
-                 for cell in ("bp", "r", "bp@r", "r@bp")}
+        indexed = at.set_index(["method", "step_rule", "seed"])
+        cells = {cell: indexed["test_loss"].xs(cell_key(cell, "sign"), level=[0, 1]) for cell in CELL_NAMES}
         for effect, needed in EFFECTS.items():
             diffs = sum(coef * cells[cell] for cell, coef in needed.items()).dropna()
             se = diffs.std() / np.sqrt(len(diffs))
             assert diffs.mean() == pytest.approx(spec.expected_effect(effect, lr), abs=4 * se), (world, lr, effect)
-            acc = sum(coef * at.set_index(["method", "step_rule", "seed"])["test_acc"].xs(
-                ("bp" if c.startswith("bp") else "sign", "sign" if c in ("r", "bp@r") else "bp"), level=[0, 1])
-                for c, coef in needed.items()).dropna() * 100
+            acc = sum(coef * indexed["test_acc"].xs(cell_key(c, "sign"), level=[0, 1])
+                      for c, coef in needed.items()).dropna() * 100
             assert acc.mean() == pytest.approx(spec.expected_effect(effect, lr, "test_acc"),
                                                abs=4 * acc.std() / np.sqrt(len(acc)))
     assert 0.1 < 1 - spec.survival("r", 0.1) < 0.3 and spec.survival("r", 0.01) > 0.999

@@ -91,7 +91,8 @@ def test_power_is_the_size_at_the_margin_and_matches_simulation():
 def test_secondary_rows_are_holm_adjusted_among_themselves():
     table = _verdict("pure_step").verdict
     primary = table[table["primary"]]
-    assert len(primary) == 1 and (primary["kind"] == "primary").all() and primary["p_holm"].iloc[0] == primary["p"].iloc[0]
+    assert len(primary) == 1 and (primary["kind"] == "primary").all()
+    assert primary["p_holm"].iloc[0] == primary["p"].iloc[0]
     assert primary[["row", "outcome"]].iloc[0].tolist() == ["primary", "test_loss"]
     secondary = table[~table["primary"]]
     assert (secondary["kind"] == "secondary").all() and len(secondary) == 3
@@ -141,7 +142,8 @@ def test_cli_writes_the_four_files_and_names_a_missing_arm(tmp_path, caplog):
     config = tmp_path / "study.yaml"
     config.write_text("analysis:\n  primary: {margin: 0.05}\ninterventions:\n  factorial: [sign]\n")
     out = tmp_path / "verdict"
-    assert main(["verdict", "--runs", str(first), "--runs", str(second), "--out", str(out), "--config", str(config)]) == 0
+    args = ["verdict", "--runs", str(first), "--runs", str(second), "--out", str(out), "--config", str(config)]
+    assert main(args) == 0
     verdict = pd.read_csv(out / "verdict.csv")
     for column in ("dataset", "row", "contrast", "outcome", "unit", "estimate", "ci_low", "ci_high", "verdict",
                    "primary", "kind", "p_holm"):

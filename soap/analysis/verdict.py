@@ -64,7 +64,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
 from soap.analysis.decomposition import (OUTCOMES, decomposition_table, factorial_runs, plain_runs,
@@ -234,7 +233,7 @@ def optimizer_rows(runs: pd.DataFrame) -> list[dict]:
             continue
         at = pair[np.isclose(pair["lr"], lr)]
         for outcome, (unit, scale) in OUTCOMES.items():
-            diff = (_by_seed(at[at["method"] == "sign"], outcome) - _by_seed(at[at["method"] == "sign_scaled"], outcome))
+            diff = _by_seed(at[at["method"] == "sign"], outcome) - _by_seed(at[at["method"] == "sign_scaled"], outcome)
             out.append(_descriptive(dataset, "optimizer", f"sign - sign_scaled under {optimizer}", lr,
                                     t_interval(diff.dropna().to_numpy() * scale), "", outcome, unit))
     return out
