@@ -71,6 +71,28 @@ def report_command(args: argparse.Namespace) -> None:
     build_report(args.results, out, figures)
 
 
+def verdict_command(args: argparse.Namespace) -> None:
+    """The primary test, the verdict, descriptive and decomposition tables and the answer (issue 19)."""
+    import pandas as pd
+
+    from soap.analysis.verdict import study_verdict
+    from soap.pipeline import load_study_config
+    from soap.tables import read_table
+
+    cfg = load_study_config(args.config or "config.yaml")
+    runs = pd.concat([read_table(path) for path in args.runs], ignore_index=True)
+    analysis = cfg["analysis"]
+    result = study_verdict(runs, analysis["primary"], analysis["equivalence_margin"],
+                           cfg["interventions"]["factorial"], datasets=cfg.get("datasets"),
+                           source=" + ".join(args.runs), seed=analysis["seed"], n_boot=analysis["n_boot"])
+    out = Path(args.out)
+    write_table(result.decomposition, out / "decomposition.csv")
+    write_table(result.descriptive, out / "descriptive.csv")
+    write_table(result.verdict, out / "verdict.csv")
+    write_text(json.dumps(result.answer, indent=2) + "\n", out / "answer.json")
+    log.info("%s -> %s", result.answer["sentence"], out)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="soap", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -112,6 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--mediation-design", choices=("pooled", "fixed_lr"), default="pooled",
                          help="mediation runs: every healthy grid lr (pooled) or the shared lr only")
     analyze.set_defaults(func=analyze_command)
+
+    verdict = commands.add_parser("verdict", help="the primary test, verdict rows, decomposition and answer")
+    verdict.add_argument("--runs", required=True, action="append",
+                         help="runs table (.parquet or .csv); repeat to concatenate several")
+    verdict.add_argument("--out", required=True, help="output directory")
+    verdict.add_argument("--config", help="study config (analysis.primary, analysis.equivalence_margin, "
+                                          "interventions.factorial); default config.yaml")
+    verdict.set_defaults(func=verdict_command)
 
     report = commands.add_parser("report", help="figures and the self-contained HTML report")
     report.add_argument("--results", default="results", help="results directory of a study")

@@ -1,5 +1,14 @@
 """The `effective_lr` estimand: method vs bp at matched effective learning rate (a controlled direct effect).
 
+Descriptive, model-based: its assumption is that one scalar gain (feedback_gain, a geometric mean over
+hidden layers) summarises a rule's per-layer steps, so that runs of equal lr * gain take equal steps.
+Under SGD a rule's gain acts per hidden layer and never on the output layer, so two runs of equal
+lr * gain can allocate their steps differently across layers, and that allocation alone moves the loss
+(about 0.1 nats on MNIST, issue 19). The coefficient is then not a direction effect. The experimental
+answer is the factorial's (soap.analysis.decomposition: bp@r - r at every lr); this estimand is reported
+beside it as a description (tests/test_analysis_worlds.py shows it missing the per-layer truth in a world
+with unequal layer weights).
+
 Data convention: `grid` is one dataset's grid-phase runs. The model is OLS of the outcome on
 C(method, Treatment('bp')) plus a smooth function of log(lr * step_gain) (soap.tables.step_gain:
 feedback_gain, times soap_gain for so_ runs), fitted on the runs inside the common support (below),

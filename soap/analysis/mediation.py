@@ -1,5 +1,12 @@
 """Mediation of sign-tracking's effect through its feedback gain (statsmodels `Mediation`).
 
+Descriptive, model-based: the mediator is one scalar gain (log feedback_gain, a geometric mean over hidden
+layers), which assumes that it summarises a rule's per-layer steps. It does not: under SGD the gain acts per
+hidden layer and not on the output layer, so the same scalar can come with different per-layer steps, and
+the "direct effect" then holds step-size allocation as well as direction. The experimental split of
+direction and step size is the factorial's (soap.analysis.decomposition); this analysis is reported beside
+it as a description.
+
 Exposure `sign` (1) vs `sign_scaled` (0), mediator log(feedback_gain), outcome a test metric, with the
 seed in both models (STUDY.md): seed s gives both arms the same initial weights, which plausibly move
 the gain and the loss alike. Without seed effects that common cause reads as mediation: in a world

@@ -1,155 +1,273 @@
-"""The verdict table of issue 10: each prediction of "a rule's advantage is learning rate", tested by the
-intervention arms (soap.interventions), as a contrast with a 95% interval and an equivalence test.
+"""The verdict: the hypothesis "a rule's advantage over bp is its step size", tested where its predictions
+can be derived, and described where they cannot (issue 19).
 
-Rows (per dataset; the contrast, what the learning-rate hypothesis predicts):
+The identity every row rests on: under SGD a rule's feedback gain acts on the hidden layers only, and
+multiplying B by alpha is exactly multiplying hidden layer l's learning rate by alpha^k_l (k_l feedback
+products above l). So "feedback scale" is one more way of setting per-layer lrs, and a rule r at lr is,
+under the hypothesis, bp's direction at r's per-layer steps: the cell bp@r of the factorial
+(soap.analysis.decomposition). Three tables come out of `study_verdict`:
 
-  a  dose-response  per dose rule (sign_scaled, fa): the test-loss change from a 4x larger feedback scale
-                    alpha at equal effective lr (OLS of test loss on a B-spline in log(lr * gain) plus
-                    log alpha, SEs clustered by seed). gain is measured with alpha inside it, so
-                    lr * gain is alpha * lr * (the rule's own gain). Predicted: equivalent to 0 (the alpha
-                    curves collapse onto one curve in effective lr).
-  b  bp_matched - sign, paired by seed at sign's best grid lr (chosen on validation loss), on test loss and
-                    test accuracy. Predicted: equivalent (sign's gain is its advantage).
-  c  sign - sign_scaled per optimizer, paired by seed at the grid lr best for the pair (validation loss).
-                    Predicted: different under sgd and momentum (the scale is a learning rate there),
-                    equivalent under signsgd and adam (they discard the gradient's scale).
-  d  optimum shift  slope of log(lr*_bp / lr*_v) on log(gain_v) over rule variants v (each method, and each
-                    (dose rule, alpha)), lr*_v from a parabola through the best validation loss of the
-                    seed-averaged grid curve and its neighbours (in log lr; a variant whose minimum is at
-                    the grid's edge has no lr* and is left out); bootstrap over seeds.
-                    Predicted: equivalent to 1 (gain acts as a learning-rate multiplier).
+verdict.csv, rows with a derived prediction only (kind primary | secondary):
 
-Equivalence is TOST at 5% against margins declared in config before the data (analysis.equivalence_margin):
-statsmodels' ttost_paired for the paired rows (b, c); for a regression coefficient (a) the two one-sided
-tests on its cluster-robust t statistic with G - 1 degrees of freedom (statsmodels has no TOST for a
-fitted coefficient); for the bootstrap slope (d) the percentile form (the 90% interval inside the margins,
-p = the larger one-sided bootstrap tail). A row is "supported" when the data show what the hypothesis
-predicts (equivalence, or a 95% interval excluding the null for a predicted difference), "contradicted"
-when they show the opposite, and "inconclusive" otherwise: failing to find a difference is not equivalence.
+  primary           (analysis.primary: rule, outcome, margin) bp@r - r, one-sided non-inferiority at the
+                    grid lr where r's validation-loss advantage over bp is largest (soap.analysis.primary).
+                    Derivation: if r's advantage is its per-layer steps, then bp@r takes the same steps with
+                    bp's direction, which is the exact gradient, so it matches or beats r: predicted
+                    mean(bp@r - r) < margin (worse-oriented). One-sided: the hypothesis allows bp@r to win.
+  non_inferiority   the same test for every other (dataset, factorial rule, outcome), each at its rule's
+                    lr chosen the same way. Derivation as the primary's.
+  direction_at_bp_steps  bp - r@bp, one-sided non-inferiority at the same lr. Derivation: if r's
+                    advantage is only its steps, r's direction given bp's steps (r@bp) has no advantage
+                    over bp: predicted mean(bp - r@bp) < margin.
+
+The primary row is tested at 5% on its own; the secondary rows' one-sided p-values are Holm-adjusted
+among the secondary rows (p_holm) and their verdict uses the adjusted p: supported when p_holm < 0.05,
+contradicted when the other side's one-sided test (inferiority shown) rejects after the same adjustment,
+inconclusive otherwise. The primary row's p_holm is its own p.
+
+descriptive.csv, rows whose prediction cannot be derived, with an estimate and interval but no verdict:
+
+  alpha_did         (issue 10's row a) the feedback-scale arm is per-layer lrs (lr * alpha^k_l on hidden
+                    layer l). Its effect on a rule, minus bp's own alpha effect at the same nominal lr (a
+                    difference-in-differences, paired by seed, at the rule's best validation lr at alpha 1)
+                    when bp was run at that alpha as its calibration; the rule's alpha effect alone
+                    otherwise (note says so). No prediction: under the hypothesis the rule is bp at other
+                    per-layer steps (lr * alpha^k_l * g_l), whose response to alpha depends on where those
+                    steps sit on bp's per-layer loss surface, which no run measures; 0 is not predicted
+                    even for bp itself.
+  optimizer         (row c) sign - sign_scaled under adam and momentum at the pair's best validation lr:
+                    what the data show. Under sgd the two are one another at per-layer lrs and under
+                    signsgd identical step for step: identities, checked in the trainer's tests, not
+                    evidence, so those optimizers give no row. Adam is not invariant to sign's scale (it
+                    jumps at the first refresh and Adam's second moment lags), and no prediction follows.
+  optimum_shift     (row d) slope of log(lr*_bp / lr*_v) on log gain_v over rule variants v. The hypothesis
+                    predicts the slope of bp with v's per-layer multipliers, which is not 1 when the gain
+                    scales the hidden layers only (0.46 for multipliers (c^2, c, 1) in a toy); with
+                    bp_matched retired no arm measures it, so the row is descriptive. Its interval is the
+                    seed bootstrap's widened by the grid's discretisation (below).
+
+bp_matched (bp at sign's gains transplanted from sign's grid run, issue 10's row b) is RETIRED in favour of
+bp@sign: its gains were trajectory means that included the point before sign's first refresh, so its steps
+were about g^(5/6), not sign's; bp@sign takes sign's per-layer step at every step by construction. Its runs
+(phase "matched") are ignored.
+
+Discretisation of lr*: a parabola through a grid minimum and its neighbours misplaces log lr* by 0.02 to 0.09
+on a half-decade grid (ln spacing 1.15); DISCRETISATION is the upper end, scaled with the grid's spacing.
+Each variant's y carries that error; bp's own enters every y alike and cancels from the slope, so the slope
+moves by at most delta * sum|x - mean x| / sum (x - mean x)^2, added to both ends of the interval.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from statsmodels.stats.multitest import multipletests
 
-VERDICT_COLUMNS = ("dataset", "row", "contrast", "outcome", "unit", "estimate", "ci_low", "ci_high", "null",
-                   "margin", "tost_p", "equivalent", "different", "predicted", "verdict", "n")
-DOSE_STEP = 4.0  # row a's contrast: a 4x larger alpha at equal effective lr
-SCALE_FREE = ("signsgd", "adam")  # optimizers whose step ignores the gradient's scale (row c predicts equivalence)
+from soap.analysis.decomposition import (OUTCOMES, decomposition_table, factorial_runs, plain_runs,
+                                         require_cells)
+from soap.analysis.errors import AnalysisError
+from soap.analysis.paired import t_interval
+from soap.analysis.primary import LEVEL, choose_lr, non_inferior, primary_test
+from soap.rules import REFERENCE
+
+__all__ = ["Verdict", "study_verdict", "answer", "plain_runs", "optimum_shift_points"]
+
+VERDICT_COLUMNS = ("dataset", "row", "kind", "primary", "contrast", "outcome", "unit", "lr", "estimate", "ci_low",
+                   "ci_high", "null", "margin", "p", "p_holm", "predicted", "verdict", "n", "diverged")
+DESCRIPTIVE_COLUMNS = ("dataset", "row", "contrast", "outcome", "unit", "lr", "estimate", "ci_low", "ci_high",
+                       "n", "note")
+IDENTITY_OPTIMIZERS = ("sgd", "signsgd")  # sign vs sign_scaled is an identity there (trainer tests)
+DISCRETISATION = 0.09  # max misplacement of log lr* by the parabola on a half-decade grid
+HALF_DECADE = math.log(10) / 2
 
 
-def verdict_table(runs: pd.DataFrame, margins: dict, seed: int = 0, n_boot: int = 2000) -> pd.DataFrame:
-    """Every verdict row the runs table supports (main runs and intervention runs concatenated).
+@dataclass
+class Verdict:
+    verdict: pd.DataFrame
+    descriptive: pd.DataFrame
+    decomposition: pd.DataFrame
+    answer: dict
 
-    margins: {test_loss, test_acc (points), log_lr}. Rows whose arms are missing are left out.
+
+def study_verdict(runs: pd.DataFrame, primary: dict, margins: dict, factorial: list[str],
+                  datasets: list[str] | None = None, source: str = "RUNS", seed: int = 0,
+                  n_boot: int = 2000) -> Verdict:
+    """The three tables and the answer from a runs table (main and intervention runs concatenated).
+
+    primary: {rule, outcome, margin (None: margins[outcome])}; margins: analysis.equivalence_margin;
+    factorial: interventions.factorial; datasets: their order (the primary test is on the first present).
+    AnalysisError names the first factorial cell missing from `source`.
     """
-    rows = []
-    for dataset, part in runs.groupby("dataset"):
-        part = plain_runs(part)
-        rows += dose_rows(part, margins)
-        rows += matched_rows(part, margins)
-        rows += optimizer_rows(part, margins)
-        rows += optimum_shift_rows(part, margins, seed=seed, n_boot=n_boot)
-    table = pd.DataFrame(rows, columns=list(VERDICT_COLUMNS))
-    if len(table):
-        table["verdict"] = [_verdict(r) for r in table.itertuples()]
+    rule, outcome = primary["rule"], primary["outcome"]
+    margin = margins[outcome] if primary.get("margin") is None else float(primary["margin"])
+    rules = list(dict.fromkeys([rule, *factorial]))
+    cells = factorial_runs(runs, source)
+    present = list(cells["dataset"].unique())
+    order = [d for d in (datasets or []) if d in present] + sorted(d for d in present if d not in (datasets or []))
+    if not order:
+        raise AnalysisError(f"no grid runs under sgd in {source}: the primary test needs the factorial arms")
+    for dataset in order:
+        for r in rules:
+            require_cells(cells[cells["dataset"] == dataset], r, f"{source} (dataset {dataset})")
+    rows, headline = [], None
+    for dataset in order:
+        part = cells[cells["dataset"] == dataset]
+        for r in rules:
+            lr = choose_lr(part, r)[0]
+            for out in OUTCOMES:
+                is_primary = dataset == order[0] and r == rule and out == outcome
+                m = margin if out == outcome else margins[out]
+                test = primary_test(part, r, out, m) if is_primary else non_inferior(part, r, out, m, lr, "bp@r", "r")
+                headline = test if is_primary else headline
+                rows.append(_verdict_row(dataset, "primary" if is_primary else "non_inferiority", is_primary,
+                                         f"bp@{r} - {r}", test))
+                test = non_inferior(part, r, out, m, lr, "bp", "r@bp")
+                rows.append(_verdict_row(dataset, "direction_at_bp_steps", False, f"bp - {r}@bp", test))
+    table = _holm_secondary(pd.DataFrame(rows, columns=list(VERDICT_COLUMNS)))
+    decomposition = decomposition_table(runs, rules)
+    plain = plain_runs(runs)
+    plain = plain[plain["step_rule"] == plain["method"]]
+    descriptive = pd.DataFrame(alpha_rows(plain) + optimizer_rows(plain)
+                               + optimum_shift_rows(plain, seed=seed, n_boot=n_boot),
+                               columns=list(DESCRIPTIVE_COLUMNS))
+    return Verdict(table, descriptive, decomposition, answer(headline, decomposition, order[0]))
+
+
+def _verdict_row(dataset: str, row: str, is_primary: bool, contrast: str, test: dict) -> dict:
+    return {"dataset": dataset, "row": row, "kind": "primary" if is_primary else "secondary",
+            "primary": is_primary, "contrast": f"{contrast} at lr {test['lr']:.4g}", "outcome": test["outcome"],
+            "unit": test["unit"], "lr": test["lr"], "estimate": test["estimate"], "ci_low": test["ci_low"],
+            "ci_high": test["ci_high"], "null": test["null"], "margin": test["margin"], "p": test["p"],
+            "p_holm": test["p"] if is_primary else np.nan, "predicted": "non-inferior", "verdict": test["verdict"],
+            "n": test["n"], "diverged": test["diverged"]}
+
+
+def _holm_secondary(table: pd.DataFrame) -> pd.DataFrame:
+    """Holm over the secondary rows' one-sided p-values; their verdicts from the adjusted p-values: the
+    non-inferiority side (p) and the inferiority side (the opposite one-sided p, 1 - p for a t-test)."""
+    secondary = (table["kind"] == "secondary") & table["p"].notna()
+    if not secondary.any():
+        return table
+    p = table.loc[secondary, "p"].to_numpy(dtype=float)
+    table.loc[secondary, "p_holm"] = multipletests(p, method="holm")[1]
+    inferior = multipletests(1 - p, method="holm")[1]
+    table.loc[secondary, "verdict"] = np.where(table.loc[secondary, "p_holm"] < LEVEL, "supported",
+                                               np.where(inferior < LEVEL, "contradicted", "inconclusive"))
     return table
 
 
-# --- the rows --------------------------------------------------------------------------------------------
+# --- the answer --------------------------------------------------------------------------------------------
 
 
-def dose_rows(runs: pd.DataFrame, margins: dict) -> list[dict]:
-    """Row a: per dose rule, the effect of log alpha on test loss at equal log effective lr."""
-    import statsmodels.formula.api as smf
+def answer(test: dict, decomposition: pd.DataFrame, dataset: str) -> dict:
+    """The study's answer in numbers and one sentence, from the primary test and the decomposition's total
+    effect at the primary lr: r's advantage over bp there (positive: r better) and bp@r - r."""
+    rule, outcome, lr, unit = test["rule"], test["outcome"], test["lr"], test["unit"]
+    total = decomposition[(decomposition["dataset"] == dataset) & (decomposition["rule"] == rule)
+                          & (decomposition["outcome"] == outcome) & (decomposition["effect"] == "total")
+                          & np.isclose(decomposition["lr"], lr)].iloc[0]
+    better = -1.0 if outcome.endswith("loss") else 1.0  # r's advantage = better * (r - bp)
+    advantage = (better * total["estimate"], *sorted((better * total["ci_low"], better * total["ci_high"])))
+    b = (test["estimate"], test["ci_low"], test["ci_high"])
+    fmt = lambda v: f"{v[0]:+.3g} [{v[1]:+.3g}, {v[2]:+.3g}] {unit}"  # noqa: E731
+    what = outcome.replace("_", " ")
+    direction = {"supported": "is its step size",
+                 "contradicted": "is not only its step size: its direction matters",
+                 "inconclusive": f"may or may not be its step size: the data cannot tell at this size "
+                                 f"({test['n']} seeds)"}[test["verdict"]]
+    if test["r_beats_bp"]:
+        sentence = (f"At lr {lr:.3g}, where {rule} beats bp by {fmt(advantage)} of {what} (95% interval), bp given "
+                    f"{rule}'s per-layer step sizes is {fmt(b)} from {rule} (90% interval; margin "
+                    f"{test['margin']:g}): {rule}'s advantage {direction}.")
+    else:
+        sentence = (f"{rule} beats bp at no grid lr on validation loss, so there is no advantage of {rule} to "
+                    f"explain; at lr {lr:.3g}, its closest, bp given {rule}'s per-layer step sizes is {fmt(b)} "
+                    f"from {rule} (90% interval; {test['verdict']}).")
+    return {"dataset": dataset, "rule": rule, "outcome": outcome, "unit": unit, "lr": lr,
+            "r_beats_bp": test["r_beats_bp"], "advantage": advantage[0], "advantage_ci": list(advantage[1:]),
+            "estimate": b[0], "ci": [b[1], b[2]], "margin": test["margin"], "p": test["p"], "n": test["n"],
+            "verdict": test["verdict"], "sentence": sentence}
 
+
+# --- descriptive rows ----------------------------------------------------------------------------------------
+
+
+def alpha_rows(runs: pd.DataFrame) -> list[dict]:
+    """alpha_did per (dataset, rule, alpha != 1): see the module docstring."""
     out = []
     grid = runs[(runs["phase"] == "grid") & (runs["optimizer"] == "sgd")]
-    # Healthy cells only (as soap.analysis.effective_lr): a (method, alpha, lr) cell in which a seed diverged
-    # is dropped whole, its survivors being a selected subset at the edge of stability.
-    grid = grid.groupby(["method", "feedback_scale", "lr"]).filter(lambda cell: not cell["diverged"].any())
-    for method, part in grid.groupby("method"):
-        if part["feedback_scale"].nunique() < 2:
+    for (dataset, method), part in grid.groupby(["dataset", "method"]):
+        if method == REFERENCE or part["feedback_scale"].nunique() < 2:
             continue
-        data = pd.DataFrame({"y": part["test_loss"], "x": np.log(part["lr"] * part["feedback_gain"]),
-                             "log_alpha": np.log(part["feedback_scale"]), "seed": part["seed"]}).dropna()
-        groups = data["seed"].nunique()
-        df = min(4, data["x"].nunique() - 1)
-        if groups < 3 or df < 1:
-            continue
-        smooth = f"bs(x, df={df})" if df >= 3 else ("x + I(x**2)" if df == 2 else "x")
-        fit = smf.ols(f"y ~ {smooth} + log_alpha", data).fit(
-            cov_type="cluster", cov_kwds={"groups": data["seed"].astype(int)}, use_t=True)
-        step = math.log(DOSE_STEP)
-        estimate, se = fit.params["log_alpha"] * step, fit.bse["log_alpha"] * step
-        out.append(_coefficient_row(runs, "a", f"{method}: 4x alpha at equal effective lr", estimate, se,
-                                    groups - 1, margins["test_loss"], len(data)))
-    return out
-
-
-def matched_rows(runs: pd.DataFrame, margins: dict) -> list[dict]:
-    """Row b: bp_matched - sign, paired by seed, at sign's best grid lr among those with matched runs."""
-    matched = runs[(runs["phase"] == "matched") & (runs["method"] == "bp")]
-    sign = runs[(runs["phase"] == "grid") & (runs["method"] == "sign") & (runs["optimizer"] == "sgd")
-                & (runs["feedback_scale"] == 1.0)]
-    if matched.empty or sign.empty:
-        return []
-    shared = sign[sign["lr"].isin(set(matched["lr"]))]
-    lr = _best_lr(shared)
-    if lr is None:
-        return []
-    return _paired_rows(runs, "b", f"bp_matched - sign at lr {lr:.4g}", matched[matched["lr"] == lr],
-                        sign[sign["lr"] == lr], margins, predicted="equivalent")
-
-
-def optimizer_rows(runs: pd.DataFrame, margins: dict) -> list[dict]:
-    """Row c: sign - sign_scaled under each optimizer, paired by seed at the pair's best grid lr."""
-    out = []
-    grid = runs[(runs["phase"] == "grid") & (runs["feedback_scale"] == 1.0)]
-    for optimizer, part in grid.groupby("optimizer"):
-        sign, scaled = part[part["method"] == "sign"], part[part["method"] == "sign_scaled"]
-        if sign.empty or scaled.empty:
-            continue
-        lr = _best_lr(pd.concat([sign, scaled[scaled["lr"].isin(set(sign["lr"]))]]))
+        lr = _best_lr(part[part["feedback_scale"] == 1.0])
         if lr is None:
             continue
-        predicted = "equivalent" if optimizer in SCALE_FREE else "different"
-        out += _paired_rows(runs, "c", f"sign - sign_scaled under {optimizer} at lr {lr:.4g}",
-                            sign[sign["lr"] == lr], scaled[scaled["lr"] == lr], margins, predicted=predicted)
+        bp = grid[(grid["dataset"] == dataset) & (grid["method"] == REFERENCE) & np.isclose(grid["lr"], lr)]
+        at = part[np.isclose(part["lr"], lr)]
+        base = _by_seed(at[at["feedback_scale"] == 1.0])
+        for alpha in sorted(set(at["feedback_scale"]) - {1.0}):
+            diff = _by_seed(at[at["feedback_scale"] == alpha]) - base
+            calibrated = {alpha, 1.0} <= set(bp["feedback_scale"])
+            if calibrated:
+                diff = diff - (_by_seed(bp[bp["feedback_scale"] == alpha]) - _by_seed(bp[bp["feedback_scale"] == 1.0]))
+            contrast = (f"{method}: alpha {alpha:g} vs 1" + (" minus bp's alpha effect" if calibrated else ""))
+            note = "" if calibrated else "bp not run at this alpha: not calibrated on bp's own alpha effect"
+            out.append(_descriptive(dataset, "alpha_did", contrast, lr, t_interval(diff.dropna().to_numpy()), note))
     return out
 
 
-def optimum_shift_rows(runs: pd.DataFrame, margins: dict, seed: int = 0, n_boot: int = 2000) -> list[dict]:
-    """Row d: slope of log(lr*_bp / lr*_v) on log(gain_v) across rule variants, bootstrap over seeds."""
-    grid = runs[(runs["phase"] == "grid") & (runs["optimizer"] == "sgd")]
-    variants = [key for key in grid.groupby(["method", "feedback_scale"]).groups if key[0] != "bp"]
-    if (grid["method"] == "bp").sum() == 0 or len(variants) < 3:
-        return []
-    seeds = np.sort(grid["seed"].unique())
-    if len(seeds) < 3:
-        return []
-    cells = _cells(grid)  # (method, alpha, lr) x seed of validation loss
-    healthy = grid[~grid["diverged"]]
-    gains = healthy.groupby(["method", "feedback_scale", "lr"])["feedback_gain"].median()
+def optimizer_rows(runs: pd.DataFrame) -> list[dict]:
+    """optimizer: sign - sign_scaled under each optimizer that is not an identity for them."""
+    out = []
+    grid = runs[(runs["phase"] == "grid") & (runs["feedback_scale"] == 1.0)
+                & ~runs["optimizer"].isin(IDENTITY_OPTIMIZERS)]
+    for (dataset, optimizer), part in grid.groupby(["dataset", "optimizer"]):
+        pair = part[part["method"].isin(["sign", "sign_scaled"])]
+        if pair["method"].nunique() < 2:
+            continue
+        lr = _best_lr(pair)
+        if lr is None:
+            continue
+        at = pair[np.isclose(pair["lr"], lr)]
+        for outcome, (unit, scale) in OUTCOMES.items():
+            diff = _by_seed(at[at["method"] == "sign"], outcome) - _by_seed(at[at["method"] == "sign_scaled"], outcome)
+            out.append(_descriptive(dataset, "optimizer", f"sign - sign_scaled under {optimizer}", lr,
+                                    t_interval(diff.dropna().to_numpy() * scale), "", outcome, unit))
+    return out
 
-    def slope(chosen: np.ndarray) -> float:
-        return _slope(*optimum_shift_points(cells[chosen].mean(axis=1), gains))
 
-    estimate = slope(seeds)
-    rng = np.random.default_rng(seed)
-    draws = np.array([slope(rng.choice(seeds, len(seeds), replace=True)) for _ in range(n_boot)])
-    draws = draws[np.isfinite(draws)]
-    if not np.isfinite(estimate) or len(draws) < n_boot / 2:
-        return []
-    low, high = np.quantile(draws, [0.025, 0.975])
-    margin = margins["log_lr"]
-    tost_p = max(np.mean(draws <= 1 - margin), np.mean(draws >= 1 + margin))
-    return [_row(runs, "d", "optimum shift: slope of log(lr*_bp / lr*) on log gain", "log lr*", "slope",
-                 estimate, low, high, 1.0, margin, tost_p, "equivalent", len(grid))]
+def optimum_shift_rows(runs: pd.DataFrame, seed: int = 0, n_boot: int = 2000) -> list[dict]:
+    """optimum_shift per dataset: slope of log(lr*_bp / lr*_v) on log(gain_v) over rule variants v (each
+    method, and each (method, alpha)), bootstrap over seeds, widened by the grid's discretisation."""
+    out = []
+    for dataset, grid in runs[(runs["phase"] == "grid") & (runs["optimizer"] == "sgd")].groupby("dataset"):
+        variants = [key for key in grid.groupby(["method", "feedback_scale"]).groups if key[0] != REFERENCE]
+        seeds = np.sort(grid["seed"].unique())
+        if (grid["method"] == REFERENCE).sum() == 0 or len(variants) < 3 or len(seeds) < 3:
+            continue
+        cells = _cells(grid)
+        gains = grid[~grid["diverged"]].groupby(["method", "feedback_scale", "lr"])["feedback_gain"].median()
+        x, y = optimum_shift_points(cells.mean(axis=1), gains)
+        estimate = _slope(x, y)
+        rng = np.random.default_rng(seed)
+        draws = np.array([_slope(*optimum_shift_points(cells[rng.choice(seeds, len(seeds))].mean(axis=1), gains))
+                          for _ in range(n_boot)])
+        draws = draws[np.isfinite(draws)]
+        if not np.isfinite(estimate) or len(draws) < n_boot / 2:
+            continue
+        spacing = float(np.median(np.diff(np.log(np.unique(grid["lr"])))))
+        delta = DISCRETISATION * spacing / HALF_DECADE
+        centred = x - x.mean()
+        widen = delta * np.abs(centred).sum() / (centred**2).sum()
+        low, high = np.quantile(draws, [0.025, 0.975])
+        out.append(_descriptive(dataset, "optimum_shift", "slope of log(lr*_bp / lr*) on log gain", math.nan,
+                                {"estimate": estimate, "ci_low": low - widen, "ci_high": high + widen,
+                                 "n": len(x)}, f"interval widened by {widen:.3g} for the grid's discretisation",
+                                "log lr*", "slope"))
+    return out
 
 
 def optimum_shift_points(curves: pd.Series, gains: pd.Series) -> tuple[np.ndarray, np.ndarray]:
@@ -157,12 +275,12 @@ def optimum_shift_points(curves: pd.Series, gains: pd.Series) -> tuple[np.ndarra
     median gains of healthy runs (both indexed (method, alpha, lr)): gain_v is taken at v's grid lr
     nearest lr*_v."""
     optima = {key: _optimum(part.droplevel([0, 1])) for key, part in curves.groupby(level=[0, 1])}
-    bp = [v for k, v in optima.items() if k[0] == "bp"]
+    bp = [v for k, v in optima.items() if k[0] == REFERENCE]
     if not bp or not np.isfinite(bp[0]):
         return np.array([]), np.array([])
     xs, ys = [], []
     for (method, alpha), log_lr in optima.items():
-        if method == "bp" or not np.isfinite(log_lr) or (method, alpha) not in gains.index.droplevel(2):
+        if method == REFERENCE or not np.isfinite(log_lr) or (method, alpha) not in gains.index.droplevel(2):
             continue
         measured = gains.loc[(method, alpha)]
         gain = measured.iloc[np.argmin(np.abs(np.log(measured.index.to_numpy(dtype=float)) - log_lr))]
@@ -175,19 +293,18 @@ def optimum_shift_points(curves: pd.Series, gains: pd.Series) -> tuple[np.ndarra
 # --- pieces ----------------------------------------------------------------------------------------------
 
 
-def plain_runs(runs: pd.DataFrame) -> pd.DataFrame:
-    """Runs at the study's main refresh period with one lr for every layer (bp_matched aside), with the
-    columns older runs tables may lack filled in."""
-    runs = runs.copy()
-    runs["optimizer"] = runs.get("optimizer", "sgd")
-    runs["feedback_scale"] = runs.get("feedback_scale", 1.0)
-    runs["diverged"] = runs["diverged"].astype(bool)
-    keep = np.ones(len(runs), dtype=bool)
-    if "refresh_period" in runs:
-        keep &= (runs["refresh_period"] == runs["refresh_period"].mode().iloc[0]).to_numpy()
-    for column in [c for c in runs.columns if c.startswith("lr_scale_l")]:
-        keep &= ((runs[column] == 1.0) | (runs["phase"] == "matched")).to_numpy()
-    return runs[keep]
+def _descriptive(dataset, row, contrast, lr, interval: dict, note: str, outcome: str = "test_loss",
+                 unit: str = "nats") -> dict:
+    return {"dataset": dataset, "row": row, "contrast": contrast, "outcome": outcome, "unit": unit,
+            "lr": float(lr), "estimate": float(interval["estimate"]), "ci_low": float(interval["ci_low"]),
+            "ci_high": float(interval["ci_high"]), "n": int(interval["n"]), "note": note}
+
+
+def _by_seed(rows: pd.DataFrame, outcome: str = "test_loss") -> pd.Series:
+    """Per-seed mean outcome of healthy runs (a seed with a diverged run has none)."""
+    value = rows[outcome].where(~rows["diverged"])
+    grouped = rows.assign(value=value).groupby("seed")["value"]
+    return grouped.mean().where(grouped.count() == grouped.size())
 
 
 def _best_lr(runs: pd.DataFrame) -> float | None:
@@ -199,53 +316,11 @@ def _best_lr(runs: pd.DataFrame) -> float | None:
     return float(healthy.groupby("lr")["val_loss"].mean().idxmin())
 
 
-def _paired_rows(runs, row, contrast, first, second, margins, predicted) -> list[dict]:
-    """first - second paired by seed on test loss and test accuracy (points): mean, t interval, TOST."""
-    from statsmodels.stats.weightstats import DescrStatsW, ttost_paired
-
-    pairs = first.set_index("seed")[["test_loss", "test_acc"]].merge(
-        second.set_index("seed")[["test_loss", "test_acc"]], left_index=True, right_index=True,
-        suffixes=("_1", "_2")).dropna()
-    if len(pairs) < 3:
-        return []
-    out = []
-    for outcome, unit, scale, margin in (("test_loss", "nats", 1.0, margins["test_loss"]),
-                                         ("test_acc", "points", 100.0, margins["test_acc"])):
-        x1, x2 = pairs[f"{outcome}_1"].to_numpy() * scale, pairs[f"{outcome}_2"].to_numpy() * scale
-        stats_ = DescrStatsW(x1 - x2)
-        low, high = stats_.tconfint_mean(0.05)
-        tost_p = ttost_paired(x1, x2, -margin, margin)[0]
-        out.append(_row(runs, row, contrast, outcome, unit, stats_.mean, low, high, 0.0, margin, tost_p,
-                        predicted, len(pairs)))
-    return out
-
-
-def _coefficient_row(runs, row, contrast, estimate, se, df, margin, n) -> dict:
-    half = stats.t.ppf(0.975, df) * se
-    # TOST on a coefficient: H0 estimate <= -margin (upper tail) and H0 estimate >= margin (lower tail)
-    tost_p = max(stats.t.sf((estimate + margin) / se, df), stats.t.cdf((estimate - margin) / se, df))
-    return _row(runs, row, contrast, "test_loss", "nats", estimate, estimate - half, estimate + half, 0.0,
-                margin, tost_p, "equivalent", n)
-
-
-def _row(runs, row, contrast, outcome, unit, estimate, low, high, null, margin, tost_p, predicted, n) -> dict:
-    return {"dataset": runs["dataset"].iloc[0], "row": row, "contrast": contrast, "outcome": outcome,
-            "unit": unit, "estimate": float(estimate), "ci_low": float(low), "ci_high": float(high),
-            "null": null, "margin": float(margin), "tost_p": float(tost_p), "equivalent": bool(tost_p < 0.05),
-            "different": bool(low > null or high < null), "predicted": predicted, "verdict": "", "n": int(n)}
-
-
-def _verdict(row) -> str:
-    if row.predicted == "equivalent":
-        return "supported" if row.equivalent else "contradicted" if row.different else "inconclusive"
-    return "supported" if row.different else "contradicted" if row.equivalent else "inconclusive"
-
-
 def _cells(grid: pd.DataFrame) -> pd.DataFrame:
     """Validation loss, (method, alpha, lr) x seed; a diverged run counts as the worst loss of its curve,
     so a divergent lr is never an optimum (NaN would drop it from the mean)."""
     values = grid.assign(val=grid["val_loss"].where(~grid["diverged"]))
-    table = values.set_index(["method", "feedback_scale", "lr", "seed"])["val"].unstack("seed")
+    table = values.groupby(["method", "feedback_scale", "lr", "seed"])["val"].mean().unstack("seed")
     worst = np.nanmax(table.to_numpy()) if np.isfinite(table.to_numpy()).any() else 1.0
     return table.fillna(worst)
 
