@@ -48,7 +48,7 @@ def test_study_train_block_defaults_are_the_dataclass_defaults():
     """One definition: the study config's train defaults are TrainConfig's, key for key."""
     import dataclasses
 
-    from soap.pipeline import PIPELINE_TRAIN_KEYS, load_study_config, study_schema
+    from soap.study_config import PIPELINE_TRAIN_KEYS, load_study_config, study_schema
 
     filled = load_study_config(values={})["train"]
     defaults = TrainConfig().to_dict()
@@ -110,7 +110,7 @@ def test_soap_data_root_is_where_every_command_reads_data(tmp_path, command):
 @pytest.mark.parametrize("study", sorted(p.name for p in (Path(__file__).parents[1] / "config").glob("*.yaml")))
 def test_every_shipped_study_config_validates_over_config_yaml(study):
     # each file under config/ is used as `--configfile config/X.yaml` on top of config.yaml
-    from soap.pipeline import load_study_config
+    from soap.study_config import load_study_config
     root = Path(__file__).parents[1]
     cfg = load_study_config([root / "config.yaml", root / "config" / study])
     assert cfg["methods"] and set(cfg["datasets"]) <= {"mnist", "fashion_mnist"}

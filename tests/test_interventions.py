@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from soap.config import ConfigError, TrainConfig
-from soap.pipeline import load_study_config
+from soap.study_config import load_study_config
 from soap.interventions import dose_members, matched_lr_scales, matched_members, optimizer_lrs
 
 

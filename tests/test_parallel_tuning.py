@@ -22,7 +22,7 @@ import yaml
 
 import soap.population
 from soap import tuning
-from soap.pipeline import load_study_config
+from soap.study_config import load_study_config
 
 CTX = mp.get_context("spawn")  # as test_tuning: no fork after torch
 REPO = Path(__file__).resolve().parents[1]

@@ -19,7 +19,8 @@ import pandas as pd
 import pytest
 from workflows import QUICK, REPO, Workflow, environment, run_snakemake
 
-from soap.pipeline import bp_reference_loss, fill_targets, grid_lrs, grid_members, load_study_config
+from soap.pipeline import bp_reference_loss, fill_targets, grid_lrs, grid_members
+from soap.study_config import load_study_config
 from soap.tables import validate_runs
 
 METHODS = QUICK["methods"]

@@ -18,7 +18,7 @@ import pytest
 import soap.population
 from soap import tuning
 from soap.tuning.cli import add_tune_arguments, run_tune_command
-from soap.pipeline import load_study_config
+from soap.study_config import load_study_config
 
 # spawn, not fork: a forked child of a process that has run torch can deadlock in its thread pool.
 CTX = mp.get_context("spawn")
