@@ -63,7 +63,7 @@ def compare(path_a: Path, path_b: Path, keys: list[str]) -> tuple[bool, str]:
     for column in a.columns:
         bad = differing(a[column], b[column])
         if bad.any():
-            first = a.loc[bad, keys].iloc[0].tolist()
+            first = [v.item() if isinstance(v, np.generic) else v for v in a.loc[bad, keys].iloc[0]]
             note = f"{column}: {int(bad.sum())} of {len(a)} values differ (first at {keys} = {first})"
             (clock if column in WALL_CLOCK else problems).append(note)
     size = f"{len(a)} rows x {len(a.columns)} columns"

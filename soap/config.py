@@ -39,7 +39,7 @@ def data_root(configured: str | Path) -> str:
 
 
 # The hidden nonlinearities: the keys of soap.nn.ACTIVATIONS, named here because config sits below the
-# network modules (tests/test_config_cli.py holds the two equal).
+# network modules (tests/test_config.py holds the two equal).
 ACTIVATIONS = ("tanh", "sigmoid", "relu")
 
 

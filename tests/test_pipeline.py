@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 from workflows import QUICK, REPO, Workflow, environment, run_snakemake
 
-from soap.pipeline import bp_reference_loss, fill_targets, grid_lrs, grid_members
+from soap.pipeline import bp_reference_loss, fill_targets, grid_lrs, grid_members, main_target_losses
 from soap.study_config import load_study_config
 from soap.tables import validate_runs
 
@@ -157,6 +157,38 @@ def test_lint_and_dry_run_of_the_default_study():
     for rule in ("prepare_data", "tune_study", "tuned_lrs", "train_grid", "train_tuned", "gather_runs",
                  "analyze", "report"):
         assert rule in dry.stdout + dry.stderr
+
+
+def test_optimizer_arm_reuses_the_main_rules_and_the_parse_imports_no_plotting(tmp_path):
+    """config/quick.yaml's signsgd arm is planned by the main study's own rules (tune_study, tuned_lrs,
+    train_grid, train_tuned) under results/interventions/signsgd/, the main study's paths stay where they
+    were, and the DAG parses with no plotting library importable."""
+    flow = Workflow(tmp_path / "flow")
+    blocked = tmp_path / "blocked" / "matplotlib"
+    blocked.mkdir(parents=True)
+    (blocked / "__init__.py").write_text("raise ImportError('the workflow imported matplotlib at parse time')\n")
+    env = environment()
+    env["PYTHONPATH"] = os.pathsep.join([str(blocked.parent), env["PYTHONPATH"]])
+    dry = flow.snakemake("-n", "--configfile", flow.write_config(tmp_path / "data"), env=env)
+    assert dry.returncode == 0, (dry.stdout + dry.stderr)[-3000:]
+    jobs = re.findall(r"^rule (\w+):\n(?:    .*\n)*?    output: ([^,\n]+)", dry.stdout, flags=re.MULTILINE)
+    arm = sorted((rule, out) for rule, out in jobs if out.startswith("results/interventions/signsgd/"))
+    assert arm == sorted([("tune_study", f"results/interventions/signsgd/tune/mnist/{m}/r0/best.json")
+                          for m in ("bp", "sign", "sign_scaled")] + [
+        ("tuned_lrs", "results/interventions/signsgd/tune/mnist/tuned_lrs.json"),
+        ("train_grid", "results/interventions/signsgd/train/grid/mnist/chunk0/runs.parquet"),
+        ("train_tuned", "results/interventions/signsgd/train/tuned/mnist/chunk0/runs.parquet")])
+    main = {rule: out for rule, out in jobs if not out.startswith("results/interventions/")}
+    assert main["train_grid"] == "results/train/grid/mnist/chunk0/runs.parquet"
+    assert main["train_tuned"] == "results/train/tuned/mnist/chunk0/runs.parquet"
+    assert main["tuned_lrs"] == "results/tune/mnist/tuned_lrs.json"
+    assert not any(rule.endswith("_optimizer") for rule, _ in jobs)
+
+
+def test_interventions_are_timed_to_the_main_studys_target_per_dataset():
+    main = pd.DataFrame({"dataset": ["mnist", "mnist", "fashion_mnist"], "method": ["bp", "fa", "bp"],
+                         "target_loss": [0.3, 0.3, 0.5]})
+    assert main_target_losses(main) == {"mnist": 0.3, "fashion_mnist": 0.5}
 
 
 def _bp_tuned_fixture():
