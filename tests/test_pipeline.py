@@ -163,6 +163,7 @@ def test_optimizer_arm_reuses_the_main_rules_and_the_parse_imports_no_plotting(t
     """config/quick.yaml's signsgd arm is planned by the main study's own rules (tune_study, tuned_lrs,
     train_grid, train_tuned) under results/interventions/signsgd/, the main study's paths stay where they
     were, and the DAG parses with no plotting library importable."""
+    (tmp_path / "flow").mkdir()
     flow = Workflow(tmp_path / "flow")
     blocked = tmp_path / "blocked" / "matplotlib"
     blocked.mkdir(parents=True)
