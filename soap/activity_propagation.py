@@ -22,40 +22,14 @@ every n is a secant step of the same loss. The SOAP gain |n| / |g2| is logged li
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from soap.config import ActivityPropagation  # the so_ settings, with the rest of the training config
 from soap.nn import FeedbackLinear
-
-
-@dataclass(frozen=True)
-class ActivityPropagation:
-    """Settings of the so_ methods (the original: eta 1.0 with SGD lr 0.01, 784-256-10 tanh, 5 warm-up steps)."""
-
-    eta: float = 1.0  # eta_ap: the activity step is eta_ap / (batch * units) times g1
-    curvature_bias: float = 1e-3  # c
-    layers: tuple[int, ...] | None = None  # hidden layers carrying it (0 = first); None: every hidden layer
-    warmup: int = 5  # plain single-pass steps before the first two-pass step
-
-    def __post_init__(self) -> None:
-        if not self.eta > 0:
-            raise ValueError(f"activity propagation: eta must be positive, got {self.eta}")
-        if not self.curvature_bias > 0:
-            raise ValueError(f"activity propagation: curvature_bias must be positive, got {self.curvature_bias}")
-        if self.warmup < 0:
-            raise ValueError(f"activity propagation: warmup must be >= 0, got {self.warmup}")
-
-    def hidden_layers(self, n_hidden: int) -> tuple[int, ...]:
-        if self.layers is None:
-            return tuple(range(n_hidden))
-        bad = [layer for layer in self.layers if not 0 <= layer < n_hidden]
-        if bad:
-            raise ValueError(f"activity propagation: hidden layers {bad} do not exist (the network has {n_hidden})")
-        return tuple(sorted(set(self.layers)))
 
 
 def perturbation_scale(eta: float, activity: Tensor) -> float:

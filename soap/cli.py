@@ -7,12 +7,10 @@ Each subcommand parses its arguments here and calls one library function; errors
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
 
-from soap.tables import write_table, write_text
 from soap.tuning.cli import add_tune_arguments
 
 log = logging.getLogger("soap")
@@ -20,22 +18,21 @@ log = logging.getLogger("soap")
 
 def train_command(args: argparse.Namespace) -> None:
     from soap.config import load_train_config
+    from soap.pipeline import write_population
     from soap.population import train_population
 
     overrides = list(args.overrides) + ([f"device={args.device}"] if args.device else [])
     config = load_train_config(args.config, overrides)
     result = train_population(config, progress=not args.quiet)
     out = Path(args.out)
-    # meta.json last: its presence marks a complete output directory.
-    write_table(result.runs, out / "runs.parquet")
-    write_table(result.curves, out / "curves.parquet")
-    write_text(json.dumps(result.meta, indent=2), out / "meta.json")
+    write_population(result, out / "runs.parquet", out / "curves.parquet", out / "meta.json")
     log.info("%d runs (%d diverged) in %.1f s, %.0f run-examples/s -> %s", len(result.runs),
              int(result.runs["diverged"].sum()), result.meta["wall_time_s"], result.meta["run_examples_per_s"], out)
 
 
 def prepare_data_command(args: argparse.Namespace) -> None:
-    from soap.data import data_root, prepare_dataset
+    from soap.config import data_root
+    from soap.data import prepare_dataset
 
     path = prepare_dataset(args.dataset, args.data_root or data_root("data"), args.out, download=not args.no_download,
                            val_size=args.val_size, split_seed=args.split_seed)
@@ -45,7 +42,7 @@ def prepare_data_command(args: argparse.Namespace) -> None:
 def schema_command(args: argparse.Namespace) -> None:
     import yaml
 
-    from soap.pipeline import study_schema
+    from soap.study_config import study_schema
 
     print(yaml.safe_dump(study_schema(), sort_keys=False, width=100), end="")
 

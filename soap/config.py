@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
+import os
 import re
 import types
 import typing
@@ -21,12 +22,54 @@ from pathlib import Path
 
 import yaml
 
-from soap.activity_propagation import ActivityPropagation
 from soap.rules import KOLEN_POLLACK_DECAY, RULES
 
 
 class ConfigError(ValueError):
     """A configuration value that is missing, unknown or of the wrong type."""
+
+
+DATA_ROOT_ENV = "SOAP_DATA_ROOT"
+
+
+def data_root(configured: str | Path) -> str:
+    """The data root every command reads: $SOAP_DATA_ROOT when set (machines without internet keep
+    MNIST elsewhere), else the configured one."""
+    return os.environ.get(DATA_ROOT_ENV) or str(configured)
+
+
+# The hidden nonlinearities: the keys of soap.nn.ACTIVATIONS, named here because config sits below the
+# network modules (tests/test_config.py holds the two equal).
+ACTIVATIONS = ("tanh", "sigmoid", "relu")
+
+
+@dataclass(frozen=True)
+class ActivityPropagation:
+    """Settings of the so_ methods (the original: eta 1.0 with SGD lr 0.01, 784-256-10 tanh, 5 warm-up steps).
+
+    soap.activity_propagation implements the method; its settings are training configuration, defined
+    here so that config imports nothing above it (TrainConfig.second_order() builds them)."""
+
+    eta: float = 1.0  # eta_ap: the activity step is eta_ap / (batch * units) times g1
+    curvature_bias: float = 1e-3  # c
+    layers: tuple[int, ...] | None = None  # hidden layers carrying it (0 = first); None: every hidden layer
+    warmup: int = 5  # plain single-pass steps before the first two-pass step
+
+    def __post_init__(self) -> None:
+        if not self.eta > 0:
+            raise ValueError(f"activity propagation: eta must be positive, got {self.eta}")
+        if not self.curvature_bias > 0:
+            raise ValueError(f"activity propagation: curvature_bias must be positive, got {self.curvature_bias}")
+        if self.warmup < 0:
+            raise ValueError(f"activity propagation: warmup must be >= 0, got {self.warmup}")
+
+    def hidden_layers(self, n_hidden: int) -> tuple[int, ...]:
+        if self.layers is None:
+            return tuple(range(n_hidden))
+        bad = [layer for layer in self.layers if not 0 <= layer < n_hidden]
+        if bad:
+            raise ValueError(f"activity propagation: hidden layers {bad} do not exist (the network has {n_hidden})")
+        return tuple(sorted(set(self.layers)))
 
 
 def _field(default, meaning: str, **schema):
@@ -84,7 +127,7 @@ class TrainConfig:
                            minimum=1)
     split_seed: int = _field(0, "Seed of the train/validation split, fixed across the whole study.", minimum=0)
     hidden: list[int] = _field([256, 256], "Hidden layer widths of the MLP.", minItems=1, items={"minimum": 1})
-    activation: str = _field("tanh", "Hidden nonlinearity (soap.nn.ACTIVATIONS).")
+    activation: str = _field("tanh", "Hidden nonlinearity (soap.nn.ACTIVATIONS).", enum=list(ACTIVATIONS))
     batch_size: int = _field(64, "Examples per SGD step.", minimum=1)
     epochs: float = _field(1.0, "Passes over the training split (fractions allowed).", **POSITIVE)
     methods: list[str] = _field(["bp", "fa"], "Feedback rules (soap.rules), crossed with lrs and seeds.",
@@ -199,8 +242,6 @@ def _json_schema(hint) -> dict:
 
 def train_schema(keys: typing.Iterable[str] | None = None) -> dict:
     """JSON schema of TrainConfig (or of the fields `keys`): types, defaults, meanings and limits."""
-    from soap.nn import ACTIVATIONS  # soap.nn imports nothing from here; imported late to keep this light
-
     hints = typing.get_type_hints(TrainConfig)
     properties = {}
     for f in dataclasses.fields(TrainConfig):
@@ -213,9 +254,7 @@ def train_schema(keys: typing.Iterable[str] | None = None) -> dict:
         schema.update(extra)
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default
         properties[f.name] = {"description": f.metadata["meaning"], **schema, "default": default}
-    # Enums that follow the registries, so that adding a rule or an activation needs no schema edit.
-    if "activation" in properties:
-        properties["activation"]["enum"] = list(ACTIVATIONS)
+    # Enums that follow the rule registry, so that adding a rule needs no schema edit.
     if "methods" in properties:
         properties["methods"]["items"]["enum"] = list(RULES)
     if "members" in properties:
@@ -291,8 +330,6 @@ def parse_overrides(overrides: list[str]) -> dict:
 
 def load_train_config(path: str | Path | None = None, overrides: list[str] = ()) -> TrainConfig:
     """A config file, then $SOAP_DATA_ROOT (for data_root), then key=value overrides, each winning over the last."""
-    from soap.data import data_root
-
     values: dict = {}
     if path is not None:
         path = Path(path)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import pickle
 import zipfile
 from dataclasses import dataclass, fields
@@ -25,15 +24,6 @@ log = logging.getLogger(__name__)
 
 class DataError(RuntimeError):
     """A dataset that cannot be found, downloaded or trusted."""
-
-
-DATA_ROOT_ENV = "SOAP_DATA_ROOT"
-
-
-def data_root(configured: str | Path) -> str:
-    """The data root every command reads: $SOAP_DATA_ROOT when set (machines without internet keep
-    MNIST elsewhere), else the configured one."""
-    return os.environ.get(DATA_ROOT_ENV) or str(configured)
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,13 @@
-"""The study pipeline's library: from the study config (config.yaml) to training populations, and from
-the training jobs' tables to the study's runs table (STUDY.md contract).
+"""The study pipeline's library: from the study config (soap.study_config) to training populations, and
+from the training jobs' tables to the study's runs table (STUDY.md contract).
 
 The Snakefile decides what runs where; everything it computes lives here, so the workflow scripts stay
-thin and the same logic is importable and tested. The study config is a plain dict validated with
-jsonschema against soap/schemas/config.schema.yaml (package data; defaults filled in), whose `train`
-block is generated from TrainConfig (soap.config), what one population is trained with. Nothing here
-imports Snakemake: a wheel install of soap runs `soap tune` and `soap analyze` without the workflow.
+thin and the same logic is importable and tested. Nothing here imports Snakemake: a wheel install of
+soap runs `soap train`, `soap tune` and `soap analyze` without the workflow.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import math
@@ -22,16 +19,10 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from soap.config import ConfigError, TrainConfig
+from soap.study_config import device_for, train_config
 from soap.tables import validate_curves, validate_runs, write_table, write_text
 
 log = logging.getLogger(__name__)
-
-# Package data, so a wheel install validates configs without the workflow folder.
-SCHEMA_RESOURCE = ("soap", "schemas/config.schema.yaml")
-# TrainConfig fields the pipeline sets itself; the rest form the study config's `train` block.
-PIPELINE_TRAIN_KEYS = ("dataset", "data_root", "download", "prepared", "methods", "lrs", "seeds", "members",
-                       "phase", "device", "target_loss")
 
 
 def log_to_file(path) -> None:
@@ -39,92 +30,6 @@ def log_to_file(path) -> None:
     sys.stderr = open(path, "w", buffering=1)
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
-def study_schema() -> dict:
-    """The study config's JSON schema: soap/schemas/config.schema.yaml with its `train` block's keys
-    generated from soap.config.TrainConfig (their one definition)."""
-    from dataclasses import fields
-    from importlib.resources import files
-
-    from soap.config import load_yaml, train_schema
-
-    package, name = SCHEMA_RESOURCE
-    schema = load_yaml(files(package).joinpath(name).read_text(), name)
-    keys = [f.name for f in fields(TrainConfig) if f.name not in PIPELINE_TRAIN_KEYS]
-    schema["properties"]["train"].update(train_schema(keys))
-    return schema
-
-
-def _validator_filling_defaults():
-    """A Draft 2020-12 validator that also fills in each property's default: the recipe from
-    jsonschema's FAQ, since jsonschema only validates (Snakemake's validate does the same)."""
-    import jsonschema
-
-    base = jsonschema.Draft202012Validator
-    check_properties = base.VALIDATORS["properties"]
-
-    def properties(validator, props, instance, schema):
-        if isinstance(instance, dict):
-            for key, sub in props.items():
-                if "default" in sub and key not in instance:
-                    instance[key] = copy.deepcopy(sub["default"])
-        yield from check_properties(validator, props, instance, schema)
-
-    return jsonschema.validators.extend(base, {"properties": properties})
-
-
-def load_study_config(path: str | Path | list | None = None, values: dict | None = None) -> dict:
-    """Read config.yaml (or several files, each overriding the last key by key, as Snakemake's
-    --configfile does; or take `values`, filled in place), validate it against the schema and fill in
-    its defaults. ConfigError names the file and the first bad key."""
-    from soap.config import check, load_yaml
-
-    label = path or "study config"
-    label = ", ".join(map(str, label)) if isinstance(label, (list, tuple)) else str(label)
-    if values is None:
-        paths = path if isinstance(path, (list, tuple)) else [path]
-        values = {}
-        for one in paths:
-            if one is None or not Path(one).is_file():
-                raise ConfigError(f"study config not found: {one}")
-            loaded = load_yaml(Path(one).read_text(), str(one)) or {}
-            if not isinstance(loaded, dict):
-                raise ConfigError(f"{one} must hold a mapping of config keys")
-            _merge(values, loaded)
-    schema = study_schema()
-    check(values, schema, label)  # one line naming the first bad key
-    _validator_filling_defaults()(schema).validate(values)  # valid already: this fills in the defaults
-    check_study_config(values)
-    return values
-
-
-def _merge(base: dict, override: dict) -> dict:
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _merge(base[key], value)
-        else:
-            base[key] = value
-    return base
-
-
-def check_study_config(cfg: dict) -> None:
-    """Checks across keys that the schema cannot express; ConfigError names the key."""
-    from soap.rules import RULES
-
-    unknown = [m for m in cfg["methods"] if m not in RULES]
-    if unknown:
-        raise ConfigError(f"methods: unknown method(s) {unknown}; known: {', '.join(RULES)}")
-    for section in ("tune", "grid"):
-        if cfg[section]["lr_low"] >= cfg[section]["lr_high"]:
-            raise ConfigError(f"{section}.lr_low must be below {section}.lr_high")
-    evaluation_seeds = max(cfg["grid"]["seeds"], cfg["tuned"]["seeds"])
-    if cfg["tune"]["seed"] < evaluation_seeds:
-        raise ConfigError(f"tune.seed must be at least {evaluation_seeds} so that tuning seeds are distinct "
-                          "from evaluation seeds (0 .. seeds-1)")
-    from soap import interventions
-
-    interventions.check_config(cfg)
 
 
 def grid_lrs(cfg: dict) -> list[float]:
@@ -145,30 +50,6 @@ def chunk_seeds(n_seeds: int, per_job: int, chunk: int) -> list[int]:
     if not seeds:
         raise ValueError(f"chunk {chunk} is empty ({n_seeds} seeds, {per_job} per job)")
     return seeds
-
-
-def device_for(gpus) -> str:
-    # With GPUs the job's lease narrows CUDA_VISIBLE_DEVICES to one device, which "auto" then finds.
-    return "cpu" if gpus == 0 else "auto"
-
-
-def train_config(train: dict, dataset: str, phase: str, members: list[dict], *, prepared: str | None = None,
-                 data: dict | None = None, epochs: float | None = None, device: str = "auto") -> TrainConfig:
-    """The TrainConfig of one population: the config's `train` section plus what the pipeline sets.
-
-    data: the config's `data` section, used when no prepared file is given. Raises ConfigError naming
-    a bad key.
-    """
-    values = dict(train)
-    values.update(dataset=dataset, phase=phase, members=members, prepared=prepared, device=device,
-                  methods=sorted({m["method"] for m in members}))
-    if data is not None:
-        from soap.data import data_root
-
-        values.update(data_root=data_root(data["root"]), download=data["download"])
-    if epochs is not None:
-        values["epochs"] = epochs
-    return TrainConfig.from_dict(values)
 
 
 def grid_members(methods: list[str], lrs: list[float], seeds: Iterable[int],
@@ -222,8 +103,22 @@ def label_tuned_repeats(runs: pd.DataFrame, tuned_lrs: dict, lr_source: str) -> 
     return runs.assign(tune_repeat=np.array(repeats, dtype=int))
 
 
+def train_job(train: dict, dataset: str, phase: str, members: list[dict], *, prepared: str, gpus,
+              gpu_lock_dir, epochs: float | None = None):
+    """One training job of the workflow: the population of `members` on a leased device (gpus 0: the
+    CPU); `train` is the study config's train block, `epochs` the phase's own length if it has one."""
+    from soap.gpu_lease import gpu_lease
+    from soap.population import train_population
+
+    config = train_config(train, dataset, phase, members, prepared=prepared, epochs=epochs,
+                          device=device_for(gpus))
+    with gpu_lease(gpu_lock_dir, gpus):
+        return train_population(config)
+
+
 def write_population(result, runs_path, curves_path, meta_path) -> None:
-    """Write one job's tables and meta, each atomically (a killed job leaves no half file)."""
+    """Write one population's runs, curves and meta (`soap train` and every training job), each
+    atomically, meta last: its presence marks a complete output (a killed job leaves no half file)."""
     write_table(result.runs, runs_path)
     write_table(result.curves, curves_path)
     write_text(json.dumps(result.meta, indent=2, default=str), meta_path)
@@ -300,6 +195,20 @@ def gather(runs_paths: Iterable, curves_paths: Iterable, meta_paths: Iterable, t
         "runs": len(runs),
     }
     return runs, curves, provenance
+
+
+def main_target_losses(main_runs: pd.DataFrame) -> dict:
+    """{dataset: target loss} of the main study's runs table: the interventions' runs are timed to the
+    main study's targets, so their time to target is comparable with it."""
+    return main_runs.groupby("dataset")["target_loss"].first().to_dict()
+
+
+def write_gathered(runs: pd.DataFrame, curves: pd.DataFrame, provenance: dict, runs_path, curves_path,
+                   provenance_path) -> None:
+    """Write gather()'s runs table, curves table and provenance record, each atomically, runs last."""
+    write_table(curves, curves_path)
+    write_text(json.dumps(provenance, indent=2, default=str) + "\n", provenance_path)
+    write_table(runs, runs_path)
 
 
 def _span_s(metas: list[dict]) -> float:

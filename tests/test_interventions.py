@@ -2,13 +2,16 @@
 the dose-response and optimizer designs."""
 
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from soap.config import ConfigError, TrainConfig
-from soap.pipeline import load_study_config
 from soap.interventions import dose_members, matched_lr_scales, matched_members, optimizer_lrs
+from soap.study_config import load_study_config
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _run(method, seed, lr, g1, g2, **extra):
@@ -91,3 +94,12 @@ def test_a_bad_interventions_value_gives_one_line_naming_the_key(values, message
     with pytest.raises(ConfigError) as error:
         load_study_config(values=values)
     assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_the_workflow_declares_every_verdict_figure_by_its_caption_file():
+    """workflow/rules/common.smk names the verdict rule's figures by their caption files (it imports no
+    figure module): those must be the figures the verdict step writes."""
+    from soap.intervention_figures import FIGURES
+
+    assert {p.stem for p in (REPO / "workflow" / "report").glob("verdict_*.rst")} == set(FIGURES)
+

@@ -13,13 +13,15 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 
 import pandas as pd
 import pytest
 from workflows import QUICK, REPO, Workflow, environment, run_snakemake
 
-from soap.pipeline import bp_reference_loss, fill_targets, grid_lrs, grid_members, load_study_config
+from soap.pipeline import bp_reference_loss, fill_targets, grid_lrs, grid_members, main_target_losses
+from soap.study_config import load_study_config
 from soap.tables import validate_runs
 
 METHODS = QUICK["methods"]
@@ -156,6 +158,40 @@ def test_lint_and_dry_run_of_the_default_study():
     for rule in ("prepare_data", "tune_study", "tuned_lrs", "train_grid", "train_tuned", "gather_runs",
                  "analyze", "report"):
         assert rule in dry.stdout + dry.stderr
+
+
+def test_optimizer_arm_reuses_the_main_rules_and_the_parse_imports_no_plotting(tmp_path):
+    """config/quick.yaml's signsgd arm is planned by the main study's own rules (tune_study, tuned_lrs,
+    train_grid, train_tuned) under results/interventions/signsgd/, the main study's paths stay where they
+    were, and parsing the DAG imports no figure module and no plotting library (python -X importtime)."""
+    (tmp_path / "flow").mkdir()
+    flow = Workflow(tmp_path / "flow")
+    dry = subprocess.run([sys.executable, "-X", "importtime", "-m", "snakemake", "-n", "--configfile",
+                          flow.write_config(tmp_path / "data")], cwd=flow.root, env=environment(),
+                         capture_output=True, text=True, timeout=600)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in dry.stderr.splitlines() if line.startswith("import time:")}
+    plotting = sorted(m for m in imported if m.split(".")[0] == "matplotlib" or "figures" in m
+                      or m.startswith(("soap.plots", "soap.report")))
+    assert not plotting, plotting
+    jobs = re.findall(r"^rule (\w+):\n(?:    .*\n)*?    output: ([^,\n]+)", dry.stdout, flags=re.MULTILINE)
+    arm = sorted((rule, out) for rule, out in jobs if out.startswith("results/interventions/signsgd/"))
+    assert arm == sorted([("tune_study", f"results/interventions/signsgd/tune/mnist/{m}/r0/best.json")
+                          for m in ("bp", "sign", "sign_scaled")] + [
+        ("tuned_lrs", "results/interventions/signsgd/tune/mnist/tuned_lrs.json"),
+        ("train_grid", "results/interventions/signsgd/train/grid/mnist/chunk0/runs.parquet"),
+        ("train_tuned", "results/interventions/signsgd/train/tuned/mnist/chunk0/runs.parquet")])
+    main = {rule: out for rule, out in jobs if not out.startswith("results/interventions/")}
+    assert main["train_grid"] == "results/train/grid/mnist/chunk0/runs.parquet"
+    assert main["train_tuned"] == "results/train/tuned/mnist/chunk0/runs.parquet"
+    assert main["tuned_lrs"] == "results/tune/mnist/tuned_lrs.json"
+    assert not any(rule.endswith("_optimizer") for rule, _ in jobs)
+
+
+def test_interventions_are_timed_to_the_main_studys_target_per_dataset():
+    main = pd.DataFrame({"dataset": ["mnist", "mnist", "fashion_mnist"], "method": ["bp", "fa", "bp"],
+                         "target_loss": [0.3, 0.3, 0.5]})
+    assert main_target_losses(main) == {"mnist": 0.3, "fashion_mnist": 0.5}
 
 
 def _bp_tuned_fixture():

@@ -6,14 +6,16 @@
 - soap.tuning.workers: several workers on one study. Storages, the study lock that keeps the trial
   budget exact, and how a dead worker's trials are found and asked again (kernel-released file locks
   beside a journal file; Optuna heartbeats on a database).
-- soap.tuning.cli: `soap tune`.
+- soap.tuning.errors: TuneError, raised by both.
+- soap.tuning.cli: `soap tune`, and the launcher of its `--workers N` processes.
 """
 
-from soap.tuning.study import (BEST_KEYS, ORIGIN_ATTR, TuneError, aggregate_repeats, fingerprint,
-                               finished_trials, run_study, storage_location, study_name, summarize,
-                               train_config_values, tune_one, tuned_lrs, write_study)
-from soap.tuning.workers import WORKER_ATTR, open_storage, run_workers
+from soap.tuning.errors import TuneError
+from soap.tuning.study import (BEST_KEYS, ORIGIN_ATTR, aggregate_repeats, fingerprint, finished_trials,
+                               run_study, storage_location, study_name, summarize, train_config_values,
+                               tune_one, tuned_lrs, write_study)
+from soap.tuning.workers import WORKER_ATTR, open_storage
 
 __all__ = ["BEST_KEYS", "ORIGIN_ATTR", "TuneError", "WORKER_ATTR", "aggregate_repeats", "fingerprint",
-           "finished_trials", "open_storage", "run_study", "run_workers", "storage_location", "study_name",
-           "summarize", "train_config_values", "tune_one", "tuned_lrs", "write_study"]
+           "finished_trials", "open_storage", "run_study", "storage_location", "study_name", "summarize",
+           "train_config_values", "tune_one", "tuned_lrs", "write_study"]

@@ -1,8 +1,10 @@
-"""`soap tune`: one method's study from the command line, alone or as one of several workers."""
+"""`soap tune`: one method's study from the command line, alone or as one of several worker processes
+on this machine (`--workers N`; the workers coordinate through soap.tuning.workers)."""
 
 from __future__ import annotations
 
 import logging
+import os
 
 from soap.config import ConfigError
 
@@ -31,10 +33,9 @@ def add_tune_arguments(parser) -> None:
 
 def run_tune_command(args) -> dict:
     from soap.gpu_lease import gpu_lease
-    from soap.pipeline import load_study_config
     from soap.rules import RULES
+    from soap.study_config import load_study_config
     from soap.tuning.study import storage_location, tune_one
-    from soap.tuning.workers import run_workers
 
     cfg = load_study_config(args.config or ["config.yaml"])
     if args.gpus is not None:
@@ -53,3 +54,35 @@ def run_tune_command(args) -> dict:
     with gpu_lease(cfg["gpu_lock_dir"], cfg["gpus"]):
         return tune_one(cfg, args.dataset, args.method, args.repeat, out, storage_url=args.storage,
                         prepared=args.prepared, progress=not args.quiet)
+
+
+def _worker(cfg: dict, dataset: str, method: str, repeat: int, location: str, prepared: str | None) -> None:
+    """One of `soap tune --workers N`'s processes: lease a device, then work on the shared study."""
+    import torch
+
+    from soap.gpu_lease import gpu_lease
+    from soap.tuning.study import run_study
+
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s worker {os.getpid()}: %(message)s")
+    torch.set_num_threads(1)  # N workers share the machine's cores
+    with gpu_lease(cfg["gpu_lock_dir"], cfg["gpus"]):
+        run_study(cfg, dataset, method, repeat, location, prepared=prepared)
+
+
+def run_workers(cfg: dict, dataset: str, method: str, repeat: int, location: str, workers: int, *,
+                prepared: str | None = None) -> list[int]:
+    """Run `workers` processes on one study until it is finished; return their exit codes."""
+    import multiprocessing as mp
+
+    # spawn: each worker initialises its own CUDA context and leases its own device.
+    ctx = mp.get_context("spawn")
+    processes = [ctx.Process(target=_worker, args=(cfg, dataset, method, repeat, str(location), prepared))
+                 for _ in range(workers)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join()
+    codes = [process.exitcode for process in processes]
+    if any(codes):
+        log.warning("tuning workers exited with %s; the study is finished by whoever remains", codes)
+    return codes

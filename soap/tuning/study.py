@@ -44,8 +44,10 @@ import numpy as np
 
 from soap.config import ConfigError
 from soap.files import write_atomic
+from soap.study_config import device_for, train_config
 from soap.tables import write_text
-from soap.tuning.workers import WORKER_ATTR
+from soap.tuning.errors import TuneError
+from soap.tuning.workers import WORKER_ATTR, coordinator, fail_stale_trials, new_worker_id, open_storage
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +57,8 @@ ORIGIN_ATTR = "origin"  # user attr of every trial: "random" (drawn independentl
 POLL_S = 1.0  # how often a worker with no slot left looks again for finished or stale trials
 
 
-class TuneError(ConfigError):
-    """A study that cannot give a learning rate (e.g. every trial diverged: the range is too high)."""
-
-
 def _population(cfg: dict, dataset: str, members: list[dict], prepared: str | None = None):
     """The TrainConfig of one batch of trials: the study's training setup at the tuning budget."""
-    from soap.pipeline import device_for, train_config
-
     return train_config(cfg["train"], dataset, "tune", members, prepared=prepared, data=cfg["data"],
                         epochs=cfg["tune"]["epochs"], device=device_for(cfg["gpus"]))
 
@@ -119,7 +115,6 @@ def run_study(cfg: dict, dataset: str, method: str, repeat: int, location: str |
     from optuna.trial import TrialState
 
     from soap import population as trainer  # looked up at call time, so tests can wrap the trainer
-    from soap.tuning import workers
 
     tune = cfg["tune"]
     seed = tune["seed"] + repeat
@@ -127,9 +122,9 @@ def run_study(cfg: dict, dataset: str, method: str, repeat: int, location: str |
                       fingerprint(train_config_values(cfg, dataset, method, repeat), tune))
     # the whole search space: one log-uniform learning rate, identical for every method
     distributions = {"lr": FloatDistribution(tune["lr_low"], tune["lr_high"], log=True)}
-    location, me = str(location), workers.new_worker_id()
-    storage = workers.open_storage(location, tune)
-    coord = workers.coordinator(storage, location, me)
+    location, me = str(location), new_worker_id()
+    storage = open_storage(location, tune)
+    coord = coordinator(storage, location, me)
     try:
         with coord.exclusive(name):  # two workers creating the same study at once would both insert it
             study = optuna.create_study(study_name=name, storage=storage, direction="minimize",
@@ -141,7 +136,7 @@ def run_study(cfg: dict, dataset: str, method: str, repeat: int, location: str |
             with ExitStack() as held:
                 # Count and ask under the study lock: no two workers reserve the same slot.
                 with coord.exclusive(name):
-                    workers.fail_stale_trials(study, coord)
+                    fail_stale_trials(study, coord)
                     count = {state: len(study.get_trials(deepcopy=False, states=(state,)))
                              for state in (TrialState.RUNNING, TrialState.WAITING)}
                     done, running = len(finished_trials(study)), count[TrialState.RUNNING]

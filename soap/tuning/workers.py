@@ -37,6 +37,8 @@ import warnings
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
+from soap.tuning.errors import TuneError
+
 log = logging.getLogger(__name__)
 
 WORKER_ATTR = "worker"  # user attr of every trial: the id of the worker that asked it
@@ -194,8 +196,6 @@ class DatabaseCoordinator:
     def __init__(self, storage, url: str):
         from sqlalchemy.engine import make_url
 
-        from soap.tuning.study import TuneError
-
         backend, database = make_url(url).get_backend_name(), make_url(url).database
         if storage.get_heartbeat_interval() is None:
             raise TuneError("a database storage shared by workers needs heartbeats (open_storage(url, tune))")
@@ -290,36 +290,3 @@ def fail_stale_trials(study, coord) -> list[int]:
                     study.study_name, sorted(failed))
     return failed
 
-
-# --- processes on one machine -------------------------------------------------------------------------
-
-def _worker(cfg: dict, dataset: str, method: str, repeat: int, location: str, prepared: str | None) -> None:
-    """One of `soap tune --workers N`'s processes: lease a device, then work on the shared study."""
-    import torch
-
-    from soap.gpu_lease import gpu_lease
-    from soap.tuning.study import run_study
-
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s worker {os.getpid()}: %(message)s")
-    torch.set_num_threads(1)  # N workers share the machine's cores
-    with gpu_lease(cfg["gpu_lock_dir"], cfg["gpus"]):
-        run_study(cfg, dataset, method, repeat, location, prepared=prepared)
-
-
-def run_workers(cfg: dict, dataset: str, method: str, repeat: int, location: str, workers: int, *,
-                prepared: str | None = None) -> list[int]:
-    """Run `workers` processes on one study until it is finished; return their exit codes."""
-    import multiprocessing as mp
-
-    # spawn: each worker initialises its own CUDA context and leases its own device.
-    ctx = mp.get_context("spawn")
-    processes = [ctx.Process(target=_worker, args=(cfg, dataset, method, repeat, str(location), prepared))
-                 for _ in range(workers)]
-    for process in processes:
-        process.start()
-    for process in processes:
-        process.join()
-    codes = [process.exitcode for process in processes]
-    if any(codes):
-        log.warning("tuning workers exited with %s; the study is finished by whoever remains", codes)
-    return codes

@@ -1,5 +1,6 @@
 # Config validation and every input function; the other .smk files hold only rules.
 
+import re
 import sys
 from pathlib import Path
 
@@ -9,11 +10,12 @@ _REPO = Path(workflow.basedir)
 if (_REPO / "soap" / "__init__.py").is_file():
     sys.path.insert(0, str(_REPO))
 
-from soap import pipeline  # noqa: E402  (needs the path set above)
+from soap import interventions, pipeline  # noqa: E402  (needs the path set above)
+from soap.study_config import load_study_config  # noqa: E402
 
 # The one validator (soap/schemas/config.schema.yaml, train keys from soap.config.TrainConfig): stops
 # the workflow before any job runs with one line naming the offending key, and fills in defaults.
-pipeline.load_study_config(values=config)
+load_study_config(values=config)
 
 DATASETS = config["datasets"]
 METHODS = config["methods"]
@@ -21,6 +23,18 @@ REPEATS = list(range(config["tune"]["repeats"]))
 GRID_LRS = pipeline.grid_lrs(config)
 GRID_CHUNKS = list(range(pipeline.n_chunks(config["grid"]["seeds"], config["grid"]["seeds_per_job"])))
 TUNED_CHUNKS = list(range(pipeline.n_chunks(config["tuned"]["seeds"], config["tuned"]["seeds_per_job"])))
+
+# Interventions (issue 10; soap.interventions): every arm off unless config["interventions"] says so.
+IV = config["interventions"]
+IV_ON = interventions.enabled(config)
+IV_OPTIMIZERS = {entry["name"]: entry for entry in IV["optimizers"]}
+IV_CHUNKS = list(range(pipeline.n_chunks(IV["seeds"], IV["seeds_per_job"])))
+
+# Study arms: the main study and, for each extra optimizer, tune -> grid -> tuned again with its own
+# methods, lr range and seeds, by the same rules (tune.smk, train.smk). The {arm} wildcard is where an
+# arm's files sit below results/ and logs/: "" for the main study (results/tune/..., results/train/...),
+# "interventions/{optimizer}/" for an optimizer arm. ARMS maps it to the optimizer (None: the main study).
+ARMS = {"": None, **{f"interventions/{name}/": name for name in IV_OPTIMIZERS}}
 
 
 def _gpus_in_use():
@@ -37,6 +51,7 @@ THREADS = config["threads"]
 
 
 wildcard_constraints:
+    arm="(?:" + "|".join(re.escape(arm) for arm in ARMS) + ")",  # may be empty: the main study
     dataset="|".join(DATASETS),
     method="|".join(METHODS),
     repeat=r"\d+",
@@ -52,8 +67,14 @@ def prepared_data(wildcards):
 
 
 def tune_bests(wildcards):
-    """best.json of every (method, repeat) study of one dataset."""
-    return tune_outputs("best.json", [wildcards.dataset])
+    """best.json of every (method, repeat) study of one dataset in one arm."""
+    return expand(
+        "results/{arm}tune/{dataset}/{method}/r{repeat}/best.json",
+        arm=wildcards.arm,
+        dataset=wildcards.dataset,
+        method=arm_methods(wildcards),
+        repeat=REPEATS,
+    )
 
 
 def tune_outputs(name, datasets=DATASETS):
@@ -91,7 +112,37 @@ def population_outputs(name):
 # --- params: only what changes results, so unrelated config edits do not rerun training --------------
 
 
+def arm_optimizer(wildcards):
+    """The optimizer arm of a job, or None for the main study."""
+    return ARMS[wildcards.arm]
+
+
+def arm_methods(wildcards):
+    return IV["optimizer_methods"] if arm_optimizer(wildcards) else METHODS
+
+
+def arm_train(wildcards):
+    """The `train` block, with the arm's optimizer."""
+    optimizer = arm_optimizer(wildcards)
+    return {**config["train"], "optimizer": optimizer} if optimizer else config["train"]
+
+
+def tune_settings(wildcards=None):
+    """The `tune` block's keys that change results, with an optimizer arm's own lr range."""
+    keys = ("n_trials", "batch", "lr_low", "lr_high", "epochs", "seed", "sampler", "storage")
+    settings = {key: config["tune"][key] for key in keys}
+    if wildcards is not None and arm_optimizer(wildcards):
+        entry = IV_OPTIMIZERS[arm_optimizer(wildcards)]
+        settings.update(lr_low=entry["lr_low"], lr_high=entry["lr_high"])
+    return settings
+
+
 def grid_members(wildcards):
+    """A grid chunk: the main grid (with its refresh-period axis), or an optimizer arm's own lr grid."""
+    optimizer = arm_optimizer(wildcards)
+    if optimizer:
+        lrs = interventions.optimizer_lrs(IV_OPTIMIZERS[optimizer])
+        return pipeline.grid_members(IV["optimizer_methods"], lrs, iv_seeds(wildcards))
     seeds = pipeline.chunk_seeds(
         config["grid"]["seeds"], config["grid"]["seeds_per_job"], int(wildcards.chunk)
     )
@@ -105,31 +156,11 @@ def grid_members(wildcards):
 
 
 def tuned_seeds(wildcards):
+    if arm_optimizer(wildcards):
+        return iv_seeds(wildcards)
     return pipeline.chunk_seeds(
         config["tuned"]["seeds"], config["tuned"]["seeds_per_job"], int(wildcards.chunk)
     )
-
-
-def tune_settings(wildcards=None):
-    keys = ("n_trials", "batch", "lr_low", "lr_high", "epochs", "seed", "sampler", "storage")
-    return {key: config["tune"][key] for key in keys}
-
-
-def report_figures():
-    """Every figure of the report, named by its caption file (workflow/report/fig*.rst)."""
-    captions = sorted((_REPO / "workflow" / "report").glob("fig*.rst"))
-    return {path.stem: path.name for path in captions}
-
-
-# --- interventions (issue 10; soap.interventions): every arm off unless config["interventions"] says so ---
-
-from soap import interventions  # noqa: E402
-from soap.intervention_figures import FIGURES as VERDICT_FIGURES  # noqa: E402
-
-IV = config["interventions"]
-IV_ON = interventions.enabled(config)
-IV_OPTIMIZERS = {entry["name"]: entry for entry in IV["optimizers"]}
-IV_CHUNKS = list(range(pipeline.n_chunks(IV["seeds"], IV["seeds_per_job"])))
 
 
 def iv_seeds(wildcards):
@@ -140,30 +171,23 @@ def dose_members(wildcards):
     return interventions.dose_members(IV["alpha_methods"], IV["alphas"], GRID_LRS, iv_seeds(wildcards))
 
 
-def optimizer_train(wildcards):
-    """The `train` block with this optimizer."""
-    return {**config["train"], "optimizer": wildcards.optimizer}
+def captioned_figures(prefix):
+    """{stem: caption file} of the figures whose captions are workflow/report/{prefix}*.rst."""
+    captions = sorted((_REPO / "workflow" / "report").glob(f"{prefix}*.rst"))
+    return {path.stem: path.name for path in captions}
 
 
-def optimizer_tune(wildcards):
-    """tune_settings() with this optimizer's own learning-rate range."""
-    entry = IV_OPTIMIZERS[wildcards.optimizer]
-    return {**tune_settings(), "lr_low": entry["lr_low"], "lr_high": entry["lr_high"]}
+def report_figures():
+    """Every figure of the report (soap.report), named by its caption file (workflow/report/fig*.rst)."""
+    return captioned_figures("fig")
 
 
-def optimizer_grid_members(wildcards):
-    lrs = interventions.optimizer_lrs(IV_OPTIMIZERS[wildcards.optimizer])
-    return pipeline.grid_members(IV["optimizer_methods"], lrs, iv_seeds(wildcards))
+def verdict_figures():
+    """The interventions' verdict figures, named by their caption files (workflow/report/verdict_*.rst)."""
+    return captioned_figures("verdict_")
 
 
-def optimizer_tune_bests(wildcards):
-    return expand(
-        "results/interventions/tune/{optimizer}/{dataset}/{method}/r{repeat}/best.json",
-        optimizer=wildcards.optimizer,
-        dataset=wildcards.dataset,
-        method=IV["optimizer_methods"],
-        repeat=REPEATS,
-    )
+# --- interventions -------------------------------------------------------------------------------
 
 
 def grid_runs_of(wildcards):
@@ -177,11 +201,11 @@ def grid_runs_of(wildcards):
 
 def intervention_outputs(name):
     """One file kind (runs.parquet, curves.parquet, meta.json) of every intervention training job."""
-    arms = (["dose"] if IV["alphas"] else []) + (["matched"] if IV["bp_matched"] else [])
-    arms += [f"{optimizer}/{phase}" for optimizer in IV_OPTIMIZERS for phase in ("grid", "tuned")]
+    jobs = (["train/dose"] if IV["alphas"] else []) + (["train/matched"] if IV["bp_matched"] else [])
+    jobs += [f"{optimizer}/train/{phase}" for optimizer in IV_OPTIMIZERS for phase in ("grid", "tuned")]
     return expand(
-        "results/interventions/train/{arm}/{dataset}/chunk{chunk}/{name}",
-        arm=arms,
+        "results/interventions/{job}/{dataset}/chunk{chunk}/{name}",
+        job=jobs,
         dataset=DATASETS,
         chunk=IV_CHUNKS,
         name=name,

@@ -1,10 +1,7 @@
 # Issue 10's intervention arms (soap.interventions); only asked for when config["interventions"] switches
-# one on. Their runs form results/interventions/runs.parquet beside the main (sgd) runs table.
-
-
-wildcard_constraints:
-    optimizer="momentum|adam|signsgd",
-    iv_phase="grid|tuned",
+# one on. Their runs form results/interventions/runs.parquet beside the main (sgd) runs table. The
+# optimizer arms (tune -> grid -> tuned under momentum, adam or signsgd) are the main study's own rules,
+# tune.smk and train.smk, in results/interventions/{optimizer}/ (the {arm} wildcard).
 
 
 rule train_dose:
@@ -70,101 +67,7 @@ rule train_matched:
     conda:
         "../envs/soap.yaml"
     script:
-        "../scripts/train.py"
-
-
-# tune -> grid -> tuned again under each extra optimizer, with its own range and its own studies.
-rule tune_study_optimizer:
-    input:
-        data=prepared_data,
-    output:
-        best="results/interventions/tune/{optimizer}/{dataset}/{method}/r{repeat}/best.json",
-        trials="results/interventions/tune/{optimizer}/{dataset}/{method}/r{repeat}/trials.csv",
-    log:
-        "logs/interventions/tune/{optimizer}/{dataset}/{method}/r{repeat}.log",
-    params:
-        train=optimizer_train,
-        tune=optimizer_tune,
-    threads: THREADS
-    resources:
-        gpu=GPU_PER_JOB,
-        mem_mb=4000,
-        runtime=120,
-    conda:
-        "../envs/soap.yaml"
-    script:
-        "../scripts/tune.py"
-
-
-rule tuned_lrs_optimizer:
-    input:
-        best=optimizer_tune_bests,
-    output:
-        lrs="results/interventions/tune/{optimizer}/{dataset}/tuned_lrs.json",
-    log:
-        "logs/interventions/tune/{optimizer}/{dataset}/tuned_lrs.log",
-    params:
-        methods=IV["optimizer_methods"],
-        aggregate=config["tune"]["aggregate"],
-    resources:
-        mem_mb=1000,
-        runtime=10,
-    conda:
-        "../envs/soap.yaml"
-    script:
-        "../scripts/tuned_lrs.py"
-
-
-rule train_grid_optimizer:
-    input:
-        data=prepared_data,
-    output:
-        runs="results/interventions/train/{optimizer}/grid/{dataset}/chunk{chunk}/runs.parquet",
-        curves="results/interventions/train/{optimizer}/grid/{dataset}/chunk{chunk}/curves.parquet",
-        meta="results/interventions/train/{optimizer}/grid/{dataset}/chunk{chunk}/meta.json",
-    log:
-        "logs/interventions/{optimizer}/grid/{dataset}/chunk{chunk}.log",
-    params:
-        train=optimizer_train,
-        members=optimizer_grid_members,
-        phase="grid",
-    threads: THREADS
-    resources:
-        gpu=GPU_PER_JOB,
-        mem_mb=8000,
-        runtime=240,
-    conda:
-        "../envs/soap.yaml"
-    script:
-        "../scripts/train.py"
-
-
-rule train_tuned_optimizer:
-    input:
-        data=prepared_data,
-        lrs="results/interventions/tune/{optimizer}/{dataset}/tuned_lrs.json",
-    output:
-        runs="results/interventions/train/{optimizer}/tuned/{dataset}/chunk{chunk}/runs.parquet",
-        curves="results/interventions/train/{optimizer}/tuned/{dataset}/chunk{chunk}/curves.parquet",
-        meta="results/interventions/train/{optimizer}/tuned/{dataset}/chunk{chunk}/meta.json",
-    log:
-        "logs/interventions/{optimizer}/tuned/{dataset}/chunk{chunk}.log",
-    params:
-        train=optimizer_train,
-        methods=IV["optimizer_methods"],
-        seeds=iv_seeds,
-        epochs=config["tuned"]["epochs"],
-        phase="tuned",
-        lr_source=config["tuned"]["lr_source"],
-    threads: THREADS
-    resources:
-        gpu=GPU_PER_JOB,
-        mem_mb=8000,
-        runtime=240,
-    conda:
-        "../envs/soap.yaml"
-    script:
-        "../scripts/train.py"
+        "../scripts/train_matched.py"
 
 
 # The interventions' runs table; time to target uses the main study's target loss per dataset.
@@ -186,7 +89,7 @@ rule gather_interventions:
     conda:
         "../envs/soap.yaml"
     script:
-        "../scripts/gather.py"
+        "../scripts/gather_interventions.py"
 
 
 rule verdict:
@@ -198,10 +101,10 @@ rule verdict:
         **{
             stem: report(
                 f"results/interventions/verdict/{stem}.png",
-                caption=f"../report/{stem}.rst",
+                caption=f"../report/{caption}",
                 category="Interventions",
             )
-            for stem in VERDICT_FIGURES
+            for stem, caption in verdict_figures().items()
         },
     log:
         "logs/interventions/verdict.log",

@@ -1,19 +1,20 @@
 # One job trains a whole population (all methods x lrs on a chunk of seeds), not one tiny job per run.
 # Resources: mem_mb and runtime (minutes) are what a SLURM job asks for (workflow/profiles/slurm), sized
 # for config.yaml with room to spare; a bigger study raises them there with set-resources.
+# {arm}: "" for the main study, "interventions/{optimizer}/" for an optimizer arm (common.smk, ARMS).
 
 
 rule train_grid:
     input:
         data=prepared_data,
     output:
-        runs="results/train/grid/{dataset}/chunk{chunk}/runs.parquet",
-        curves="results/train/grid/{dataset}/chunk{chunk}/curves.parquet",
-        meta="results/train/grid/{dataset}/chunk{chunk}/meta.json",
+        runs="results/{arm}train/grid/{dataset}/chunk{chunk}/runs.parquet",
+        curves="results/{arm}train/grid/{dataset}/chunk{chunk}/curves.parquet",
+        meta="results/{arm}train/grid/{dataset}/chunk{chunk}/meta.json",
     log:
-        "logs/train/grid/{dataset}/chunk{chunk}.log",
+        "logs/{arm}train/grid/{dataset}/chunk{chunk}.log",
     params:
-        train=config["train"],
+        train=arm_train,
         members=grid_members,
         phase="grid",
     # first: bp_matched (soap.interventions) waits on sign's grid gains
@@ -32,16 +33,16 @@ rule train_grid:
 rule train_tuned:
     input:
         data=prepared_data,
-        lrs="results/tune/{dataset}/tuned_lrs.json",
+        lrs="results/{arm}tune/{dataset}/tuned_lrs.json",
     output:
-        runs="results/train/tuned/{dataset}/chunk{chunk}/runs.parquet",
-        curves="results/train/tuned/{dataset}/chunk{chunk}/curves.parquet",
-        meta="results/train/tuned/{dataset}/chunk{chunk}/meta.json",
+        runs="results/{arm}train/tuned/{dataset}/chunk{chunk}/runs.parquet",
+        curves="results/{arm}train/tuned/{dataset}/chunk{chunk}/curves.parquet",
+        meta="results/{arm}train/tuned/{dataset}/chunk{chunk}/meta.json",
     log:
-        "logs/train/tuned/{dataset}/chunk{chunk}.log",
+        "logs/{arm}train/tuned/{dataset}/chunk{chunk}.log",
     params:
-        train=config["train"],
-        methods=METHODS,
+        train=arm_train,
+        methods=arm_methods,
         seeds=tuned_seeds,
         epochs=config["tuned"]["epochs"],
         phase="tuned",
@@ -54,7 +55,7 @@ rule train_tuned:
     conda:
         "../envs/soap.yaml"
     script:
-        "../scripts/train.py"
+        "../scripts/train_tuned.py"
 
 
 rule gather_runs:

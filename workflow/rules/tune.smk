@@ -1,14 +1,18 @@
+# Phase 1 of every arm ({arm}: "" for the main study, "interventions/{optimizer}/" for an optimizer arm,
+# which tunes its own methods over its own lr range in studies of its own).
+
+
 rule tune_study:
     input:
         data=prepared_data,
     output:
-        best="results/tune/{dataset}/{method}/r{repeat}/best.json",
-        trials="results/tune/{dataset}/{method}/r{repeat}/trials.csv",
+        best="results/{arm}tune/{dataset}/{method}/r{repeat}/best.json",
+        trials="results/{arm}tune/{dataset}/{method}/r{repeat}/trials.csv",
     log:
-        "logs/tune/{dataset}/{method}/r{repeat}.log",
+        "logs/{arm}tune/{dataset}/{method}/r{repeat}.log",
     params:
-        train=config["train"],
-        tune=tune_settings(),
+        train=arm_train,
+        tune=tune_settings,
     threads: THREADS
     resources:
         gpu=GPU_PER_JOB,
@@ -24,11 +28,11 @@ rule tuned_lrs:
     input:
         best=tune_bests,
     output:
-        lrs="results/tune/{dataset}/tuned_lrs.json",
+        lrs="results/{arm}tune/{dataset}/tuned_lrs.json",
     log:
-        "logs/tune/{dataset}/tuned_lrs.log",
+        "logs/{arm}tune/{dataset}/tuned_lrs.log",
     params:
-        methods=METHODS,
+        methods=arm_methods,
         aggregate=config["tune"]["aggregate"],
     resources:
         mem_mb=1000,

@@ -1,25 +1,14 @@
-"""The study's (or the interventions') runs and curves tables (STUDY.md contract) and provenance record."""
+"""The study's runs and curves tables (STUDY.md contract) and provenance record; time to target at
+params.target ("auto": bp's tuned median after one epoch, or a loss)."""
 
-import json
-
-import pandas as pd
-
-from soap.pipeline import gather, log_to_file
-from soap.tables import write_table, write_text
+from soap.pipeline import gather, log_to_file, write_gathered
 
 log_to_file(snakemake.log[0])
-if hasattr(snakemake.input, "main"):  # the interventions: the main study's target loss, per dataset
-    main = pd.read_parquet(snakemake.input.main)
-    target = main.groupby("dataset")["target_loss"].first().to_dict()
-else:
-    target = snakemake.params.target
-runs, curves, provenance = gather(
+gathered = gather(
     snakemake.input.runs,
     snakemake.input.curves,
     snakemake.input.meta,
-    target=target,
+    target=snakemake.params.target,
     config=snakemake.config,
 )
-write_table(curves, snakemake.output.curves)
-write_text(json.dumps(provenance, indent=2, default=str) + "\n", snakemake.output.provenance)
-write_table(runs, snakemake.output.runs)
+write_gathered(*gathered, snakemake.output.runs, snakemake.output.curves, snakemake.output.provenance)

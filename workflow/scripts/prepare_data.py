@@ -1,6 +1,7 @@
 """Load, verify and split one dataset once; every training job then reads the prepared file."""
 
-from soap.data import data_root, prepare_dataset
+from soap.config import data_root
+from soap.data import prepare_dataset
 from soap.pipeline import log_to_file
 
 log_to_file(snakemake.log[0])

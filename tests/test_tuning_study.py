@@ -1,4 +1,4 @@
-"""Tuning: batched ask/tell through the population trainer, resume after a kill, aggregation.
+"""soap.tuning.study: batched ask/tell through the population trainer, resume after a kill, aggregation.
 
 Studies train on the synthetic dataset (soap.data.synthetic_dataset): real training, a second each.
 """
@@ -17,8 +17,7 @@ import pytest
 
 import soap.population
 from soap import tuning
-from soap.tuning.cli import add_tune_arguments, run_tune_command
-from soap.pipeline import load_study_config
+from soap.study_config import load_study_config
 
 # spawn, not fork: a forked child of a process that has run torch can deadlock in its thread pool.
 CTX = mp.get_context("spawn")
@@ -159,24 +158,6 @@ def test_rdb_storage_holds_every_study_and_resumes(tmp_path, postgres_url):
     more = study_config(n_trials=4, batch=2)  # a bigger budget resumes the same study
     assert tuning.tune_one(more, "synthetic", "fa", 0, tmp_path / "fa", storage_url=postgres_url)["n_trials"] == 4
     assert len(pd.read_csv(tmp_path / "fa" / "trials.csv")) == 4
-
-
-def test_soap_tune_command_tunes_one_method(tmp_path):
-    import argparse
-
-    import yaml
-
-    base, override = tmp_path / "config.yaml", tmp_path / "small.yaml"
-    base.write_text(yaml.safe_dump({"train": {"hidden": [16], "epochs": 0.25, "eval_subset": 256},
-                                    "tune": {"n_trials": 8, "batch": 4, "epochs": 0.25}, "gpus": 0}))
-    override.write_text(yaml.safe_dump({"tune": {"n_trials": 3}}))  # overrides key by key
-    parser = argparse.ArgumentParser()
-    add_tune_arguments(parser)
-    args = parser.parse_args(["--method", "sign", "--dataset", "synthetic", "--config", str(base),
-                              "--config", str(override), "--out", str(tmp_path / "out"), "--quiet"])
-    summary = run_tune_command(args)
-    assert summary["n_trials"] == 3
-    assert json.loads((tmp_path / "out" / "best.json").read_text()) == summary
 
 
 class _Objective:

@@ -1,4 +1,4 @@
-"""Several workers on one Optuna study: exactly n_trials finished, none lost or duplicated, and a dead
+"""soap.tuning.workers, several workers on one Optuna study: exactly n_trials finished, none lost or duplicated, and a dead
 worker's trials (only its) redone by its live peers, with their learning rates. On a journal file, on
 SQLite and on a real PostgreSQL server (heartbeats every second, stale after 2 s).
 
@@ -22,9 +22,9 @@ import yaml
 
 import soap.population
 from soap import tuning
-from soap.pipeline import load_study_config
+from soap.study_config import load_study_config
 
-CTX = mp.get_context("spawn")  # as test_tuning: no fork after torch
+CTX = mp.get_context("spawn")  # as test_tuning_study: no fork after torch
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = {"hidden": [16], "epochs": 0.25, "log_every": 128, "eval_every": 256, "eval_subset": 256}
 
