@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from soap.rules import KOLEN_POLLACK_DECAY, draw_like_weight, get_rule
+from soap.rules import KOLEN_POLLACK_DECAY, FeedbackRule, draw_like_weight, get_rule
 
 
 def as_matrix(weight: Tensor) -> Tensor:
@@ -80,35 +80,24 @@ def feedback_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None, feedback: Te
     return FeedbackConv2dFunction.apply(x, weight, bias, feedback, stride, padding, scale, coupling)
 
 
-class FeedbackConv2d(nn.Conv2d):
-    """Drop-in for torch.nn.Conv2d (same weight, bias, initialisation, forward) with a feedback rule.
+class FeedbackMixin:
+    """A layer's feedback matrix B under a rule: the state and hooks that every feedback layer shares.
 
-    `feedback` is B, shaped like W: a buffer (saved in the state dict, never trained), except for rules
-    whose B is trained alongside W (kolen_pollack), where it is a parameter: give it to the optimizer
-    with W. Rules formed every step (usf, frsf, brsf) form B in each forward pass made in training mode
-    with grad enabled, as dropout draws its mask; periodic rules (sign, sign_scaled, stale_bp) form it
-    when `refresh_feedback()` is called (B is the FA matrix until then). brsf draws R_t with `generator`
-    (torch's global RNG when None; soap.lenet.lenet5(seed=...) gives it the seed's feedback_redraw
-    stream). Errors go down as feedback_scale * conv2d_input(B). dfa acts on a whole network
-    (soap.lenet builds it); a lone layer with it sends its errors like fa. so_ rules are refused: their
-    activity step is defined per unit of a dense hidden layer (soap.activity_propagation), and a conv
-    layer's maps have no such units without a further choice (channels or every position).
+    For a module with `weight` (out, ...): `_init_feedback` (after the module's own __init__) makes
+    `feedback`, B shaped like W. It is a buffer (saved in the state dict, never trained), except for
+    rules whose B is trained alongside W (kolen_pollack), where it is a parameter: give it to the
+    optimizer with W. It starts as the FA matrix, drawn like W. Rules formed every step (usf, frsf,
+    brsf) form B in each forward pass made in training mode with grad enabled, as dropout draws its
+    mask, unless `hold_feedback` is set (a second pass of the same step); periodic rules (sign,
+    sign_scaled, stale_bp) form it when `refresh_feedback()` is called. brsf draws R_t with `generator`
+    (torch's global RNG when None). Every rule sees W as the registry's (out, fan_in) matrix
+    (`as_matrix`), so the layer holds no per-rule code.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int], rule: str = "fa",
-                 stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0, bias: bool = True,
-                 device=None, dtype=None, feedback_scale: float = 1.0, decay: float = KOLEN_POLLACK_DECAY):
-        if isinstance(padding, str):
-            raise ValueError(f"FeedbackConv2d takes padding as numbers, got {padding!r}")
-        spec = get_rule(rule)
-        if spec.second_order:
-            raise ValueError(f"{spec.name}: second-order activity propagation is defined for dense hidden layers, "
-                             "not FeedbackConv2d")
+    def _init_feedback(self, rule: FeedbackRule, feedback_scale: float, decay: float) -> None:
         if not (math.isfinite(feedback_scale) and feedback_scale > 0):
             raise ValueError(f"feedback_scale must be a positive number, got {feedback_scale}")
-        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=bias,
-                         device=device, dtype=dtype)
-        self.rule = spec
+        self.rule = rule
         self.feedback_scale = float(feedback_scale)
         feedback = self._draw_like_weight(None)
         if self.rule.coupled is not None:
@@ -120,13 +109,13 @@ class FeedbackConv2d(nn.Conv2d):
         if self.rule.random == "fa":  # the fixed R whose magnitudes B keeps
             self.register_buffer("fa_matrix", feedback.clone())
         self.generator: torch.Generator | None = None
+        self.hold_feedback = False
 
-    def forward(self, x: Tensor) -> Tensor:
-        if self.rule.when == "step" and self.training and torch.is_grad_enabled():
+    def _step_feedback(self) -> Tensor:
+        """The B of this forward pass, formed first for the rules formed every training step."""
+        if self.rule.when == "step" and self.training and torch.is_grad_enabled() and not self.hold_feedback:
             self._form_feedback()
-        feedback = self.weight.detach() if self.rule.uses_weight else self.feedback
-        return feedback_conv2d(x, self.weight, self.bias, feedback, self.stride, self.padding, self.feedback_scale,
-                               self.coupling)
+        return self.weight.detach() if self.rule.uses_weight else self.feedback
 
     @torch.no_grad()
     def refresh_feedback(self) -> None:
@@ -149,3 +138,32 @@ class FeedbackConv2d(nn.Conv2d):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, rule={self.rule.name}, feedback_scale={self.feedback_scale:g}"
+
+
+class FeedbackConv2d(FeedbackMixin, nn.Conv2d):
+    """Drop-in for torch.nn.Conv2d (same weight, bias, initialisation, forward) with a feedback rule.
+
+    B (`feedback`, shaped like W) as FeedbackMixin describes; errors go down as
+    feedback_scale * conv2d_input(B). soap.lenet.lenet5(seed=...) gives brsf's `generator` the seed's
+    feedback_redraw stream. dfa acts on a whole network (soap.lenet builds it); a lone layer with it
+    sends its errors like fa. so_ rules are refused: their activity step is defined per unit of a dense
+    hidden layer (soap.activity_propagation), and a conv layer's maps have no such units without a
+    further choice (channels, or every position).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int], rule: str = "fa",
+                 stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0, bias: bool = True,
+                 device=None, dtype=None, feedback_scale: float = 1.0, decay: float = KOLEN_POLLACK_DECAY):
+        if isinstance(padding, str):
+            raise ValueError(f"FeedbackConv2d takes padding as numbers, got {padding!r}")
+        spec = get_rule(rule)
+        if spec.second_order:
+            raise ValueError(f"{spec.name}: second-order activity propagation is defined for dense hidden layers, "
+                             "not FeedbackConv2d")
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=bias,
+                         device=device, dtype=dtype)
+        self._init_feedback(spec, feedback_scale, decay)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return feedback_conv2d(x, self.weight, self.bias, self._step_feedback(), self.stride, self.padding,
+                               self.feedback_scale, self.coupling)
