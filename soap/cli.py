@@ -73,7 +73,7 @@ def verdict_command(args: argparse.Namespace) -> None:
     import pandas as pd
 
     from soap.analysis.verdict import study_verdict
-    from soap.pipeline import load_study_config
+    from soap.study_config import load_study_config
     from soap.tables import read_table
 
     cfg = load_study_config(args.config or "config.yaml")
