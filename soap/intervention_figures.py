@@ -1,16 +1,14 @@
-"""Figures and the report section of the intervention arms (issue 10): one captioned figure per verdict row
-(soap.analysis.verdict) and the verdict table, from the main and intervention runs tables."""
+"""Figures of the intervention arms (issue 10): one captioned figure per verdict row (soap.analysis.verdict),
+from the main and intervention runs tables. The report's section on them: soap.report.context."""
 
 from __future__ import annotations
 
-import html
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from soap.analysis.verdict import plain_runs, optimum_shift_points
-from soap.files import png_data_uri
 
 # file stem -> caption (also the Snakemake report's, workflow/report/verdict_*.rst)
 FIGURES = {
@@ -121,42 +119,3 @@ def _optimum_shift(ax, grid, runs) -> bool:
         ax.set(xlabel="log gain", ylabel="log(lr*_bp / lr*)")
         ax.legend(fontsize=7)
     return drawn
-
-
-def report_section(verdict_dir) -> str:
-    """The report's "Interventions" section (HTML): what the data support and do not, the verdict table and
-    the figures embedded (the report is one self-contained file); empty without a verdict table."""
-
-    path = Path(verdict_dir) / "verdict.csv"
-    if not path.is_file():
-        return ""
-    verdict = pd.read_csv(path)
-    parts = ["<h2>Interventions: is the advantage learning rate?</h2>", f"<p>{html.escape(summary(verdict))}</p>"]
-    if len(verdict):
-        shown = verdict[["dataset", "row", "contrast", "outcome", "estimate", "ci_low", "ci_high", "margin",
-                         "tost_p", "predicted", "verdict", "n"]]
-        parts.append(shown.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0, classes="table"))
-    for stem, caption in FIGURES.items():
-        png = Path(verdict_dir) / f"{stem}.png"
-        if png.is_file():
-            src = png_data_uri(png)
-            parts.append(f'<figure id="{stem}"><img src="{src}" alt="{stem}"><figcaption>{html.escape(caption)} '
-                         f"(<code>interventions/verdict/{stem}.png</code>)</figcaption></figure>")
-    return "\n".join(parts)
-
-
-def summary(verdict: pd.DataFrame) -> str:
-    """Plain words: which predictions the data support, which they contradict, which they leave open."""
-    if verdict.empty:
-        return "No intervention arm produced a verdict row (arms off, or too few seeds)."
-    words = []
-    for kind in ("supported", "contradicted", "inconclusive"):
-        rows = verdict[verdict["verdict"] == kind]
-        if len(rows):
-            listed = "; ".join(f"{r.row} {r.contrast} ({r.outcome})" for r in rows.itertuples())
-            words.append(f"{kind.capitalize()} ({len(rows)}): {listed}.")
-    words.append("Supported means the data show what 'the advantage is learning rate' predicts (equivalence "
-                 "within the pre-declared margin by TOST, or a 95% interval excluding the null where a "
-                 "difference is predicted); inconclusive means neither equivalence nor a difference was shown, "
-                 "which is not evidence of equivalence.")
-    return " ".join(words)

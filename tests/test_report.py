@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 
 from soap import report
-from soap.analysis.core import run_analysis
+from soap.analysis import run_analysis
 from soap.synthetic import SyntheticSpec, generate_runs
 from soap.tables import TableError
 
@@ -93,11 +93,12 @@ def make_results(root: Path, datasets=("mnist",), methods=METHODS, tuning=True, 
     root.mkdir(parents=True, exist_ok=True)
     runs.to_parquet(root / "runs.parquet", index=False)
     _curves(runs).to_parquet(root / "curves.parquet", index=False)
-    # The analysis stage itself writes summary.json, estimates.csv and km.csv: the report is tested on
-    # the contract as it is, not on a copy of it (few resamples, to stay fast).
-    run_analysis(root / "runs.parquet", root / "analysis", n_boot=50, curves_path=root / "curves.parquet")
     if tuning:
         _tuning(root, runs)
+    # The analysis stage itself writes summary.json, estimates.csv, km.csv and the report's tables: the
+    # report is tested on the contract as it is, not on a copy of it (few resamples, to stay fast).
+    run_analysis(root / "runs.parquet", root / "analysis", n_boot=50, curves_path=root / "curves.parquet",
+                 tune_dir=root / "tune", tune_batch=4, lr_range=(1e-4, 1.0))
     if provenance:
         (root / "provenance.json").write_text(json.dumps({
             "config": {"seeds": {"grid": 3, "tuned": 3}, "budget": {"epochs": 5}, "methods": list(methods),
