@@ -61,7 +61,7 @@ def in_dataset_order(table: pd.DataFrame | None, datasets: list[str]) -> pd.Data
     return table.sort_values("dataset", key=lambda col: col.map(rank).fillna(len(rank)), kind="stable")
 
 
-def reference_levels(table: pd.DataFrame | None) -> dict[str, dict[str, float]]:
+def levels_by_dataset(table: pd.DataFrame | None) -> dict[str, dict[str, float]]:
     """analysis/reference_levels.csv as {dataset: {outcome: level}}, the rule comparison's reading."""
     if table is None:
         return {}
@@ -103,7 +103,7 @@ def make_figures(inputs: Inputs) -> dict[str, tuple]:
                                                     s.tuning_budget_trials),
         # every outcome: the comparison shows accuracy beside loss
         "fig14_rule_comparison": F.plot_rule_comparison(in_dataset_order(inputs.estimates, datasets),
-                                                        reference_levels(inputs.table("reference_levels")),
+                                                        levels_by_dataset(inputs.table("reference_levels")),
                                                         REFERENCE),
     }
     assert list(made) == [spec.stem for spec in FIGURES], "FIGURES and make_figures disagree"
