@@ -57,7 +57,8 @@ def analyze_command(args: argparse.Namespace) -> None:
     from soap.analysis import run_analysis
 
     run_analysis(args.runs, args.out, fixed_lr=args.fixed_lr, seed=args.seed, n_boot=args.n_boot,
-                 mediation_design=args.mediation_design, curves_path=args.curves)
+                 mediation_design=args.mediation_design, curves_path=args.curves, tune_dir=args.tune,
+                 tune_batch=args.tune_batch, lr_range=tuple(args.lr_range) if args.lr_range else None)
 
 
 def report_command(args: argparse.Namespace) -> None:
@@ -130,6 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples")
     analyze.add_argument("--mediation-design", choices=("pooled", "fixed_lr"), default="pooled",
                          help="mediation runs: every healthy grid lr (pooled) or the shared lr only")
+    analyze.add_argument("--tune", help="tune directory ({dataset}/{method}/r{repeat}/trials.csv): adds the "
+                                        "tuning-budget curves and the trials tables")
+    analyze.add_argument("--tune-batch", type=int, help="TPE's startup trials per study (config tune.batch)")
+    analyze.add_argument("--lr-range", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                         help="the tuning search range (tune.lr_low, tune.lr_high): marks tuned lrs at its edges")
     analyze.set_defaults(func=analyze_command)
 
     verdict = commands.add_parser("verdict", help="the primary test, verdict rows, decomposition and answer")

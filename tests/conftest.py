@@ -15,6 +15,26 @@ def workflow(tmp_path):
 
 
 @pytest.fixture(scope="session")
+def report_full(tmp_path_factory):
+    """(report.html's path, its text) of a study with every input present, two datasets (tests/report_results.py)."""
+    from study_results import build, make_results
+
+    return build(make_results(tmp_path_factory.mktemp("full") / "results", datasets=("mnist", "fashion_mnist")))
+
+
+@pytest.fixture(scope="session")
+def report_small(tmp_path_factory):
+    """(report.html's path, its text) of a partial study: only the required inputs (and estimates.csv), no sign
+    runs, no tuning, no provenance, no km.csv."""
+    from study_results import build, make_results
+
+    results = make_results(tmp_path_factory.mktemp("small") / "results", methods=("bp", "fa"), tuning=False,
+                           provenance=False)
+    (results / "analysis" / "km.csv").unlink()
+    return build(results)
+
+
+@pytest.fixture(scope="session")
 def data_root() -> Path:
     """The real MNIST/FashionMNIST files: $SOAP_DATA_ROOT, else ../shared/data beside the repository,
     else REPO/data, downloaded there through torchvision on first use.

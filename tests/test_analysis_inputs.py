@@ -13,8 +13,7 @@ from soap import cli
 from soap.analysis import AnalysisError, analyze, core, run_analysis
 from soap.synthetic import SyntheticSpec, generate_runs
 from soap.tables import TableError, read_table
-
-SMALL = SyntheticSpec(grid_lrs=(1e-3, 1e-2, 1e-1), grid_seeds=4, tuned_seeds=4)
+from study_results import SMALL
 
 
 @pytest.fixture
@@ -137,23 +136,6 @@ def test_run_analysis_names_the_file_of_a_bad_table(tmp_path):
         run_analysis(path, tmp_path / "out")
 
 
-def test_refresh_period_axis_gives_the_estimands_at_one_period_and_a_sensitivity_table():
-    # sign run at two refresh periods; at T = 64000 its direct effect is 0.1 worse (bp, fa at one T).
-    runs = generate_runs(replace(SMALL, grid_seeds=6, tuned_seeds=6), seed=3).assign(refresh_period=6400.0)
-    slow = runs[runs["method"] == "sign"].assign(refresh_period=64000.0)
-    slow = slow.assign(run_id=slow["run_id"] + "-T64000", test_loss=slow["test_loss"] + 0.1)
-    both = pd.concat([runs, slow], ignore_index=True)
-    result = analyze(both, n_boot=50, outcomes=("test_loss",))
-    assert result.summary.refresh_period == 6400.0  # ties: the smaller T
-    main = analyze(runs, n_boot=50, outcomes=("test_loss",)).estimates
-    tuned = result.estimates.query("estimand == 'tuned' and method == 'sign'")["estimate"].item()
-    assert tuned == pytest.approx(main.query("estimand == 'tuned' and method == 'sign'")["estimate"].item())
-    table = pd.DataFrame(result.summary.refresh_sensitivity["synthetic"])
-    sign = table[(table["method"] == "sign") & (table["estimand"] == "tuned")].set_index("refresh_period")
-    assert sign.loc[64000.0, "estimate"] - sign.loc[6400.0, "estimate"] == pytest.approx(0.1)
-    assert set(table["method"]) == {"fa", "sign", "sign_scaled"}
-
-
 def test_target_sensitivity_reads_other_targets_off_the_curves():
     # Curves built so that run r's smoothed loss is target * t_r / x: it crosses the target at its own
     # examples_to_target t_r, and m x target at t_r / m. Every time scales by 1 / m, so the ratio of
@@ -173,38 +155,3 @@ def test_target_sensitivity_reads_other_targets_off_the_curves():
     np.testing.assert_allclose(table["target_loss"].unique(), spec.target_loss * np.array([0.8, 0.9, 1.0, 1.1, 1.25]))
     for method, rows in table.groupby("method"):
         np.testing.assert_allclose(rows["estimate"], ttt.ratio[method].estimate, rtol=0.03)
-
-
-def test_divergence_rates_and_a_logistic_model_or_its_reason():
-    # Sharp edge (the default world): lr and gain tell exactly which runs diverge, no finite MLE.
-    result = analyze(generate_runs(SMALL, seed=0), n_boot=50, outcomes=("test_loss",))
-    block = result.summary.divergence["synthetic"]
-    sign = [c for c in block.cells if c.method == "sign" and c.lr == pytest.approx(0.1)][0]
-    assert (sign.n_runs, sign.n_diverged, sign.rate) == (4, 4, 1.0) and sign.ci_low < 1 == sign.ci_high
-    assert "separation" in block.note and block.coef == {}
-    # A soft edge: divergence a probability; sign diverges far more often than bp at the same lr.
-    soft = replace(SMALL, grid_lrs=tuple(np.logspace(-3, 0, 7)), grid_seeds=10, edge_width=1.0, diverge_elr=0.5)
-    block = analyze(generate_runs(soft, seed=1), n_boot=50, outcomes=("test_loss",)).summary.divergence["synthetic"]
-    assert block.coef["sign"].ci_low > 1 and block.coef["sign"].unit == "runs"
-
-
-def test_tuned_comparison_at_the_grid_training_length_from_the_curves():
-    # Tuned runs train twice the grid's examples. Curves whose validation loss at the grid's budget is
-    # the run's test loss + 0.05 for fa only: the like-with-like contrast moves by exactly 0.05.
-    spec = replace(SMALL, tuned_seeds=6)
-    runs = generate_runs(spec, seed=6)
-    tuned = runs["phase"] == "tuned"
-    runs.loc[tuned, "examples_seen"] = 2 * spec.budget_examples
-    rows = runs[tuned & ~runs["diverged"]]
-    grid_budget = spec.budget_examples
-    at_grid_length = rows["test_loss"].to_numpy() + np.where(rows["method"] == "fa", 0.05, 0)
-    curves = pd.DataFrame({"run_id": np.repeat(rows["run_id"].to_numpy(), 2),
-                           "examples": np.tile([grid_budget, 2 * grid_budget], len(rows)),
-                           "train_loss": np.nan, "train_loss_ema": np.nan, "val_acc": np.nan,
-                           "val_loss": np.repeat(at_grid_length, 2) + np.tile([0.0, 1.0], len(rows))})
-    result = analyze(runs, n_boot=50, outcomes=("test_loss",), curves=curves)
-    at = result.estimates.query("estimand == 'tuned_at_grid_length'").set_index("method")
-    full = result.estimates.query("estimand == 'tuned'").set_index("method")
-    assert at.loc["fa", "estimate"] == pytest.approx(full.loc["fa", "estimate"] + 0.05)
-    assert at.loc["sign", "estimate"] == pytest.approx(full.loc["sign", "estimate"])
-    assert (at["outcome"] == "val_loss_at_grid_length").all()

@@ -13,57 +13,7 @@ from soap.analysis.multiplicity import holm_adjust
 from soap.analysis.paired import paired_contrast, t_interval
 from soap.analysis.summary import Summary
 from soap.synthetic import SyntheticSpec, generate_runs
-
-
-def make_runs(records):
-    """A contract-shaped runs table from (phase, method, seed, lr, test_loss[, diverged]) tuples."""
-    rows = []
-    for i, rec in enumerate(records):
-        phase, method, seed, lr, loss = rec[:5]
-        diverged = rec[5] if len(rec) > 5 else False
-        rows.append({
-            "run_id": f"r{i}", "phase": phase, "dataset": "toy", "method": method, "seed": seed, "lr": lr,
-            "feedback_gain": 1.0, "diverged": diverged, "final_train_loss": loss, "val_loss": loss,
-            "val_acc": 0.9, "test_loss": np.nan if diverged else loss, "test_acc": 0.9,
-            "examples_to_target": 100.0 * (seed + 1), "reached_target": True,
-        })
-    return pd.DataFrame(rows)
-
-
-# Seeds 0, 1, 2: bp losses 1.0, 2.0, 3.0; fa losses 1.5, 2.1, 3.4 -> differences 0.5, 0.1, 0.4.
-BP = [1.0, 2.0, 3.0]
-FA = [1.5, 2.1, 3.4]
-TOY = make_runs([("tuned", "bp", s, 0.1, x) for s, x in enumerate(BP)]
-                + [("tuned", "fa", s, 0.2, x) for s, x in enumerate(FA)])
-
-
-def test_paired_difference_by_hand():
-    out = paired_contrast(TOY, "fa", "test_loss")
-    assert out["estimate"] == pytest.approx((0.5 + 0.1 + 0.4) / 3)
-    assert out["n"] == 3
-    # Paired t by hand: mean 1/3, sample sd of (0.5, 0.1, 0.4) = 0.2082, 2 degrees of freedom,
-    # t_{0.975, 2} = 4.3027: half-width 4.3027 * 0.2082 / sqrt(3) = 0.5172.
-    diffs = np.array([0.5, 0.1, 0.4])
-    se = diffs.std(ddof=1) / np.sqrt(3)
-    assert out["p_value"] == pytest.approx(2 * stats.t.sf(diffs.mean() / se, df=2))
-    assert out["ci_low"] == pytest.approx(1 / 3 - 0.5172, abs=1e-4)
-    assert out["ci_high"] == pytest.approx(1 / 3 + 0.5172, abs=1e-4)
-    assert "only 3 pairs" in out["note"]  # fewer than MIN_PAIRS
-
-
-def test_paired_contrast_drops_pairs_with_a_diverged_member_and_counts_them():
-    runs = make_runs([("tuned", "bp", s, 0.1, x) for s, x in enumerate(BP)]
-                     + [("tuned", "fa", 0, 0.2, 1.5), ("tuned", "fa", 1, 0.2, np.nan, True),
-                        ("tuned", "fa", 2, 0.2, 3.4)])
-    out = paired_contrast(runs, "fa", "test_loss")
-    assert out["n"] == 2
-    assert out["estimate"] == pytest.approx((0.5 + 0.4) / 2)
-    assert out["excluded"] == {"diverged": 1, "non-finite test_loss": 0, "partner run excluded": 1}
-
-
-def test_t_interval_of_identical_values_is_a_point():
-    out = t_interval(np.full(5, 0.25))
-    assert (out["ci_low"], out["ci_high"], out["p_value"]) == (0.25, 0.25, 0.0)
+from study_results import BP, TOY, make_runs
 
 
 def test_holm_by_hand_within_families():
@@ -129,50 +79,11 @@ def test_analysis_error_is_a_value_error():
     assert issubclass(AnalysisError, ValueError)
 
 
-def test_run_analysis_writes_contract_files_from_csv(tmp_path):
-    runs = generate_runs(SyntheticSpec(grid_seeds=4, tuned_seeds=4), seed=0)
-    runs_path = tmp_path / "runs.csv"
-    runs.to_csv(runs_path, index=False)
-    out = tmp_path / "analysis"
-    result = run_analysis(runs_path, out, seed=1, n_boot=100)
-
-    estimates = pd.read_csv(out / "estimates.csv")
-    assert tuple(estimates.columns) == ESTIMATES_COLUMNS
-    assert len(estimates) == len(result.estimates)
-    text = (out / "summary.json").read_text()
-    json.loads(text, parse_constant=pytest.fail)  # strict JSON: no NaN or Infinity
-    summary = Summary.from_json(text)
-    assert summary == Summary.from_json(result.summary.to_json())  # what was written is what is read
-    assert summary.n_runs == len(runs)
-    assert summary.n_seeds == {"synthetic": {"grid": 4, "tuned": 4}}
-    diverged = sum(e.n for e in summary.exclusions if e.estimand == "effective_lr" and e.reason == "diverged")
-    assert diverged == int(runs.query("phase == 'grid'")["diverged"].sum())
-    assert summary.mediation["synthetic"].design == "pooled"
-    assert summary.mediation["synthetic"].lr is None and len(summary.mediation["synthetic"].lrs) > 1
-    assert {r.unit for r in summary.estimates if r.estimand == "tuned"} == {"pairs"}
-    assert {r.holm_family for r in summary.estimates if r.estimand == "tuned"} == {"test_loss", "test_acc"}
-    km = pd.read_csv(out / "km.csv")
-    assert list(km.columns) == ["dataset", "method", "examples", "survival", "ci_low", "ci_high"]
-    assert km["survival"].between(0, 1).all()
-    models = (out / "models.txt").read_text()
-    assert "bs(log_elr, df=4)" in models and "bs(log_lr, df=4)" in models and "ACME" in models
-
-
 def test_same_seed_same_results():
     runs = generate_runs(SyntheticSpec(grid_lrs=(1e-3, 1e-2, 1e-1), grid_seeds=3, tuned_seeds=3), seed=0)
     a = analyze(runs, seed=5, n_boot=100).estimates
     b = analyze(runs, seed=5, n_boot=100).estimates
     pd.testing.assert_frame_equal(a, b)
-
-
-def test_dataset_without_sign_methods_skips_mediation():
-    runs = generate_runs(SyntheticSpec(grid_seeds=4, tuned_seeds=4), seed=0)
-    runs = runs[runs["method"].isin(["bp", "fa"])]
-    result = analyze(runs, n_boot=100)
-    assert result.summary.mediation == {}
-    assert "no sign and sign_scaled" in result.summary.skipped_reason("mediation", "synthetic")
-    assert not result.estimates["estimand"].str.startswith("mediation").any()
-    assert set(result.estimates["method"]) == {"fa"}
 
 
 def test_method_diverged_everywhere_at_the_shared_lr_is_reported_not_fatal():
@@ -197,30 +108,6 @@ def test_method_diverged_everywhere_at_the_shared_lr_is_reported_not_fatal():
 def test_unknown_mediation_design_is_an_error():
     with pytest.raises(AnalysisError, match="mediation_design"):
         analyze(TOY, mediation_design="nope")
-
-
-def test_expected_best_validation_loss_by_hand():
-    from soap.analysis.tuning_budget import expected_best
-
-    # Best of k draws with replacement from {1, 2, 3}: k = 1 the mean; k = 2: P(min = 1) = 1 - (2/3)^2,
-    # P(min = 2) = (2/3)^2 - (1/3)^2, P(min = 3) = (1/3)^2, so 5/9 + 2 * 3/9 + 3 * 1/9 = 14/9.
-    assert expected_best(np.array([3.0, 1.0, 2.0]), 1) == pytest.approx(2.0)
-    assert expected_best(np.array([3.0, 1.0, 2.0]), 2) == pytest.approx(14 / 9)
-    assert expected_best(np.array([3.0, 1.0, 2.0]), 200) == pytest.approx(1.0)
-
-
-def test_iid_trials_are_the_random_ones_or_tpe_startup():
-    from soap.analysis.tuning_budget import at_edge, iid_trials
-
-    trials = pd.DataFrame({"dataset": "mnist", "method": "fa", "repeat": "0", "number": range(8),
-                           "value": np.arange(8.0), "state": "COMPLETE"})
-    chosen, which = iid_trials(trials, startup=4)
-    assert list(chosen["number"]) == [0, 1, 2, 3] and "startup" in which
-    flagged = trials.assign(origin=["random", "tpe"] * 4)  # as soap.tuning.study.trials_frame writes it
-    chosen, which = iid_trials(flagged, startup=4)
-    assert list(chosen["number"]) == [0, 2, 4, 6] and "recorded origin" in which
-    assert at_edge(1.05e-3, 1e-3, 3.0) == "low" and at_edge(2.9, 1e-3, 3.0) == "high"
-    assert at_edge(0.05, 1e-3, 3.0) is None
 
 
 def test_weighted_km_median_matches_statsmodels_on_the_expanded_sample():

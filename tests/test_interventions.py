@@ -99,7 +99,7 @@ def test_a_bad_interventions_value_gives_one_line_naming_the_key(values, message
 def test_the_workflow_declares_every_verdict_figure_by_its_caption_file():
     """workflow/rules/common.smk names the verdict rule's figures by their caption files (it imports no
     figure module): those must be the figures the verdict step writes."""
-    from soap.intervention_figures import FIGURES
+    from soap.plots.verdict import FIGURES
 
     assert {p.stem for p in (REPO / "workflow" / "report").glob("verdict_*.rst")} == set(FIGURES)
 

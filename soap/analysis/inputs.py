@@ -14,6 +14,9 @@ from soap.analysis.errors import AnalysisError
 from soap.tables import TableError, validate_runs
 from soap.rules import REFERENCE
 
+# The method factor of every regression on runs, with bp as its baseline level: coefficients are
+# contrasts against bp.
+METHOD_TERM = f"C(method, Treatment('{REFERENCE}'))"
 
 
 def prepare_runs(runs: pd.DataFrame) -> pd.DataFrame:
@@ -88,4 +91,4 @@ def choose_fixed_lr(runs: pd.DataFrame, requested: float | None, outcome: str) -
 
 def at_lr(runs: pd.DataFrame, lr: float) -> pd.DataFrame:
     """Rows at nominal learning rate lr, tolerant of float round-trips through CSV."""
-    return runs[np.isclose(runs["lr"].to_numpy(), lr, rtol=1e-6, atol=0.0)]
+    return runs[np.isclose(runs["lr"].to_numpy(dtype=float), lr, rtol=1e-6, atol=0.0)]

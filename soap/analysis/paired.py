@@ -18,7 +18,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from soap.analysis.inputs import REFERENCE
+from soap.analysis import improvement
+from soap.analysis.rows import Collector, lower_is_better, rng_for
+from soap.rules import REFERENCE
 
 MIN_PAIRS = 6
 INTERVAL = "paired t"
@@ -94,3 +96,74 @@ def paired_contrast(rows: pd.DataFrame, method: str, outcome: str) -> dict:
         out["note"] = ""
     out["excluded"] = excluded
     return out
+
+
+# --- the estimands' rows ------------------------------------------------------------------------------
+
+def paired_rows(out: Collector, estimand, rows, dataset, methods, outcome, n_boot, seed, count: bool) -> None:
+    """Paired contrast and probability of improvement per method; exclusions counted when `count`
+    (once, for the primary outcome: the other outcomes drop the same diverged runs)."""
+    lr = float(rows["lr"].iloc[0]) if estimand != "tuned" else None
+    for method in methods:
+        if not (rows["method"] == method).any():
+            out.row(estimand, dataset, method, REFERENCE, outcome, {}, 0, "pairs", INTERVAL, lr,
+                    note=f"no {method} runs here")
+            continue
+        by_repeat = estimand == "tuned" and trained_at_repeat_lrs(rows)
+        contrast = (repeat_clustered_contrast if by_repeat else paired_contrast)(rows, method, outcome)
+        excluded = contrast.pop("excluded")
+        if count:
+            out.exclude(estimand, dataset, method, excluded)
+        out.row(estimand, dataset, method, REFERENCE, outcome, contrast, contrast["n"],
+                "tuning repeats" if by_repeat else "pairs", REPEAT_INTERVAL if by_repeat else INTERVAL, lr)
+        # Probability of improvement over the same runs (every non-diverged run with a finite outcome).
+        arms = rows[~rows["diverged"] & np.isfinite(rows[outcome])]
+        poi = improvement.poi_interval(arms.loc[arms["method"] == method, outcome].to_numpy(),
+                                       arms.loc[arms["method"] == REFERENCE, outcome].to_numpy(), n_boot,
+                                       rng_for(seed, "poi", estimand, dataset, method, outcome),
+                                       lower_is_better(outcome))
+        out.row(f"poi_{estimand}", dataset, method, REFERENCE, outcome, poi, poi["n"], "runs per arm (smaller)",
+                improvement.INTERVAL, lr)
+
+
+def trained_at_repeat_lrs(rows: pd.DataFrame) -> bool:
+    """Whether the tuned runs trained at their tuning repeats' own lrs (tuned.lr_source: repeat), with
+    two or more repeats; then the tuned interval is taken over repeats."""
+    if "tune_repeat" not in rows:
+        return False
+    repeats = pd.to_numeric(rows["tune_repeat"], errors="coerce")
+    return bool(repeats.notna().all() and (repeats >= 0).all() and repeats.nunique() >= 2)
+
+
+def grid_lr_rows(out: Collector, grid, dataset, methods, outcome) -> None:
+    """Method - bp at every grid lr: where each method wins, with paired t intervals."""
+    for lr, rows in grid.groupby("lr"):
+        for method in methods:
+            if (rows["method"] == method).any():
+                contrast = paired_contrast(rows, method, outcome)
+                contrast.pop("excluded")  # counted under fixed_lr / small_lr where they matter
+                out.row("grid_lr", dataset, method, REFERENCE, outcome, contrast, contrast["n"], "pairs",
+                        INTERVAL, float(lr))
+
+
+def tuned_at_grid_length_rows(out: Collector, tuned, grid, curves, dataset, methods) -> None:
+    """The tuned comparison at the grid's training length, so it sits beside the grid estimands like
+    with like: each tuned run's validation loss at its last evaluation within the grid runs' budget
+    (examples_seen), read off the curves. Validation, not test, loss: the curves log no test loss
+    mid-run (the estimand's outcome column says so)."""
+    if "examples_seen" not in grid or "examples_seen" not in tuned:
+        out.skip("tuned_at_grid_length", dataset, "no examples_seen column: training lengths unknown")
+        return
+    budget = float(grid.loc[~grid["diverged"], "examples_seen"].median())
+    if not budget < float(tuned.loc[~tuned["diverged"], "examples_seen"].median()):
+        return  # the tuned runs are no longer than the grid's: the tuned estimand already compares like with like
+    logged = curves[curves["run_id"].isin(tuned["run_id"]) & (curves["examples"] <= budget + 0.5)]
+    last = logged.dropna(subset=["val_loss"]).sort_values("examples").groupby("run_id")["val_loss"].last()
+    at = tuned.assign(val_loss_at_grid_length=tuned["run_id"].map(last).astype(float))
+    outcome = "val_loss_at_grid_length"
+    for method in methods:
+        if (at["method"] == method).any():
+            contrast = paired_contrast(at, method, outcome)
+            contrast.pop("excluded")
+            out.row("tuned_at_grid_length", dataset, method, REFERENCE, outcome, contrast, contrast["n"], "pairs",
+                    INTERVAL, note=contrast["note"] or f"validation loss after {budget:,.0f} examples")

@@ -157,6 +157,7 @@ class EstimateRow:
     interval: str
     holm_family: str | None
     note: str
+    slopes_differ: bool = False  # effective_lr rows: the method's slope is not bp's (F test, p < 0.05)
 
 
 @dataclass
@@ -182,6 +183,9 @@ class Summary:
     mediation: dict[str, MediationSummary] = field(default_factory=dict)
     time_to_target: dict[str, TimeToTarget] = field(default_factory=dict)
     divergence: dict[str, Divergence] = field(default_factory=dict)
+    # dataset -> method -> "low" / "high": tuned lrs at an edge of the search range (tuning_budget.at_edge)
+    tuned_lr_edges: dict[str, dict[str, str]] = field(default_factory=dict)
+    tuning_budget_trials: str = ""  # which trials the tuning-budget curves use (tuning_budget.iid_trials)
     estimates: list[EstimateRow] = field(default_factory=list)
 
     def to_json(self) -> str:

@@ -3,8 +3,10 @@
 Data convention: `rows` is one dataset's runs of one phase (tuned; grid at the shared learning rate
 when there are no tuned runs). A run that reached the target is an event at `examples_to_target`; a
 run that did not (including a diverged one) is right-censored at the examples it saw: the
-`examples_seen` column when present, else, for every run, the largest `examples_to_target` observed
-in the dataset (a lower bound on the common budget, so censoring is never placed later than seen).
+`examples_seen` column when present, else the dataset's fallback budget (`censoring_budget`: the
+largest time to target observed, a lower bound on the common budget, so censoring is never placed
+later than seen). `censoring_times` is the one rule, for the estimand, its sensitivity analysis and
+the rule comparison's medians.
 
 Estimates: Kaplan-Meier median per method, the ratio of medians method / bp with its interval and
 p-value from one cluster bootstrap over every seed of either arm (median_ratio: a test of the ratio
@@ -40,19 +42,32 @@ from statsmodels.duration.hazard_regression import PHReg
 from statsmodels.duration.survfunc import SurvfuncRight, survdiff
 from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
-from soap.analysis.inputs import REFERENCE
+from soap.analysis.inputs import METHOD_TERM
+from soap.analysis.rows import Collector, ordered_methods, rng_for
+from soap.analysis.summary import Interval, TimeToTarget, WaldTest, json_safe
+from soap.rules import REFERENCE
 
-METHOD_TERM = f"C(method, Treatment('{REFERENCE}'))"
+
+
+def censoring_budget(runs: pd.DataFrame, column: str = "examples_to_target") -> float:
+    """The censoring time of a run whose budget is not recorded: the largest `column` observed in
+    `runs` (one dataset's), NaN when no run reached the target."""
+    times = pd.to_numeric(runs[column], errors="coerce").to_numpy(dtype=float)
+    return float(np.nanmax(times)) if np.isfinite(times).any() else np.nan
+
+
+def censoring_times(rows: pd.DataFrame, fallback_budget: float, column: str = "examples_to_target") -> np.ndarray:
+    """Per run, where it is censored if it never reached the target: the examples it saw when the time
+    is counted in examples and `examples_seen` is recorded, else `fallback_budget` (censoring_budget)."""
+    if column == "examples_to_target" and "examples_seen" in rows:
+        return pd.to_numeric(rows["examples_seen"], errors="coerce").fillna(fallback_budget).to_numpy(dtype=float)
+    return np.full(len(rows), fallback_budget, dtype=float)
 
 
 def survival_data(rows: pd.DataFrame, fallback_budget: float) -> pd.DataFrame:
     """Per run: method, seed, time (examples) and event (1 reached target, 0 censored)."""
     reached = rows["reached_target"].to_numpy() & rows["examples_to_target"].notna().to_numpy()
-    if "examples_seen" in rows:
-        censor_at = pd.to_numeric(rows["examples_seen"], errors="coerce").fillna(fallback_budget).to_numpy()
-    else:
-        censor_at = np.full(len(rows), fallback_budget)
-    time = np.where(reached, rows["examples_to_target"].to_numpy(), censor_at)
+    time = np.where(reached, rows["examples_to_target"].to_numpy(), censoring_times(rows, fallback_budget))
     return pd.DataFrame({
         "method": rows["method"].to_numpy(),
         "seed": rows["seed"].to_numpy(),
@@ -290,17 +305,79 @@ def target_sensitivity(rows: pd.DataFrame, curves: pd.DataFrame, target: float, 
     from soap.metrics import examples_to_target  # imports torch: only when curves are given
 
     curves = curves[curves["run_id"].isin(rows["run_id"])]
-    budget = rows["examples_seen"] if "examples_seen" in rows else curves.groupby("run_id")["examples"].max()
     out = []
     for multiplier in multipliers:
         loss = float(target * multiplier)
         hits = examples_to_target(curves, loss).set_index("run_id").reindex(rows["run_id"])
         at = rows.assign(examples_to_target=hits["examples_to_target"].to_numpy(),
                          reached_target=hits["reached_target"].fillna(False).astype(bool).to_numpy())
-        surv = survival_data(at, float(np.nanmax(np.asarray(budget, dtype=float))))
+        surv = survival_data(at, censoring_budget(at))
         for method in sorted(set(surv["method"]) - {REFERENCE}):
             ratio = median_ratio(surv, method, n_boot, rng)
             out.append({"multiplier": multiplier, "target_loss": loss, "method": method,
                         **{k: ratio[k] for k in ("estimate", "ci_low", "ci_high", "p_value", "lower_bound")},
                         "n_censored": int((surv.loc[surv["method"] == method, "event"] == 0).sum())})
     return out
+
+
+# --- the estimand's rows --------------------------------------------------------------------------------
+
+OUTCOME = "examples_to_target"  # the estimates table's outcome of the time_to_target_ratio rows
+
+
+def time_to_target_rows(out: Collector, rows, ds_runs, dataset, n_boot, seed, summary, model_texts,
+                         km_tables) -> None:
+    """The time_to_target_ratio rows of one dataset (on `rows`, its tuned runs, or its grid runs at the
+    shared lr), its summary block with the Cox hazard ratios, and its KM table into `km_tables`."""
+    fallback_budget = censoring_budget(ds_runs)
+    if rows.empty or not np.isfinite(fallback_budget):
+        out.skip("time_to_target", dataset, "no run reached the target (or no target was set)")
+        return
+    surv = survival_data(rows, fallback_budget)
+    methods = ordered_methods(rows)
+    km_tables.append(km_table(surv).assign(dataset=dataset))
+    ratios = {m: median_ratio(surv, m, n_boot, rng_for(seed, "time_to_target", dataset, m))
+              for m in methods[1:]}
+    medians = {m: km_median(*_arm(surv, m)) for m in methods}
+    block = TimeToTarget(
+        target_loss=ds_runs["target_loss"].dropna().median() if "target_loss" in ds_runs else None,
+        phase=str(rows["phase"].iloc[0]), median_examples=medians,
+        median_lower_bound={m: (float(surv.loc[surv["method"] == m, "time"].max()) if np.isnan(v) else None)
+                            for m, v in medians.items()},
+        n_censored={m: int((1 - surv.loc[surv["method"] == m, "event"]).sum()) for m in methods},
+        n_runs={m: int((surv["method"] == m).sum()) for m in methods})
+    interval = "cluster bootstrap over seeds, percentile (log ratio)"
+    for m, ratio in ratios.items():
+        note = ""
+        if np.isfinite(ratio["lower_bound"]):
+            note = (f"{m}'s median is censored (fewer than half its runs reach the target): the ratio is "
+                    f"at least {ratio['lower_bound']:.3g}")
+        block.ratio[m] = Interval(**{k: ratio[k] for k in ("estimate", "ci_low", "ci_high", "p_value", "sd")},
+                                  n=ratio["n"], unit="seeds", interval=interval, note=note)
+        out.row("time_to_target_ratio", dataset, m, REFERENCE, OUTCOME, ratio, ratio["n"], "seeds", interval,
+                note=note)
+    summary.time_to_target[dataset] = block
+    cox = fit_cox(surv)
+    if cox is None:
+        block.hazard_ratio_note = "no Cox model: no run of bp or of any method reached the target"
+        return
+    model_texts[f"cox/{dataset}"] = cox.text
+    block.hazard_ratio = {m: Interval(**json_safe(v), unit="runs") for m, v in cox.hazard_ratio.items()}
+    notes = []
+    if cox.not_estimable:
+        notes.append("not estimable for " + "; ".join(f"{m} ({r})" for m, r in cox.reasons.items())
+                     + ": p from a log-rank test")
+    for m, (corr, p) in (cox.proportional_hazards or {}).items():
+        block.proportional_hazards[m] = WaldTest(
+            hypothesis=f"{m}'s Schoenfeld residuals do not trend with log time (proportional hazards)",
+            statistic=corr, p_value=p, note="Pearson correlation over events")
+    bad = [m for m, t in block.proportional_hazards.items() if t.p_value is not None and t.p_value < 0.05]
+    if bad:
+        notes.append(f"proportional hazards rejected (p < 0.05) for {', '.join(bad)}: read those hazard "
+                     "ratios as averages over training, and lean on the ratio of medians")
+    block.hazard_ratio_note = "; ".join(notes)
+
+
+def _arm(surv: pd.DataFrame, method: str) -> tuple[np.ndarray, np.ndarray]:
+    arm = surv[surv["method"] == method]
+    return arm["time"].to_numpy(), arm["event"].to_numpy()

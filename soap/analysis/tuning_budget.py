@@ -2,7 +2,7 @@
 
 Data convention: `trials` is the concatenation of the tuning phase's trials.csv files (Optuna's
 `trials_dataframe()`: number, value, state, params_lr, user_attrs_* ...) with dataset, method and repeat
-columns added (soap.report loads them).
+columns added (soap.analysis.outputs.load_tuning reads them from the tune directory).
 
 The estimator assumes the trials are i.i.d. draws from the search distribution. A TPE sampler's later
 trials are not: they follow the earlier ones. So only i.i.d. trials enter:
@@ -73,3 +73,13 @@ def at_edge(lr: float, low: float, high: float) -> str | None:
     if np.log(high) - np.log(lr) <= EDGE_FRACTION * width:
         return "high"
     return None
+
+
+def tuned_lrs_at_edge(tuned_lr: dict[str, dict[str, float]], low: float, high: float) -> dict[str, dict[str, str]]:
+    """{dataset: {method: "low" / "high"}} for the tuned lrs ({dataset: {method: lr}}) at an edge of
+    the search range [low, high] (config tune.lr_low / lr_high); methods inside it are left out."""
+    out = {}
+    for dataset, by_method in tuned_lr.items():
+        edges = {m: at_edge(lr, low, high) for m, lr in by_method.items()}
+        out[dataset] = {m: e for m, e in edges.items() if e}
+    return out

@@ -17,7 +17,7 @@ from matplotlib.transforms import blended_transform_factory
 from soap.plots.facets import dataset_facets, dataset_grid, dataset_panels, has_columns
 from soap.plots.panels import finite, legend_below, no_data, number, xerr
 from soap.plots.style import ESTIMAND_LABELS, ESTIMAND_MARKERS, dataset_label, method_color, order_methods, styled
-from soap.rule_comparison import ESTIMANDS as RULE_COMPARISON_ESTIMANDS
+from soap.analysis.rule_comparison import ESTIMANDS as RULE_COMPARISON_ESTIMANDS
 from soap.rules import REFERENCE
 
 FOREST_ESTIMANDS = ("fixed_lr", "small_lr", "tuned", "effective_lr")

@@ -9,6 +9,8 @@ import textwrap
 import numpy as np
 import pandas as pd
 
+from soap.analysis.descriptive import finite  # the one definition; also used by callers of this module
+
 
 def no_data(ax, message: str) -> None:
     """Turn an axis into a panel that says why there is nothing to show."""
@@ -49,14 +51,6 @@ def legend_below(fig, axes) -> None:
         per_row = max(2, min(6, round(fig.get_figwidth() / 2.8)))
         ncols = math.ceil(len(labels) / math.ceil(len(labels) / per_row))
         fig.legend([handles[lab] for lab in labels], labels, loc="outside lower center", ncols=ncols)
-
-
-def finite(x) -> bool:
-    """x is a number and finite (None, NaN, inf and non-numbers are not)."""
-    try:
-        return x is not None and math.isfinite(float(x))
-    except (TypeError, ValueError):
-        return False
 
 
 def number(x, fmt: str = ".2f") -> str:

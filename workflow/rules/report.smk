@@ -6,11 +6,8 @@ rule report:
         runs="results/runs.parquet",
         curves="results/curves.parquet",
         provenance="results/provenance.json",
+        # every number and table the report shows, the tuning trials included (soap.analysis.outputs)
         analysis="results/analysis",
-        tuned_lrs=tuned_lr_files(),
-        # read by soap.report (tuning figure and tables): declared, so a changed study reruns the report
-        trials=tune_outputs("trials.csv"),
-        best=tune_outputs("best.json"),
         # the interventions' verdict table and figures, when any arm is on
         verdict=intervention_targets()[1:],
     output:

@@ -8,7 +8,7 @@ from scipy import stats
 
 from soap import plots
 from soap.analysis import analyze
-from soap.rule_comparison import rule_comparison_table
+from soap.analysis.rule_comparison import reference_levels, rule_comparison_table
 from soap.synthetic import SyntheticSpec, generate_runs
 
 # so_fa's runs are fa's, copied: the analysis's interaction test is then rank-deficient, which is the
@@ -75,3 +75,26 @@ def test_figure_draws_each_estimate_at_its_value_with_accuracy_in_points(study):
         assert drawn == sorted(round(v * factor, 9) for v in rows["estimate"].dropna())
         assert [t.get_text() for t in ax.get_yticklabels()][:1] in (["fa"], [""])
     assert "95%" in axes[0, 1].get_title()
+
+
+def test_reference_levels_are_bps_means_at_its_tuned_lr(study):
+    runs, _ = study
+    levels = reference_levels(runs).set_index(["dataset", "outcome"])["level"]
+    bp = runs[(runs["phase"] == "tuned") & (runs["method"] == "bp")]
+    assert levels.to_dict() == pytest.approx({("synthetic", "test_loss"): bp["test_loss"].mean(),
+                                              ("synthetic", "test_acc"): bp["test_acc"].mean()})
+
+
+def test_the_slopes_differ_flag_is_carried_from_the_estimates(study):
+    runs, estimates = study
+    flagged = estimates.assign(slopes_differ=(estimates["estimand"] == "effective_lr") & (estimates["method"] == "sign")
+                               & (estimates["outcome"] == "test_loss"))
+    table = rule_comparison_table(runs, flagged).set_index("method")
+    assert table.loc["sign", "test_loss_effective_lr_slopes_differ"]
+    assert not table.loc["sign", "test_acc_effective_lr_slopes_differ"]
+    assert not table.loc["fa", "test_loss_effective_lr_slopes_differ"]
+    assert "test_loss_tuned_slopes_differ" not in table  # a paired contrast has no slope test
+    # tuned lr: the geometric mean over the method's tuned runs
+    tuned = runs[(runs["phase"] == "tuned") & (runs["method"] == "sign")]
+    assert table.loc["sign", "tuned_lr"] == pytest.approx(stats.gmean(tuned["lr"]))
+

@@ -6,7 +6,8 @@ as bp's (the mechanistic one: is anything left besides the step size)? Both are 
 already estimates (`tuned`: paired over seeds; `effective_lr`: regression on the grid), on test loss
 and test accuracy. This module lays them side by side for every rule, with each rule's absolute test
 metrics at its tuned lr and its time to target (in examples, and in forward-backward passes, since an
-so_ step makes two), as one table; its figure is soap.plots.plot_rule_comparison.
+so_ step makes two), as one table (tables/rule_comparison.csv); its figure is
+soap.plots.plot_rule_comparison, read against `reference_levels`.
 """
 
 from __future__ import annotations
@@ -15,17 +16,20 @@ import math
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from soap.analysis import time_to_target
 from soap.analysis.descriptive import mean_ci
+from soap.analysis.inputs import tuned_lrs
 from soap.metrics import feedback_gain
-from soap.rules import in_registry_order as order_methods
+from soap.rules import REFERENCE, in_registry_order
 
-ESTIMANDS = ("tuned", "effective_lr")  # the contrasts each rule is compared on (figure 14 draws them)
+# The contrasts the comparison lays side by side (and its figure draws), on both outcomes.
+ESTIMANDS = ("tuned", "effective_lr")
+OUTCOMES = ("test_loss", "test_acc")
 
 
-def rule_comparison_table(runs: pd.DataFrame, estimates: pd.DataFrame | None, reference: str = "bp") -> pd.DataFrame:
+def rule_comparison_table(runs: pd.DataFrame, estimates: pd.DataFrame | None,
+                          reference: str = REFERENCE) -> pd.DataFrame:
     """One row per (dataset, method): absolute test metrics at the tuned lr (mean, 95% t interval over
     seeds), the tuned and matched-effective-lr contrasts against `reference` from `estimates`, the
     gains, and the Kaplan-Meier median time to target in examples and in passes, with the analysis's
@@ -33,12 +37,13 @@ def rule_comparison_table(runs: pd.DataFrame, estimates: pd.DataFrame | None, re
     tuned = runs[runs["phase"] == "tuned"]
     rows = []
     for (dataset, method), arm in tuned.groupby(["dataset", "method"], sort=False):
-        row = {"dataset": dataset, "method": method, "tuned_lr": float(stats.gmean(arm["lr"])),
+        budget = time_to_target.censoring_budget(runs[runs["dataset"] == dataset])
+        row = {"dataset": dataset, "method": method, "tuned_lr": tuned_lrs(arm)[method],
                "n_runs": len(arm), "n_diverged": int(arm["diverged"].sum()),
                # over runs, combined as each run's gain is over layers and time
                "feedback_gain": feedback_gain(arm["feedback_gain"]),
                "soap_gain": feedback_gain(arm["soap_gain"]) if "soap_gain" in arm else math.nan}
-        for outcome in ("test_loss", "test_acc"):
+        for outcome in OUTCOMES:
             ci = mean_ci(arm.assign(all=0), ["all"], outcome)
             row.update({f"{outcome}_mean": ci["mean"].iloc[0], f"{outcome}_ci_low": ci["ci_low"].iloc[0],
                         f"{outcome}_ci_high": ci["ci_high"].iloc[0]} if len(ci) else {})
@@ -47,9 +52,13 @@ def rule_comparison_table(runs: pd.DataFrame, estimates: pd.DataFrame | None, re
                 for key in ("estimate", "ci_low", "ci_high"):
                     row[f"{outcome}_{estimand}_{key}"] = match.get(key, math.nan)
                 row[f"{outcome}_{estimand}_note"] = match.get("note", "") if isinstance(match.get("note"), str) else ""
-        row["median_examples_to_target"] = _km_median(arm, "examples_to_target", "examples_seen")
+                if estimand == "effective_lr":  # what the figure fades a marker by
+                    row[f"{outcome}_{estimand}_slopes_differ"] = bool(match.get("slopes_differ", False))
+        row["median_examples_to_target"] = _km_median(arm, "examples_to_target", budget)
         if "passes_to_target" in arm:
-            row["median_passes_to_target"] = _km_median(arm, "passes_to_target", None)
+            row["median_passes_to_target"] = _km_median(
+                arm, "passes_to_target", time_to_target.censoring_budget(runs[runs["dataset"] == dataset],
+                                                                         "passes_to_target"))
         ratio = _estimate(estimates, "time_to_target_ratio", dataset, method, None, reference)
         for key in ("estimate", "ci_low", "ci_high"):
             row[f"time_to_target_ratio_{key}"] = ratio.get(key, 1.0 if method == reference else math.nan)
@@ -57,9 +66,18 @@ def rule_comparison_table(runs: pd.DataFrame, estimates: pd.DataFrame | None, re
     table = pd.DataFrame(rows)
     if table.empty:
         return table
-    order = {m: i for i, m in enumerate(order_methods(table["method"].unique()))}
+    order = {method: rank for rank, method in enumerate(in_registry_order(table["method"]))}
     return table.sort_values(["dataset", "method"], key=lambda c: c.map(order) if c.name == "method" else c,
                              kind="stable").reset_index(drop=True)
+
+
+def reference_levels(runs: pd.DataFrame, reference: str = REFERENCE) -> pd.DataFrame:
+    """Per (dataset, outcome): the reference's mean at its tuned lr, the level the comparison's
+    differences are read against (columns dataset, outcome, level)."""
+    tuned = runs[(runs["phase"] == "tuned") & (runs["method"] == reference)]
+    rows = [{"dataset": d, "outcome": o, "level": float(arm[o].mean())}
+            for d, arm in tuned.groupby("dataset") for o in OUTCOMES]
+    return pd.DataFrame(rows, columns=["dataset", "outcome", "level"])
 
 
 def _estimate(estimates, estimand, dataset, method, outcome, reference) -> dict:
@@ -72,13 +90,12 @@ def _estimate(estimates, estimand, dataset, method, outcome, reference) -> dict:
     return estimates[mask].iloc[0].to_dict() if mask.any() else {}
 
 
-def _km_median(arm: pd.DataFrame, column: str, budget_column: str | None) -> float:
-    """Kaplan-Meier median of `column`, runs that never reached the target censored at their budget
-    (`budget_column`, or the largest time observed): NaN when fewer than half the runs reach it."""
+def _km_median(arm: pd.DataFrame, column: str, fallback_budget: float) -> float:
+    """Kaplan-Meier median of `column`, runs that never reached the target censored where
+    time_to_target.censoring_times puts them: NaN when fewer than half the runs reach it."""
     reached = arm["reached_target"].astype(bool).to_numpy() & arm[column].notna().to_numpy()
     if not reached.any():
         return math.nan
-    budget = (arm[budget_column].to_numpy(float) if budget_column in arm
-              else np.full(len(arm), np.nanmax(arm[column].to_numpy(float))))
-    time = np.where(reached, arm[column].to_numpy(float), budget)
+    time = np.where(reached, arm[column].to_numpy(float),
+                    time_to_target.censoring_times(arm, fallback_budget, column))
     return time_to_target.km_median(time, reached.astype(int))
