@@ -73,21 +73,14 @@ def verdict_command(args: argparse.Namespace) -> None:
     """The primary test, the verdict, descriptive and decomposition tables and the answer (issue 19)."""
     import pandas as pd
 
-    from soap.analysis.verdict import study_verdict
     from soap.study_config import load_study_config
     from soap.tables import read_table
+    from soap.verdict_files import write_verdict
 
     cfg = load_study_config(args.config or "config.yaml")
     runs = pd.concat([read_table(path) for path in args.runs], ignore_index=True)
-    analysis = cfg["analysis"]
-    result = study_verdict(runs, analysis["primary"], analysis["equivalence_margin"],
-                           cfg["interventions"]["factorial"], datasets=cfg.get("datasets"),
-                           source=" + ".join(args.runs), seed=analysis["seed"], n_boot=analysis["n_boot"])
     out = Path(args.out)
-    write_table(result.decomposition, out / "decomposition.csv")
-    write_table(result.descriptive, out / "descriptive.csv")
-    write_table(result.verdict, out / "verdict.csv")
-    write_text(json.dumps(result.answer, indent=2) + "\n", out / "answer.json")
+    result = write_verdict(runs, cfg, out, source=" + ".join(args.runs))
     log.info("%s -> %s", result.answer["sentence"], out)
 
 

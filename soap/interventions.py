@@ -1,84 +1,49 @@
-"""The intervention arms of issue 10: set feedback scale and per-layer step sizes by hand and see whether
-a rule's advantage follows them.
+"""The intervention arms of issues 10 and 19: set step sizes or error directions by hand and see whether a
+rule's advantage follows them.
 
-  dose        sign_scaled and fa at feedback scales alpha crossed with the lr grid (alpha = 1 is the main grid)
-  bp_matched  bp whose layer-l lr is lr * g_l, g_l = |delta_l(sign)| / |delta_l(bp)| measured on sign's
-              grid run at the same seed and lr: bp given sign's step sizes, with bp's directions
+  factorial   for each rule r of interventions.factorial, the direction x step-size 2 x 2 with bp
+              (soap.factorial): the cells bp@r (method bp, step_rule r) and r@bp (method r, step_rule bp)
+              crossed with the grid lrs and seeds; bp and r are the main grid's runs at the same seeds
+  dose        alpha_methods at feedback scales alpha crossed with the lr grid (alpha = 1 is the main grid):
+              under sgd, per-layer lrs (lr * alpha^k_l on hidden layer l); bp among them is the calibration
   optimizers  tune -> grid -> tuned again under momentum, adam or signsgd (scale-invariant controls)
 
-Pure functions from config and runs tables to members; the workflow (workflow/rules/interventions.smk)
-only wires them.
+bp_matched (bp at sign's gains transplanted from sign's grid run) is retired in favour of bp@sign, which
+takes sign's per-layer step at every step (soap.analysis.verdict says why).
+
+Pure functions from config to members; the workflow (workflow/rules/interventions.smk) only wires them.
 """
 
 from __future__ import annotations
 
-import logging
 import math
-import re
 from typing import Iterable
 
 import numpy as np
-import pandas as pd
 
-log = logging.getLogger(__name__)
-
-MATCHED_PHASE = "matched"  # phase of bp_matched's runs: bp at sign's per-layer step sizes
-GAIN_COLUMN = re.compile(r"^feedback_gain_l(\d+)$")
+from soap.factorial import CELL_NAMES, cell_key
 
 
-def gain_columns(runs: pd.DataFrame) -> list[str]:
-    """feedback_gain_l1, feedback_gain_l2, ... in layer order (hidden layers, input to output)."""
-    found = sorted((int(m.group(1)), c) for c in runs.columns if (m := GAIN_COLUMN.match(c)))
-    return [c for _, c in found]
+def factorial_members(rules: list[str], lrs: list[float], seeds: Iterable[int],
+                      trained: Iterable[str] = ()) -> list[dict]:
+    """The factorial arm's members: every cell of every rule r x lr x seed that the main grid does not hold.
 
-
-def matched_lr_scales(runs: pd.DataFrame, source: str = "sign") -> pd.DataFrame:
-    """Per (dataset, seed, lr) of `source`'s grid runs: the per-layer lr multipliers of bp_matched.
-
-    Weight layer l (1-based, input to output) takes g_l, the source's gain at hidden layer l (the error
-    that drives that layer's step); the output layer takes 1, as no feedback rule scales its error. Only
-    plain runs count (sgd, alpha 1, one lr, the default refresh period); a diverged run, or one without
-    a finite positive gain at every layer, gives no row (logged).
-
-    Returns columns dataset, seed, lr, lr_scale_l1 .. lr_scale_lL, one row per (dataset, seed, lr).
+    trained: the main grid's methods, whose plain cells (bp, and r when r is one of them) are its runs at
+    the same lrs and seeds and are not trained twice. A crossed cell's member carries `step_rule`; a plain
+    one does not (its step rule is its method). A cell shared by several rules (bp) appears once.
     """
-    gains = gain_columns(runs)
-    if not gains:
-        raise ValueError("the runs table has no feedback_gain_l* columns (per-layer gains)")
-    plain = (runs["phase"] == "grid") & (runs["method"] == source)
-    for column, value in (("optimizer", "sgd"), ("feedback_scale", 1.0)):
-        if column in runs:
-            plain &= runs[column] == value
-    for column in runs.columns:
-        if column.startswith("lr_scale_l"):
-            plain &= runs[column] == 1.0
-    if "refresh_period" in runs and plain.any():
-        # the main grid's period: the most common one (other periods are a sensitivity axis)
-        plain &= runs["refresh_period"] == runs.loc[plain, "refresh_period"].mode().iloc[0]
-    chosen = runs[plain]
-    usable = ~chosen["diverged"].astype(bool) & (chosen[gains].gt(0) & np.isfinite(chosen[gains])).all(axis=1)
-    if (~usable).any():
-        log.warning("%d %s grid run(s) diverged or lack a gain: no bp_matched run for %s", int((~usable).sum()),
-                    source, chosen.loc[~usable, "run_id"].tolist())
-    chosen = chosen[usable]
-    if chosen.duplicated(["dataset", "seed", "lr"]).any():
-        raise ValueError(f"several {source} grid runs share a (dataset, seed, lr)")
-    out = chosen[["dataset", "seed", "lr"]].copy()
-    for layer, column in enumerate(gains, start=1):
-        out[f"lr_scale_l{layer}"] = chosen[column].to_numpy(dtype=float)
-    out[f"lr_scale_l{len(gains) + 1}"] = 1.0
-    return out.sort_values(["dataset", "seed", "lr"]).reset_index(drop=True)
-
-
-def matched_members(scales: pd.DataFrame, dataset: str, seeds: Iterable[int] | None = None) -> list[dict]:
-    """bp_matched's members for one dataset: bp at [lr * g_1, ..., lr * g_{L-1}, lr] per (seed, lr) row of
-    `matched_lr_scales` (optionally only `seeds`)."""
-    rows = scales[scales["dataset"] == dataset]
-    if seeds is not None:
-        rows = rows[rows["seed"].isin(list(seeds))]
-    columns = sorted((c for c in rows.columns if c.startswith("lr_scale_l")), key=lambda c: int(c[10:]))
-    return [{"method": "bp", "lr": [float(row.lr) * float(getattr(row, c)) for c in columns], "seed": int(row.seed)}
-            for row in rows.itertuples()]
+    seeds, trained = [int(s) for s in seeds], set(trained)
+    cells = []
+    for rule in rules:
+        for cell in CELL_NAMES:
+            method, step = cell_key(cell, rule)
+            if (method, step) not in cells and not (method == step and method in trained):
+                cells.append((method, step))
+    members = []
+    for method, step in cells:
+        extra = {} if method == step else {"step_rule": step}
+        members += [{"method": method, "lr": float(lr), "seed": s, **extra} for lr in lrs for s in seeds]
+    return members
 
 
 def dose_members(methods: list[str], alphas: list[float], lrs: list[float], seeds: Iterable[int]) -> list[dict]:
@@ -96,7 +61,24 @@ def optimizer_lrs(entry: dict) -> list[float]:
 def enabled(cfg: dict) -> bool:
     """Whether the study config switches on any intervention arm."""
     arms = cfg["interventions"]
-    return bool(arms["alphas"]) or arms["bp_matched"] or bool(arms["optimizers"])
+    return bool(arms["factorial"]) or bool(arms["alphas"]) or bool(arms["optimizers"])
+
+
+def step_rule_problem(rule: str) -> str | None:
+    """Why `rule` cannot take part in a factorial with bp (as bp's step rule and with bp as its own), or
+    None when it can."""
+    from soap.rules import REFERENCE, RULES
+
+    if rule not in RULES:
+        return f"unknown rule {rule}; known: {', '.join(RULES)}"
+    found = RULES[rule]
+    if rule == REFERENCE:
+        return "bp is every factorial's reference cell, not one of its rules"
+    if found.second_order:
+        return f"{rule}: so_ rules take no step rule (their second pass replaces the signal a step rule rescales)"
+    if found.coupled is not None:
+        return f"{rule}: its B is trained by its own update, which a member stepping by it never takes"
+    return None
 
 
 def check_config(cfg: dict) -> None:
@@ -109,15 +91,13 @@ def check_config(cfg: dict) -> None:
         unknown = [m for m in arms[key] if m not in RULES]
         if unknown:
             raise ConfigError(f"interventions.{key}: unknown method(s) {unknown}; known: {', '.join(RULES)}")
-    if "bp" in arms["alpha_methods"]:  # its runs would break the runs-table contract (bp's gain is 1)
-        raise ConfigError("interventions.alpha_methods: bp with a feedback scale is bp at per-layer learning "
-                          "rates (use bp_matched's machinery), not a dose of a feedback rule")
-    if arms["bp_matched"]:
-        if "sign" not in cfg["methods"]:
-            raise ConfigError("interventions.bp_matched needs sign in methods (its gains come from sign's grid)")
-        if arms["seeds"] > cfg["grid"]["seeds"]:
-            raise ConfigError("interventions.seeds must not exceed grid.seeds when bp_matched is on "
-                              "(each matched run needs sign's grid run at its seed)")
+    for rule in arms["factorial"]:
+        problem = step_rule_problem(rule)
+        if problem:
+            raise ConfigError(f"interventions.factorial: {problem}")
+    if arms["factorial"] and arms["seeds"] > cfg["grid"]["seeds"]:
+        raise ConfigError(f"interventions.seeds must not exceed grid.seeds ({cfg['grid']['seeds']}) when "
+                          "interventions.factorial is on (its cells pair with the main grid's bp by seed)")
     for i, entry in enumerate(arms["optimizers"]):
         if entry["lr_low"] >= entry["lr_high"]:
             raise ConfigError(f"interventions.optimizers.{i}.lr_low must be below its lr_high")

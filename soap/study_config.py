@@ -97,9 +97,12 @@ def check_study_config(cfg: dict) -> None:
     if cfg["tune"]["seed"] < evaluation_seeds:
         raise ConfigError(f"tune.seed must be at least {evaluation_seeds} so that tuning seeds are distinct "
                           "from evaluation seeds (0 .. seeds-1)")
-    from soap.interventions import check_config
+    from soap.interventions import check_config, enabled
 
     check_config(cfg)
+    primary, factorial = cfg["analysis"]["primary"]["rule"], cfg["interventions"]["factorial"]
+    if enabled(cfg) and primary not in factorial:  # the verdict runs with any arm, and tests bp@rule vs rule
+        raise ConfigError(f"analysis.primary.rule {primary} must be in interventions.factorial {factorial}")
 
 
 def device_for(gpus) -> str:

@@ -108,8 +108,8 @@ def validate_runs(runs: pd.DataFrame, source: str = "runs table") -> pd.DataFram
     """Check a runs table against the contract and return it with canonical dtypes.
 
     Raises TableError naming every missing column, the first column with values of the wrong kind,
-    repeated run_ids, a learning rate that is not positive and finite, or a bp run whose
-    feedback_gain is not 1 (within BP_GAIN_TOLERANCE). NaN outcomes and gains of other runs are
+    repeated run_ids, a learning rate that is not positive and finite, or a bp run at feedback scale 1
+    whose feedback_gain is not 1 (within BP_GAIN_TOLERANCE). NaN outcomes and gains of other runs are
     allowed: the analysis excludes and counts them.
     """
     missing = [c for c in RUNS_COLUMNS if c not in runs.columns]
@@ -135,6 +135,8 @@ def validate_runs(runs: pd.DataFrame, source: str = "runs table") -> pd.DataFram
     if bad_lr.any():
         raise TableError(f"{source}: lr must be positive and finite; {_first_rows(out, bad_lr, 'lr')}")
     bp = (out["method"] == "bp") & out["feedback_gain"].notna()
+    if "feedback_scale" in out:  # bp at alpha != 1 (the dose arm's calibration) has gain alpha^k by design
+        bp &= out["feedback_scale"].fillna(1.0) == 1.0
     bad_gain = bp & ((out["feedback_gain"] - 1.0).abs() > BP_GAIN_TOLERANCE)
     if bad_gain.any():
         raise TableError(f"{source}: bp's feedback_gain must be 1 (within {BP_GAIN_TOLERANCE:g}); "

@@ -10,7 +10,7 @@ _REPO = Path(workflow.basedir)
 if (_REPO / "soap" / "__init__.py").is_file():
     sys.path.insert(0, str(_REPO))
 
-from soap import interventions, pipeline  # noqa: E402  (needs the path set above)
+from soap import interventions, pipeline, verdict_files  # noqa: E402  (needs the path set above)
 from soap.study_config import load_study_config  # noqa: E402
 
 # The one validator (soap/schemas/config.schema.yaml, train keys from soap.config.TrainConfig): stops
@@ -24,10 +24,14 @@ GRID_LRS = pipeline.grid_lrs(config)
 GRID_CHUNKS = list(range(pipeline.n_chunks(config["grid"]["seeds"], config["grid"]["seeds_per_job"])))
 TUNED_CHUNKS = list(range(pipeline.n_chunks(config["tuned"]["seeds"], config["tuned"]["seeds_per_job"])))
 
-# Interventions (issue 10; soap.interventions): every arm off unless config["interventions"] says so.
+# Interventions (issues 10, 19; soap.interventions): every arm off unless config["interventions"] says so.
 IV = config["interventions"]
 IV_ON = interventions.enabled(config)
 IV_OPTIMIZERS = {entry["name"]: entry for entry in IV["optimizers"]}
+# The verdict's tables (soap.verdict_files.VERDICT_FILES) in results/interventions/verdict/: the report's inputs.
+VERDICT_TABLES = {
+    name.split(".")[0]: f"results/interventions/verdict/{name}" for name in verdict_files.VERDICT_FILES
+}
 IV_CHUNKS = list(range(pipeline.n_chunks(IV["seeds"], IV["seeds_per_job"])))
 
 # Study arms: the main study and, for each extra optimizer, tune -> grid -> tuned again with its own
@@ -171,6 +175,12 @@ def dose_members(wildcards):
     return interventions.dose_members(IV["alpha_methods"], IV["alphas"], GRID_LRS, iv_seeds(wildcards))
 
 
+def factorial_members(wildcards):
+    """A factorial chunk: the crossed cells (and r's plain cell when r is not in methods) at the grid lrs;
+    the main grid's seeds 0 .. interventions.seeds-1, so every cell pairs with the main grid's bp by seed."""
+    return interventions.factorial_members(IV["factorial"], GRID_LRS, iv_seeds(wildcards), trained=METHODS)
+
+
 def captioned_figures(prefix):
     """{stem: caption file} of the figures whose captions are workflow/report/{prefix}*.rst."""
     captions = sorted((_REPO / "workflow" / "report").glob(f"{prefix}*.rst"))
@@ -190,18 +200,9 @@ def verdict_figures():
 # --- interventions -------------------------------------------------------------------------------
 
 
-def grid_runs_of(wildcards):
-    """The main grid's runs tables of one dataset (sign's per-layer gains for bp_matched)."""
-    return expand(
-        "results/train/grid/{dataset}/chunk{chunk}/runs.parquet",
-        dataset=wildcards.dataset,
-        chunk=GRID_CHUNKS,
-    )
-
-
 def intervention_outputs(name):
     """One file kind (runs.parquet, curves.parquet, meta.json) of every intervention training job."""
-    jobs = (["train/dose"] if IV["alphas"] else []) + (["train/matched"] if IV["bp_matched"] else [])
+    jobs = (["train/factorial"] if IV["factorial"] else []) + (["train/dose"] if IV["alphas"] else [])
     jobs += [f"{optimizer}/train/{phase}" for optimizer in IV_OPTIMIZERS for phase in ("grid", "tuned")]
     return expand(
         "results/interventions/{job}/{dataset}/chunk{chunk}/{name}",
@@ -213,7 +214,9 @@ def intervention_outputs(name):
 
 
 def intervention_targets():
-    """What `all` asks of the interventions: their runs table and verdict, when any arm is on."""
+    """What `all` asks of the interventions: their runs table and verdict, when any arm is on (the
+    factorial alone included: the default study's report answers the question)."""
     if not IV_ON:
         return []
-    return ["results/interventions/runs.parquet", "results/interventions/verdict/verdict.csv"]
+    return ["results/interventions/runs.parquet", *VERDICT_TABLES.values()]
+

@@ -1,7 +1,33 @@
-# Issue 10's intervention arms (soap.interventions); only asked for when config["interventions"] switches
-# one on. Their runs form results/interventions/runs.parquet beside the main (sgd) runs table. The
+# The intervention arms of issues 10 and 19 (soap.interventions); only asked for when config["interventions"]
+# switches one on (the default study's factorial included). Their runs form results/interventions/runs.parquet beside the main (sgd) runs table. The
 # optimizer arms (tune -> grid -> tuned under momentum, adam or signsgd) are the main study's own rules,
 # tune.smk and train.smk, in results/interventions/{optimizer}/ (the {arm} wildcard).
+
+
+# The factorial's crossed cells bp@r and r@bp: ordinary grid members with a step_rule (phase "grid"); its
+# bp and r cells are the main grid's runs at the same seeds.
+rule train_factorial:
+    input:
+        data=prepared_data,
+    output:
+        runs="results/interventions/train/factorial/{dataset}/chunk{chunk}/runs.parquet",
+        curves="results/interventions/train/factorial/{dataset}/chunk{chunk}/curves.parquet",
+        meta="results/interventions/train/factorial/{dataset}/chunk{chunk}/meta.json",
+    log:
+        "logs/interventions/factorial/{dataset}/chunk{chunk}.log",
+    params:
+        train=config["train"],
+        members=factorial_members,
+        phase="grid",
+    threads: THREADS
+    resources:
+        gpu=GPU_PER_JOB,
+        mem_mb=8000,
+        runtime=240,
+    conda:
+        "../envs/soap.yaml"
+    script:
+        "../scripts/train.py"
 
 
 rule train_dose:
@@ -26,48 +52,6 @@ rule train_dose:
         "../envs/soap.yaml"
     script:
         "../scripts/train.py"
-
-
-# bp_matched's per-layer lr multipliers: sign's per-layer gains on the main grid, per (seed, lr).
-rule matched_lrs:
-    input:
-        runs=grid_runs_of,
-    output:
-        scales="results/interventions/{dataset}/matched_lrs.csv",
-    log:
-        "logs/interventions/matched_lrs/{dataset}.log",
-    resources:
-        mem_mb=2000,
-        runtime=10,
-    conda:
-        "../envs/soap.yaml"
-    script:
-        "../scripts/matched_lrs.py"
-
-
-rule train_matched:
-    input:
-        data=prepared_data,
-        matched="results/interventions/{dataset}/matched_lrs.csv",
-    output:
-        runs="results/interventions/train/matched/{dataset}/chunk{chunk}/runs.parquet",
-        curves="results/interventions/train/matched/{dataset}/chunk{chunk}/curves.parquet",
-        meta="results/interventions/train/matched/{dataset}/chunk{chunk}/meta.json",
-    log:
-        "logs/interventions/matched/{dataset}/chunk{chunk}.log",
-    params:
-        train=config["train"],
-        seeds=iv_seeds,
-        phase="matched",
-    threads: THREADS
-    resources:
-        gpu=GPU_PER_JOB,
-        mem_mb=8000,
-        runtime=240,
-    conda:
-        "../envs/soap.yaml"
-    script:
-        "../scripts/train_matched.py"
 
 
 # The interventions' runs table; time to target uses the main study's target loss per dataset.
@@ -97,7 +81,8 @@ rule verdict:
         main="results/runs.parquet",
         interventions="results/interventions/runs.parquet",
     output:
-        table="results/interventions/verdict/verdict.csv",
+        **VERDICT_TABLES,
+        tables_decomposition="results/tables/decomposition.csv",  # issue 19's path for the table
         **{
             stem: report(
                 f"results/interventions/verdict/{stem}.png",
@@ -109,9 +94,14 @@ rule verdict:
     log:
         "logs/interventions/verdict.log",
     params:
-        margins=config["analysis"]["equivalence_margin"],
-        seed=config["analysis"]["seed"],
-        n_boot=config["analysis"]["n_boot"],
+        # the keys soap.verdict_files.write_verdict reads: a change there reruns the verdict
+        study={
+            "analysis": {
+                key: config["analysis"][key] for key in ("primary", "equivalence_margin", "seed", "n_boot")
+            },
+            "interventions": {"factorial": IV["factorial"]},
+            "datasets": DATASETS,
+        },
     resources:
         mem_mb=4000,
         runtime=30,

@@ -17,8 +17,6 @@ rule train_grid:
         train=arm_train,
         members=grid_members,
         phase="grid",
-    # first: bp_matched (soap.interventions) waits on sign's grid gains
-    priority: 1
     threads: THREADS
     resources:
         gpu=GPU_PER_JOB,

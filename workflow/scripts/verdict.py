@@ -1,22 +1,22 @@
-"""The verdict table of issue 10 (soap.analysis.verdict) and its figures (soap.plots.verdict), from
-the main and the intervention runs tables."""
+"""The verdict (soap.verdict_files.write_verdict: the primary test, the verdict, descriptive and
+decomposition tables, the answer) and its figures (soap.plots.verdict), from the main and the intervention
+runs tables. params.study: the config keys the verdict reads; the decomposition also goes to
+output.tables_decomposition (results/tables/decomposition.csv)."""
 
-import json
 from pathlib import Path
 
 import pandas as pd
 
-from soap.analysis.verdict import verdict_table
-from soap.plots.verdict import write_figures
 from soap.pipeline import log_to_file
-from soap.tables import write_table, write_text
+from soap.plots.verdict import write_figures
+from soap.tables import write_table
+from soap.verdict_files import write_verdict
 
 log_to_file(snakemake.log[0])
 runs = pd.concat([pd.read_parquet(snakemake.input.main), pd.read_parquet(snakemake.input.interventions)],
                  ignore_index=True)
-margins = dict(snakemake.params.margins)
-table = verdict_table(runs, margins, seed=int(snakemake.params.seed), n_boot=int(snakemake.params.n_boot))
-out = Path(snakemake.output.table).parent
-write_figures(runs, table, margins, out)
-write_text(json.dumps({"margins": margins, "rows": len(table)}, indent=2) + "\n", out / "verdict.json")
-write_table(table, snakemake.output.table)
+study = snakemake.params.study
+out = Path(snakemake.output.verdict).parent
+result = write_verdict(runs, study, out, source=f"{snakemake.input.main} + {snakemake.input.interventions}")
+write_table(result.decomposition, snakemake.output.tables_decomposition)
+write_figures(runs, result.verdict, dict(study["analysis"]["equivalence_margin"]), out)
