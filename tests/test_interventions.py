@@ -1,5 +1,5 @@
-"""The intervention arms' pure parts: bp_matched's per-layer lr multipliers from a grid runs table, and
-the dose-response and optimizer designs."""
+"""The intervention arms' pure parts: the factorial, dose-response and optimizer designs, and the checks
+of the `interventions` block."""
 
 import math
 from pathlib import Path
@@ -8,53 +8,46 @@ import pandas as pd
 import pytest
 
 from soap.config import ConfigError, TrainConfig
-from soap.interventions import dose_members, matched_lr_scales, matched_members, optimizer_lrs
+from soap.interventions import dose_members, factorial_members, optimizer_lrs
 from soap.study_config import load_study_config
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _run(method, seed, lr, g1, g2, **extra):
-    row = {"run_id": f"{method}-{seed}-{lr}-{extra}", "phase": "grid", "dataset": "mnist", "method": method,
-           "seed": seed, "lr": lr, "feedback_gain_l1": g1, "feedback_gain_l2": g2, "diverged": False,
-           "optimizer": "sgd", "feedback_scale": 1.0, "refresh_period": 6400,
-           "lr_scale_l1": 1.0, "lr_scale_l2": 1.0, "lr_scale_l3": 1.0}
-    row.update(extra)
-    return row
+def test_factorial_trains_only_the_crossed_cells_when_the_rule_is_in_the_main_grid():
+    members = factorial_members(["sign"], [0.01, 0.1], range(3), trained=["bp", "fa", "sign"])
+    cells = sorted({(m["method"], m.get("step_rule", m["method"])) for m in members})
+    assert cells == [("bp", "sign"), ("sign", "bp")]  # bp and sign are the main grid's runs
+    assert len(members) == 2 * 2 * 3
+    # every cell at every lr x seed: the grid's seeds 0..2, so each pairs with the grid's bp by seed
+    for cell in cells:
+        part = [m for m in members if (m["method"], m["step_rule"]) == cell]
+        assert sorted((m["lr"], m["seed"]) for m in part) == [(lr, s) for lr in (0.01, 0.1) for s in range(3)]
+    assert {"method": "bp", "lr": 0.01, "seed": 0, "step_rule": "sign"} in members
 
 
-def test_matched_multipliers_are_signs_per_layer_gains_at_the_same_seed_and_lr():
-    runs = pd.DataFrame([
-        _run("sign", 0, 0.1, 20.0, 4.0),
-        _run("sign", 1, 0.1, 18.0, 5.0),
-        _run("sign", 0, 0.01, 30.0, 6.0),
-        _run("sign", 1, 0.01, 25.0, 5.5, diverged=True),  # diverged: no matched run
-        _run("sign", 1, 1.0, float("nan"), 3.0),  # no gain at layer 1: none either
-        _run("fa", 0, 0.1, 2.0, 1.5),  # another rule
-        _run("sign", 0, 0.1, 99.0, 9.0, feedback_scale=4.0),  # the dose arm, not the plain grid
-        _run("sign", 0, 0.1, 99.0, 9.0, optimizer="adam"),  # another optimizer
-        _run("sign", 0, 0.1, 99.0, 9.0, phase="tuned"),
-        _run("sign", 0, 0.1, 99.0, 9.0, refresh_period=640),  # a sensitivity period
-        _run("sign", 2, 0.1, 99.0, 9.0, refresh_period=640),
-    ])
-    scales = matched_lr_scales(runs)
-    expected = pd.DataFrame({"dataset": "mnist", "seed": [0, 0, 1], "lr": [0.01, 0.1, 0.1],
-                             "lr_scale_l1": [30.0, 20.0, 18.0], "lr_scale_l2": [6.0, 4.0, 5.0],
-                             "lr_scale_l3": 1.0})
-    pd.testing.assert_frame_equal(scales, expected)
-    members = matched_members(scales, "mnist", seeds=[0])
-    assert members == [{"method": "bp", "lr": [pytest.approx(0.3), pytest.approx(0.06), 0.01], "seed": 0},
-                       {"method": "bp", "lr": [pytest.approx(2.0), pytest.approx(0.4), 0.1], "seed": 0}]
-    # they are valid members, and the trainer reads them back as nominal lr x the multipliers
-    config = TrainConfig(dataset="synthetic", members=members)
-    assert [(m.lr, m.lr_scale) for m in config.population()] == [
-        (0.01, pytest.approx((30.0, 6.0, 1.0))), (0.1, pytest.approx((20.0, 4.0, 1.0)))]
+def test_factorial_trains_a_rules_plain_cell_when_the_main_grid_lacks_it_and_shares_bp():
+    members = factorial_members(["sign", "usf"], [0.1], [0, 1], trained=["bp", "sign"])
+    cells = [(m["method"], m.get("step_rule")) for m in members]
+    assert set(cells) == {("bp", "sign"), ("sign", "bp"), ("bp", "usf"), ("usf", "bp"), ("usf", None)}
+    assert len(cells) == 5 * 2  # no cell twice; bp (the main grid's) not at all
+    # without the main grid, bp's cell is trained once for both rules
+    alone = factorial_members(["sign", "usf"], [0.1], [0], trained=[])
+    assert [(m["method"], m.get("step_rule")) for m in alone].count(("bp", None)) == 1
 
 
-def test_matched_multipliers_need_per_layer_gains():
-    runs = pd.DataFrame([_run("sign", 0, 0.1, 2.0, 2.0)]).drop(columns=["feedback_gain_l1", "feedback_gain_l2"])
-    with pytest.raises(ValueError, match="feedback_gain_l"):
-        matched_lr_scales(runs)
+def test_bp_dose_runs_keep_the_runs_table_contract_but_plain_bp_with_a_gain_does_not():
+    """bp at feedback scale alpha (the dose arm's calibration) has gain alpha^k: validate_runs exempts it."""
+    from soap.tables import TableError, validate_runs
+
+    row = {"run_id": "bp-a4", "phase": "grid", "dataset": "mnist", "method": "bp", "seed": 0, "lr": 0.1,
+           "feedback_gain": 4.0, "diverged": False, "final_train_loss": 0.3, "val_loss": 0.3, "val_acc": 90.0,
+           "test_loss": 0.3, "test_acc": 90.0, "effective_lr": 0.4, "examples_to_target": 10.0,
+           "reached_target": True, "examples_seen": 100, "target_loss": 0.5, "feedback_scale": 4.0}
+    runs = pd.DataFrame([row])
+    assert validate_runs(runs)["feedback_gain"].tolist() == [4.0]
+    with pytest.raises(TableError, match="bp's feedback_gain must be 1"):
+        validate_runs(runs.assign(feedback_scale=1.0))
 
 
 def test_dose_design_crosses_scales_lrs_and_seeds_without_the_main_grids_alpha_one():
@@ -72,28 +65,47 @@ def test_optimizer_grid_is_log_spaced_over_its_own_range():
 
 def test_interventions_are_off_by_default_and_filled_in():
     cfg = load_study_config(values={})
-    assert cfg["interventions"]["alphas"] == [] and cfg["interventions"]["bp_matched"] is False
+    assert cfg["interventions"]["alphas"] == [] and cfg["interventions"]["factorial"] == []
     assert cfg["analysis"]["equivalence_margin"] == {"test_loss": 0.02, "test_acc": 0.5, "log_lr": 0.25}
-    cfg = load_study_config(values={"interventions": {"optimizers": [{"name": "adam"}]}})
+    cfg = load_study_config(values={"interventions": {"factorial": ["sign"], "optimizers": [{"name": "adam"}]}})
     assert cfg["interventions"]["optimizers"] == [{"name": "adam", "lr_low": 1e-5, "lr_high": 0.1, "n_lrs": 5}]
+
+
+ON = {"factorial": ["sign"]}  # any arm on needs the primary rule's factorial
 
 
 @pytest.mark.parametrize("values,message", [
     ({"interventions": {"alphas": [0]}}, "interventions.alphas.0: 0 is less than or equal to the minimum of 0"),
     ({"interventions": {"optimizers": [{"name": "rmsprop"}]}}, "interventions.optimizers.0.name: 'rmsprop' is not one of"),
     ({"interventions": {"bp_match": True}}, "interventions: Additional properties are not allowed ('bp_match'"),
-    ({"interventions": {"optimizers": [{"name": "adam", "lr_low": 1, "lr_high": 0.1}]}},
+    ({"interventions": {**ON, "optimizers": [{"name": "adam", "lr_low": 1, "lr_high": 0.1}]}},
      "interventions.optimizers.0.lr_low must be below its lr_high"),
     ({"interventions": {"alpha_methods": ["sgn"]}}, "interventions.alpha_methods: unknown method"),
-    ({"methods": ["bp", "fa"], "interventions": {"bp_matched": True}}, "interventions.bp_matched needs sign"),
-    ({"interventions": {"alpha_methods": ["bp", "fa"]}}, "interventions.alpha_methods: bp with a feedback scale"),
-    ({"interventions": {"bp_matched": True, "seeds": 9}}, "interventions.seeds must not exceed grid.seeds"),
+    ({"interventions": {"bp_matched": True}}, "interventions: Additional properties are not allowed ('bp_matched'"),
+    ({"interventions": {"factorial": ["sign"], "seeds": 4}},
+     "interventions.seeds must not exceed grid.seeds (3) when interventions.factorial is on"),
+    ({"interventions": {"factorial": ["sign", "sgn"]}}, "interventions.factorial: unknown rule sgn"),
+    ({"interventions": {"factorial": ["sign", "so_sign"]}}, "interventions.factorial: so_sign: so_ rules take no"),
+    ({"interventions": {"factorial": ["sign", "kolen_pollack"]}},
+     "interventions.factorial: kolen_pollack: its B is trained by its own update"),
+    ({"interventions": {"factorial": ["bp"]}}, "interventions.factorial.0: 'bp' should not be valid"),
+    ({"interventions": {"factorial": ["fa"]}}, "analysis.primary.rule sign must be in interventions.factorial ['fa']"),
+    ({"interventions": {"alphas": [4]}}, "analysis.primary.rule sign must be in interventions.factorial []"),
+    ({"analysis": {"primary": {"rule": "fa"}}, "interventions": ON},
+     "analysis.primary.rule fa must be in interventions.factorial ['sign']"),
     ({"analysis": {"equivalence_margin": {"test_loss": -1}}}, "analysis.equivalence_margin.test_loss"),
 ])
 def test_a_bad_interventions_value_gives_one_line_naming_the_key(values, message):
     with pytest.raises(ConfigError) as error:
         load_study_config(values=values)
     assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_bp_may_join_the_dose_arm_as_its_calibration_and_factorial_rules_may_be_any_plain_rule():
+    cfg = load_study_config(values={"interventions": {"factorial": ["sign", "fa", "dfa", "usf"], "alphas": [4],
+                                                      "alpha_methods": ["bp", "fa"]}})
+    assert cfg["interventions"]["alpha_methods"] == ["bp", "fa"]
+    assert load_study_config(values={"interventions": {"factorial": []}})["interventions"]["factorial"] == []
 
 
 def test_the_workflow_declares_every_verdict_figure_by_its_caption_file():
