@@ -160,6 +160,31 @@ def test_lint_and_dry_run_of_the_default_study():
         assert rule in dry.stdout + dry.stderr
 
 
+@pytest.mark.parametrize("configfile,factorial_jobs", [
+    (None, 2),  # config.yaml: sign's crossed cells at 6 seeds, 3 per job
+    ("config/quick.yaml", 1),
+    ("config/interventions.yaml", 2),  # sign, sign_scaled, fa at 6 seeds, 3 per job
+    ("config/full.yaml", 8),  # 2 datasets x 20 seeds, 5 per job
+])
+def test_every_shipped_config_plans_the_factorial_and_the_verdict_and_no_bp_matched(configfile, factorial_jobs):
+    dry = run_snakemake(REPO, "-n", "--quiet", "rules", *(["--configfile", configfile] if configfile else []))
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", dry.stdout, flags=re.MULTILINE))
+    assert int(counts["train_factorial"]) == factorial_jobs
+    assert int(counts["verdict"]) == 1 and int(counts["report"]) == 1
+    assert not [rule for rule in counts if "matched" in rule]
+
+
+def test_the_verdict_rule_writes_the_verdict_files_and_the_issues_decomposition_path():
+    dry = run_snakemake(REPO, "-n", "--forceall", "verdict")
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    (block,) = re.findall(r"^rule verdict:\n((?:    .*\n)+)", dry.stdout, flags=re.MULTILINE)
+    outputs = re.search(r"output: (.*)", block).group(1).split(", ")
+    assert {"results/interventions/verdict/verdict.csv", "results/interventions/verdict/descriptive.csv",
+            "results/interventions/verdict/decomposition.csv", "results/interventions/verdict/answer.json",
+            "results/tables/decomposition.csv"} <= set(outputs)
+
+
 def test_optimizer_arm_reuses_the_main_rules_and_the_parse_imports_no_plotting(tmp_path):
     """config/quick.yaml's signsgd arm is planned by the main study's own rules (tune_study, tuned_lrs,
     train_grid, train_tuned) under results/interventions/signsgd/, the main study's paths stay where they

@@ -16,7 +16,8 @@ rule analyze:
         n_boot=config["analysis"]["n_boot"],
         seed=config["analysis"]["seed"],
         mediation_design=config["analysis"]["mediation_design"],
-        tune_dir="results/tune",
+        # results/tune: above {dataset}/{method}/r{repeat}/best.json
+        tune_dir=lambda wildcards, input: Path(input.best[0]).parents[3],
         tune_batch=config["tune"]["batch"],
         lr_range=(config["tune"]["lr_low"], config["tune"]["lr_high"]),
     resources:
