@@ -54,7 +54,7 @@ def tune_command(args: argparse.Namespace) -> None:
 
 
 def analyze_command(args: argparse.Namespace) -> None:
-    from soap.analysis import run_analysis
+    from soap.analysis.outputs import run_analysis
 
     run_analysis(args.runs, args.out, fixed_lr=args.fixed_lr, seed=args.seed, n_boot=args.n_boot,
                  mediation_design=args.mediation_design, curves_path=args.curves, tune_dir=args.tune,

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from soap import report
-from soap.analysis import run_analysis
+from soap.analysis.outputs import run_analysis
 from soap.synthetic import SyntheticSpec, generate_runs
 
 METHODS = ("bp", "fa", "sign", "sign_scaled")

@@ -13,12 +13,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from soap.analysis import analyze
+from soap.analysis.core import analyze
 from soap.analysis.effective_lr import fit_lr_model
 from soap.analysis.inputs import at_lr
 from soap.analysis.mediation import fit_mediation, mediation_rows, pooled_rows
 from soap.analysis.paired import paired_contrast
-from soap.analysis import time_to_target
+import soap.analysis.time_to_target as time_to_target
 from soap.analysis.time_to_target import km_median, survival_data
 from soap.synthetic import SyntheticSpec, generate_runs
 

@@ -5,7 +5,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from soap.analysis import analyze
+from soap.analysis.core import analyze
 from soap.analysis.divergence import divergence_block, divergence_cells
 from soap.analysis.summary import Summary
 from soap.synthetic import SyntheticSpec, generate_runs

@@ -4,7 +4,7 @@ instead of a note's words."""
 import numpy as np
 import pytest
 
-from soap.analysis import analyze
+from soap.analysis.core import analyze
 from soap.analysis.effective_lr_estimand import slopes_differ
 from soap.synthetic import SyntheticSpec, generate_runs
 

@@ -10,7 +10,10 @@ import pandas as pd
 import pytest
 
 from soap import cli
-from soap.analysis import AnalysisError, analyze, core, run_analysis
+import soap.analysis.core as core
+from soap.analysis.errors import AnalysisError
+from soap.analysis.core import analyze
+from soap.analysis.outputs import run_analysis
 from soap.synthetic import SyntheticSpec, generate_runs
 from soap.tables import TableError, read_table
 from study_results import SMALL

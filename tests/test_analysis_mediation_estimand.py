@@ -2,7 +2,7 @@
 
 import pytest
 
-from soap.analysis import analyze
+from soap.analysis.core import analyze
 from soap.synthetic import SyntheticSpec, generate_runs
 
 

@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from soap.analysis import ESTIMATES_COLUMNS, load_tuning, run_analysis
+from soap.analysis.core import ESTIMATES_COLUMNS
+from soap.analysis.outputs import load_tuning, run_analysis
 from soap.analysis.summary import Summary
 from soap.synthetic import SyntheticSpec, generate_runs
 

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from soap.analysis import analyze
+from soap.analysis.core import analyze
 from soap.analysis.paired import grid_lr_rows, paired_contrast, paired_rows, t_interval, trained_at_repeat_lrs
 from soap.analysis.rows import Collector
 from soap.synthetic import SyntheticSpec, generate_runs

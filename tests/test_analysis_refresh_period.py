@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from soap.analysis import analyze
+from soap.analysis.core import analyze
 from soap.analysis.refresh_period import at_refresh_period, main_refresh_period
 from soap.synthetic import SyntheticSpec, generate_runs
 from study_results import SMALL, make_runs

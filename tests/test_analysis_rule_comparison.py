@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 
 from soap import plots
-from soap.analysis import analyze
+from soap.analysis.core import analyze
 from soap.analysis.rule_comparison import reference_levels, rule_comparison_table
 from soap.synthetic import SyntheticSpec, generate_runs
 

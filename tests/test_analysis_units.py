@@ -7,7 +7,9 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from soap.analysis import ESTIMATES_COLUMNS, AnalysisError, analyze, run_analysis
+from soap.analysis.core import ESTIMATES_COLUMNS, analyze
+from soap.analysis.errors import AnalysisError
+from soap.analysis.outputs import run_analysis
 from soap.analysis.inputs import choose_fixed_lr, snap_to_grid
 from soap.analysis.multiplicity import holm_adjust
 from soap.analysis.paired import paired_contrast, t_interval

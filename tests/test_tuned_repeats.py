@@ -8,7 +8,7 @@ outcome (tuning noise) checks the coverage of the expected tuned contrast, over 
 import numpy as np
 import pandas as pd
 
-from soap.analysis import analyze
+from soap.analysis.core import analyze
 from soap.analysis.paired import paired_contrast, repeat_clustered_contrast
 from soap.pipeline import label_tuned_repeats, tuned_members
 

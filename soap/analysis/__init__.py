@@ -1,9 +1,5 @@
-"""Statistical analysis of a runs table: the estimands of STUDY.md with intervals and Holm-adjusted p-values."""
+"""Statistical analysis of a runs table: the estimands of STUDY.md with intervals and Holm-adjusted p-values.
 
-from soap.analysis.core import ESTIMANDS, ESTIMATES_COLUMNS, KM_COLUMNS, AnalysisResult, analyze
-from soap.analysis.errors import AnalysisError
-from soap.analysis.outputs import load_tuning, run_analysis
-from soap.analysis.summary import Summary
-
-__all__ = ["ESTIMANDS", "ESTIMATES_COLUMNS", "KM_COLUMNS", "AnalysisError", "AnalysisResult", "analyze",
-           "load_tuning", "run_analysis", "Summary"]
+One module per estimator; `core.analyze` orchestrates them and `outputs.run_analysis` writes the files.
+The package itself imports nothing, so its modules can import each other without a cycle through it.
+"""

@@ -16,8 +16,16 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from soap.analysis import (descriptive, divergence, effective_lr_estimand, mediation, mediation_estimand, paired,
-                           refresh_period, rule_comparison, time_to_target, tuning_budget)
+import soap.analysis.descriptive as descriptive
+import soap.analysis.divergence as divergence
+import soap.analysis.effective_lr_estimand as effective_lr_estimand
+import soap.analysis.mediation as mediation
+import soap.analysis.mediation_estimand as mediation_estimand
+import soap.analysis.paired as paired
+import soap.analysis.refresh_period as refresh_period
+import soap.analysis.rule_comparison as rule_comparison
+import soap.analysis.time_to_target as time_to_target
+import soap.analysis.tuning_budget as tuning_budget
 from soap.analysis.errors import AnalysisError
 from soap.analysis.inputs import at_lr, choose_fixed_lr, prepare_runs, tuned_lrs
 from soap.analysis.multiplicity import describe_families, holm_adjust, holm_family

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from soap.analysis import effective_lr
+import soap.analysis.effective_lr as effective_lr
 from soap.analysis.rows import Collector
 from soap.analysis.summary import EffectiveLrModel, Interval, WaldTest, json_safe, load
 from soap.rules import REFERENCE

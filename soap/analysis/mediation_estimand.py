@@ -6,7 +6,7 @@ estimates table's rows, the exclusions and summary.json's mediation block.
 
 from __future__ import annotations
 
-from soap.analysis import mediation
+import soap.analysis.mediation as mediation
 from soap.analysis.rows import Collector, rng_for
 from soap.analysis.summary import Interval, MediationSummary, json_safe
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from soap.analysis import mediation
+import soap.analysis.mediation as mediation
 from soap.analysis.core import AnalysisResult, analyze
 from soap.tables import read_table, validate_curves, validate_runs, write_table, write_text
 

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from soap.analysis import improvement
+import soap.analysis.improvement as improvement
 from soap.analysis.rows import Collector, lower_is_better, rng_for
 from soap.rules import REFERENCE
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from soap.analysis import paired
+import soap.analysis.paired as paired
 from soap.analysis.inputs import at_lr, choose_fixed_lr
 from soap.rules import REFERENCE
 

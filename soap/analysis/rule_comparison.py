@@ -17,7 +17,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from soap.analysis import time_to_target
+import soap.analysis.time_to_target as time_to_target
 from soap.analysis.descriptive import mean_ci
 from soap.analysis.inputs import tuned_lrs
 from soap.metrics import feedback_gain

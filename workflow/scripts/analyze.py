@@ -7,7 +7,7 @@ mediation_design, tune_dir, tune_batch, lr_range; log: one file.
 
 from pathlib import Path
 
-from soap.analysis import run_analysis
+from soap.analysis.outputs import run_analysis
 from soap.pipeline import log_to_file
 
 log_to_file(snakemake.log[0])
