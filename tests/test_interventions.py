@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from soap.config import ConfigError, TrainConfig
-from soap.interventions import dose_members, factorial_members, optimizer_lrs
+from soap.interventions import dose_members, enabled, factorial_members, optimizer_lrs
 from soap.study_config import load_study_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,3 +115,10 @@ def test_the_workflow_declares_every_verdict_figure_by_its_caption_file():
 
     assert {p.stem for p in (REPO / "workflow" / "report").glob("verdict_*.rst")} == set(FIGURES)
 
+
+
+def test_the_factorial_alone_switches_the_interventions_on():
+    """The default study runs only the factorial: its verdict (and so the report's answer) must be planned."""
+    cfg = load_study_config(values={"interventions": {"factorial": ["sign"]}})
+    assert enabled(cfg)
+    assert not enabled(load_study_config(values={}))
