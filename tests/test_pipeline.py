@@ -161,7 +161,7 @@ def test_lint_and_dry_run_of_the_default_study():
 
 
 @pytest.mark.parametrize("configfile,factorial_jobs", [
-    (None, 2),  # config.yaml: sign's crossed cells at 6 seeds, 3 per job
+    (None, 2),  # config.yaml: sign's crossed cells at 5 seeds, 3 per job
     ("config/quick.yaml", 1),
     ("config/interventions.yaml", 2),  # sign, sign_scaled, fa at 6 seeds, 3 per job
     ("config/full.yaml", 8),  # 2 datasets x 20 seeds, 5 per job
