@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import pandas as pd
 import pytest
@@ -183,6 +184,31 @@ def test_the_verdict_rule_writes_the_verdict_files_and_the_issues_decomposition_
     assert {"results/interventions/verdict/verdict.csv", "results/interventions/verdict/descriptive.csv",
             "results/interventions/verdict/decomposition.csv", "results/interventions/verdict/answer.json",
             "results/tables/decomposition.csv"} <= set(outputs)
+
+
+def test_the_verdict_rule_answers_from_a_main_and_an_interventions_runs_table(tmp_path):
+    """The verdict stage alone, on a synthetic factorial world (bp and sign as the main grid's runs, the
+    crossed cells as the interventions' table): every verdict file, the issue's decomposition path, and a
+    primary row, through soap.verdict_files, the writer `soap verdict` uses."""
+    from soap.synthetic_factorial import FACTORIAL_WORLDS, generate_factorial_runs
+
+    (tmp_path / "flow").mkdir()
+    flow = Workflow(tmp_path / "flow")
+    runs = generate_factorial_runs(replace(FACTORIAL_WORLDS["pure_step"], seeds=5), seed=0)
+    crossed = runs["method"] != runs["step_rule"]
+    (flow.root / "results" / "interventions").mkdir(parents=True)
+    runs[~crossed].to_parquet(flow.root / "results" / "runs.parquet")
+    runs[crossed].to_parquet(flow.root / "results" / "interventions" / "runs.parquet")
+    done = flow.snakemake("--cores", "1", "--allowed-rules", "verdict", "--rerun-triggers", "mtime",
+                          "--", "results/interventions/verdict/verdict.csv")
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = flow.root / "results" / "interventions" / "verdict"
+    verdict = pd.read_csv(out / "verdict.csv")
+    assert verdict["primary"].sum() == 1
+    assert verdict.loc[verdict["primary"], "contrast"].item().startswith("bp@sign - sign at lr ")
+    assert json.loads((out / "answer.json").read_text())["rule"] == "sign"
+    assert pd.read_csv(flow.root / "results" / "tables" / "decomposition.csv").equals(
+        pd.read_csv(out / "decomposition.csv"))
 
 
 def test_optimizer_arm_reuses_the_main_rules_and_the_parse_imports_no_plotting(tmp_path):
