@@ -7,6 +7,7 @@ Each subcommand parses its arguments here and calls one library function; errors
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -75,7 +76,7 @@ def verdict_command(args: argparse.Namespace) -> None:
 
     from soap.analysis.verdict import study_verdict
     from soap.study_config import load_study_config
-    from soap.tables import read_table
+    from soap.tables import read_table, write_table, write_text
 
     cfg = load_study_config(args.config or "config.yaml")
     runs = pd.concat([read_table(path) for path in args.runs], ignore_index=True)
