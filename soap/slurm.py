@@ -126,7 +126,8 @@ def workflow_jobs(workdir: str | os.PathLike) -> list[Job]:
 
 
 def never_starts(job: Job, node: Node | None) -> str | None:
-    """Why `job` can never start, or None if it may: a never-reason, or a request beyond every node."""
+    """Why `job` can never start, or None if it may: a never-reason, or a request beyond every node
+    (the workflow's jobs are one-node jobs, so a job's CPUs and memory must fit on one)."""
     if job.state != "PENDING":
         return None
     if job.reason in NEVER:
@@ -148,8 +149,7 @@ class Watch:
 
     def __init__(self, workdir: str | os.PathLike, poll_s: float = 10, polls: int = 2):
         self.workdir, self.poll_s, self.polls = workdir, poll_s, polls
-        self.seen: dict[str, int] = {}
-        self.cancelled: list[tuple[Job, str]] = []
+        self.seen: dict[str, int] = {}  # job id: successive polls it was seen unschedulable
 
     def check(self) -> None:
         """One poll: count, and cancel, the jobs that never start."""
@@ -166,7 +166,6 @@ class Watch:
                 log.error("soap.slurm: SLURM job %s, %s, can never start: %s. Cancelling it: lower its threads or "
                           "resources, or submit to a partition with larger nodes", job_id, job.name, why)
                 _run(["scancel", job_id])
-                self.cancelled.append((job, why))
 
     def start(self) -> threading.Thread:
         """Poll in a daemon thread for the life of the controller."""

@@ -101,9 +101,8 @@ SelectTypeParameters=CR_Core_Memory
 SchedulerType=sched/backfill
 MpiDefault=none
 ReturnToService=2
-# Short waits: the fault tests cancel jobs and restart controllers.
+# Short waits: the fault tests cancel jobs. Finished jobs stay in squeue SLURM's default 300 s.
 KillWait=5
-MinJobAge=60
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=127.0.0.1
 AccountingStoreFlags=job_comment

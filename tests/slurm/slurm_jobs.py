@@ -37,12 +37,13 @@ def sacct_jobs(workdir: Path) -> list[AccountedJob]:
     return sorted(jobs, key=lambda job: int(job.id))
 
 
-def squeue_jobs(workdir: Path) -> list[tuple[str, str, str]]:
-    """(id, state, comment) of the jobs SLURM still holds for `workdir`."""
-    out = subprocess.run(["squeue", "--noheader", "--format=%i|%T|%Z|%k"], capture_output=True, text=True,
+def squeue_jobs(workdir: Path) -> list[tuple[str, str, str, int]]:
+    """(id, state, comment, CPUs asked for) of the jobs SLURM still holds for `workdir`."""
+    out = subprocess.run(["squeue", "--noheader", "--format=%i|%T|%C|%Z|%k"], capture_output=True, text=True,
                          check=True, timeout=60).stdout
-    rows = [line.split("|", 3) for line in out.splitlines()]
-    return [(i, state, comment) for i, state, job_dir, comment in rows if Path(job_dir).resolve() == workdir.resolve()]
+    rows = [line.split("|", 4) for line in out.splitlines()]
+    return [(i, state, comment, int(cpus)) for i, state, cpus, job_dir, comment in rows
+            if Path(job_dir).resolve() == workdir.resolve()]
 
 
 def wait_for(condition, what: str, timeout_s: float, process=None, log: Path | None = None):
