@@ -156,9 +156,10 @@ def test_runs_and_curves_equal_a_local_run_number_for_number(study, local_result
 
 def test_jobs_found_their_data_their_optuna_storage_and_no_gpu(study):
     root = study["root"]
-    # gpus=0: no GPU asked of SLURM, none leased, every training job on the CPU.
+    # gpus=0: no GPU asked of SLURM, none leased; every training job on the CPU with config.yaml's one
+    # thread, as in a local run.
     for meta in (root / "results" / "train").rglob("meta.json"):
-        assert json.loads(meta.read_text())["device"] == "cpu", meta
+        assert json.loads(meta.read_text())["device"] == "cpu (1 threads)", meta
     # Each tuning study ran in its own journal beside its outputs, to exactly n_trials trials.
     for method in QUICK["methods"]:
         study_dir = root / "results" / "tune" / "mnist" / method / "r0"
