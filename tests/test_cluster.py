@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 
 from workflows import REPO, Workflow, environment, run_snakemake
@@ -70,3 +71,57 @@ def test_training_job_is_submitted_with_a_gpu_memory_time_and_cpus(tmp_path):
     for flag in ("--gpus=1", "--mem 16000", "-t 480", "--cpus-per-task=4", "-A soap", "-p gpu",
                  "--config 'gpus=1'", "--target-jobs 'train_grid:dataset=mnist,chunk=0'"):
         assert flag in sbatch, (flag, sbatch)
+
+
+# --- soap.slurm's decisions, without a cluster (tests/slurm runs them against a real one) ---------------
+
+def test_a_job_never_starts_for_a_config_reason_or_a_request_beyond_every_node():
+    from soap.slurm import Job, Node, never_starts
+
+    node = Node(cpus=2, mem_mb=24000)
+
+    def job(state="PENDING", reason="Resources", cpus=1, mem_mb=4000):
+        return Job("7", state, reason, cpus, mem_mb, "rule_train_grid_wildcards_mnist_0")
+
+    assert never_starts(job(reason="PartitionConfig"), node) == "PENDING with Reason=PartitionConfig"
+    assert "asks for 4 CPUs, the largest node has 2" in never_starts(job(cpus=4), node)
+    assert "asks for 32000 MB" in never_starts(job(mem_mb=32000), node)
+    # Waiting its turn on a node that fits it, or already running: left alone.
+    assert never_starts(job(cpus=2, mem_mb=24000), node) is None
+    assert never_starts(job(reason="Priority", mem_mb=None), node) is None
+    assert never_starts(job(state="RUNNING", reason="None", cpus=4), node) is None
+    assert job().name == "rule train_grid (mnist_0)"
+
+
+def test_threads_are_capped_to_the_largest_node_with_a_warning(caplog):
+    from soap.slurm import Node, cap_threads
+
+    assert cap_threads(4, Node(cpus=2, mem_mb=1000), "threads=4 (config)") == 2
+    assert "threads=4 (config) asks for 4 CPUs per job but the largest SLURM node has 2" in caplog.text
+    caplog.clear()
+    assert cap_threads(2, Node(cpus=2, mem_mb=1000), "x") == 2
+    assert cap_threads(8, None, "x") == 8  # off a cluster: Snakemake's --cores decides
+    assert caplog.text == ""
+
+
+RECORD = "import sys, time; from soap.slurm import record_controller; record_controller(sys.argv[1]); " \
+         "print('recorded', flush=True); time.sleep(600)"
+
+
+def test_a_controller_is_dead_once_killed_and_alive_while_it_runs(tmp_path):
+    from soap.slurm import CONTROLLER, controller_dead
+
+    assert not controller_dead(tmp_path)  # none recorded: nothing to wait for
+    controller = subprocess.Popen([sys.executable, "-c", RECORD, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                                  env=environment())
+    try:
+        assert controller.stdout.readline() == "recorded\n"
+        assert not controller_dead(tmp_path)
+    finally:
+        controller.kill()
+        controller.wait(timeout=60)
+    assert controller_dead(tmp_path)
+    # Recorded on another host: this one cannot tell, so it does not call it dead.
+    host, pid, started = (tmp_path / CONTROLLER).read_text().split()
+    (tmp_path / CONTROLLER).write_text(f"elsewhere {pid} {started}\n")
+    assert not controller_dead(tmp_path)

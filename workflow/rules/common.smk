@@ -54,6 +54,23 @@ GPU_PER_JOB = 1 if _gpus_in_use() else 0
 THREADS = config["threads"]
 
 
+# --- SLURM (workflow/profiles/slurm; soap.slurm): no-ops off a cluster ---------------------------------
+# A job asking for more CPUs than any node has would wait in SLURM for ever: threads never exceed the
+# largest node's CPUs, and the controller cancels (with an error naming it) a job SLURM can never start.
+# A controller killed mid-run leaves its jobs running: a new one waits for them instead of resubmitting.
+import os  # noqa: E402
+
+from soap import slurm  # noqa: E402
+
+THREADS = slurm.cap_threads(THREADS, slurm.largest_node(), f"threads={THREADS} (config)")
+slurm.wait_for_previous(os.getcwd())
+
+
+onstart:
+    slurm.record_controller(os.getcwd())
+    slurm.Watch(os.getcwd()).start()
+
+
 wildcard_constraints:
     arm="(?:" + "|".join(re.escape(arm) for arm in ARMS) + ")",  # may be empty: the main study
     dataset="|".join(DATASETS),
