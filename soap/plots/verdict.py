@@ -40,7 +40,8 @@ FIGURES = {
                        "with the interval between its two one-sided 95% bounds (bp@r - r and bp - r@bp in the "
                        "outcome's unit, as the table gives them), against the pre-declared margin on that "
                        "scale (dashed): a loss row is non-inferior when its upper bound lies below the "
-                       "margin, an accuracy row when its lower bound lies above it. The primary row (filled) is tested at 5% on its own; the "
+                       "margin, an accuracy row when its lower bound lies above it. The primary row (filled) is "
+                       "tested at 5% on its own; the "
                        "secondary rows (open) are judged on Holm-adjusted p-values.",
     "verdict_descriptive": "The descriptive rows, one panel per row kind, each in its own unit: alpha_did (a "
                            "rule's feedback-scale effect minus bp's own at the same nominal lr), optimizer (sign "
@@ -172,8 +173,8 @@ def plot_descriptive(descriptive: pd.DataFrame | None):
     def draw(axes):
         for ax, ((kind,), part) in zip(axes, panels):
             y = np.arange(len(part))[::-1]
-            ax.errorbar(part["estimate"], y, xerr=[part["estimate"] - part["ci_low"], part["ci_high"] - part["estimate"]],
-                        fmt="o", capsize=3, color="C2")
+            err = [part["estimate"] - part["ci_low"], part["ci_high"] - part["estimate"]]
+            ax.errorbar(part["estimate"], y, xerr=err, fmt="o", capsize=3, color="C2")
             ax.set_yticks(y, [f"{r.dataset}: {r.contrast}" for r in part.itertuples()], fontsize=7)
             unit = part["unit"].iloc[0] if "unit" in part else ""
             ax.set(xlabel=f"{kind} ({unit})", title=f"descriptive: {kind}")

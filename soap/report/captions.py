@@ -83,7 +83,7 @@ FIGURES: tuple[FigureSpec, ...] = (
                "robust by seed, fitted on bp's and that rule's runs); a faded diamond marks a rule whose "
                "curve has another slope than bp's (p < 0.05), where the one difference averages one "
                "that changes with the learning rate. The diamonds rest on one scalar gain per run; the "
-               "decomposition table tests the step sizes by experiment. so_ rules (dashed in the other figures) carry activity "
-               "propagation on top of their base rule. An interval much wider than the others runs off "
+               "decomposition table tests the step sizes by experiment. so_ rules (dashed in the other "
+               "figures) carry activity propagation on top of their base rule. An interval much wider than the others runs off "
                "the panel. Absolute values and times to target: tables/rule_comparison.csv."),
 )

@@ -324,7 +324,8 @@ def decomposition_context(table: pd.DataFrame | None) -> list[dict]:
         contrasts = {r["effect"]: str(r["contrast"]) for r in part.to_dict(orient="records")}
         blocks.append({"dataset": dataset, "rule": rule, "outcome": outcome.replace("_", " "),
                        "unit": str(part["unit"].iloc[0]) if "unit" in part else "",
-                       "headers": [{"effect": e, "label": h.replace("r's", f"{rule}'s"), "contrast": contrasts.get(e, "")}
+                       "headers": [{"effect": e, "label": h.replace("r's", f"{rule}'s"),
+                                    "contrast": contrasts.get(e, "")}
                                    for e, h in EFFECT_HEADERS.items()], "rows": rows})
     return blocks
 
