@@ -35,6 +35,18 @@ def report_small(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def report_answers(tmp_path_factory):
+    """{world: (report.html's path, its text)} of two studies whose factorial worlds have opposite truths
+    (soap.synthetic_factorial: pure_step, where sign's advantage is its step size, and direction_better,
+    where sign's direction is worth 0.03 nats), each through the analysis's study_verdict."""
+    from study_results import build, make_results
+
+    return {world: build(make_results(tmp_path_factory.mktemp(world) / "results", methods=("bp", "fa", "sign"),
+                                      tuning=False, factorial=world))
+            for world in ("pure_step", "direction_better")}
+
+
+@pytest.fixture(scope="session")
 def data_root() -> Path:
     """The real MNIST/FashionMNIST files: $SOAP_DATA_ROOT, else ../shared/data beside the repository,
     else REPO/data, downloaded there through torchvision on first use.

@@ -1,7 +1,8 @@
 """Study results for the analysis and report tests: a contract-shaped runs table from hand-written
 tuples (make_runs, TOY), and a results directory in the pipeline's layout (make_results: synthetic
-runs, curves and tuning studies, analysed by the analysis stage itself; tests/conftest.py's
-report_full and report_small fixtures build one each per session)."""
+runs, curves and tuning studies, analysed by the analysis stage itself, and optionally the verdict
+stage's outputs from a synthetic factorial world with known truth; tests/conftest.py's report_full,
+report_small and report_answers fixtures build them once per session)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ import pandas as pd
 
 from soap import report
 from soap.analysis.outputs import run_analysis
+from soap.plots.verdict import write_figures
 from soap.synthetic import SyntheticSpec, generate_runs
+from soap.synthetic_factorial import FACTORIAL_WORLDS, generate_factorial_runs
+from soap.verdict_files import write_verdict as write_verdict_files
 
 METHODS = ("bp", "fa", "sign", "sign_scaled")
 # A small synthetic world: three grid lrs, four seeds per phase.
@@ -84,8 +88,34 @@ def _tuning(root: Path, runs: pd.DataFrame) -> None:
             (study / "best.json").write_text(json.dumps({"lr": lr[best], "value": value[best], "n_trials": 12}))
 
 
-def make_results(root: Path, datasets=("mnist",), methods=METHODS, tuning=True, provenance=True) -> Path:
-    """A results directory in the pipeline's layout, small enough to report on in a few seconds."""
+# The factorial worlds' primary test: 10 seeds and this margin give pure_step "supported" and
+# direction_better (a true direction effect of 0.03 nats) "contradicted" at draw seed 0.
+FACTORIAL_SEEDS = 10
+FACTORIAL_MARGIN = 0.015
+
+
+def write_verdict(root: Path, world: str, dataset: str = "mnist") -> Path:
+    """The verdict stage's outputs in root/interventions/verdict/ (the files `soap verdict` writes, and
+    the figures) from a synthetic factorial world (soap.synthetic_factorial) put through the analysis's
+    study_verdict: the report is tested on what the analysis says, not on hand-written answers."""
+    from dataclasses import replace
+
+    spec = replace(FACTORIAL_WORLDS[world], seeds=FACTORIAL_SEEDS, datasets=(dataset,))
+    runs = generate_factorial_runs(spec, seed=0)
+    cfg = {"analysis": {"primary": {"rule": spec.rule, "outcome": "test_loss", "margin": FACTORIAL_MARGIN},
+                        "equivalence_margin": {"test_loss": FACTORIAL_MARGIN, "test_acc": 0.5},
+                        "seed": 0, "n_boot": 50},
+           "interventions": {"factorial": [spec.rule]}, "datasets": [dataset]}
+    out = root / "interventions" / "verdict"
+    result = write_verdict_files(runs, cfg, out)  # the files the verdict stage writes
+    write_figures(runs, result, out)
+    return out
+
+
+def make_results(root: Path, datasets=("mnist",), methods=METHODS, tuning=True, provenance=True,
+                 factorial: str | None = None) -> Path:
+    """A results directory in the pipeline's layout, small enough to report on in a few seconds;
+    factorial names a synthetic factorial world whose verdict outputs it holds too."""
     spec = SyntheticSpec(datasets=tuple(datasets),
                          direct_effect={m: SyntheticSpec().direct_effect[m] for m in methods},
                          grid_lrs=tuple(np.logspace(-4, 0, 5)), grid_seeds=3, tuned_seeds=3,
@@ -93,6 +123,7 @@ def make_results(root: Path, datasets=("mnist",), methods=METHODS, tuning=True, 
     runs = generate_runs(spec, seed=0)
     runs.loc[runs["phase"] == "tuned", "examples_seen"] *= 2  # tuned runs train longer, as in the study
     runs["refresh_period"] = 1000
+    runs["epochs"] = np.where(runs["phase"] == "tuned", 2.0, 1.0)  # examples_seen: 1 epoch of budget_examples
     runs["architecture"] = "784-256-256-10 tanh"
     root.mkdir(parents=True, exist_ok=True)
     runs.to_parquet(root / "runs.parquet", index=False)
@@ -106,12 +137,14 @@ def make_results(root: Path, datasets=("mnist",), methods=METHODS, tuning=True, 
     if provenance:
         (root / "provenance.json").write_text(json.dumps({
             "config": {"seeds": {"grid": 3, "tuned": 3}, "budget": {"epochs": 5}, "methods": list(methods),
-                       "tune": {"batch": 4, "lr_low": 1e-4, "lr_high": 1.0},
+                       "tune": {"batch": 4, "lr_low": 1e-4, "lr_high": 1.0, "epochs": 0.25},
                        "model": {"hidden": [256, 256], "activation": "tanh"}},
             "versions": {"soap": "0.1.0", "torch": "2.5.1", "python": "3.11.9"},
             "device": ["cpu (synthetic <test>)"], "wall_time_s": 3723.0, "compute_time_s": 7021.5,
             "jobs": 12, "runs": len(runs), "started": "2025-01-01T00:00:00",
             "finished": "2025-01-01T01:02:03", "gathered": "2025-01-01T01:02:04"}))
+    if factorial is not None:
+        write_verdict(root, factorial, datasets[0])
     return root
 
 

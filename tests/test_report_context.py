@@ -57,24 +57,46 @@ def _leaves(tree):
 
 
 def _allowed_numbers(results: Path) -> set[str]:
-    """Every token any of the report's formatters can make from a summary or provenance value."""
+    """Every token any of the report's formatters can make from a summary, provenance or verdict-stage value."""
     allowed = set()
-    for source in (results / "analysis" / "summary.json", results / "provenance.json"):
-        for leaf in _leaves(json.loads(source.read_text())):
-            texts = [str(leaf)]
-            if isinstance(leaf, (int, float)) and not isinstance(leaf, bool):
-                texts += [fmt(leaf) for fmt in report.FORMATTERS]
-            for text in texts:
-                allowed.update(NUMBER.findall(text))
+    leaves = [leaf for source in (results / "analysis" / "summary.json", results / "provenance.json")
+              for leaf in _leaves(json.loads(source.read_text()))]
+    verdict = results / "interventions" / "verdict"
+    if verdict.is_dir():  # the verdict stage's tables and answer, and the sentence the analysis wrote
+        leaves += list(_leaves(json.loads((verdict / "answer.json").read_text())))
+        for table in verdict.glob("*.csv"):
+            leaves += pd.read_csv(table).to_numpy().ravel().tolist()
+    for leaf in leaves:
+        texts = [str(leaf)]
+        if isinstance(leaf, (int, float)) and not isinstance(leaf, bool):
+            texts += [fmt(leaf) for fmt in report.FORMATTERS]
+        for text in texts:
+            allowed.update(NUMBER.findall(text))
     return allowed
 
 
-def test_narrative_numbers_all_come_from_the_analysis_outputs(built):
+def _tuning_horizon_numbers(results: Path) -> set[str]:
+    """The tuning horizon's unit conversions, by hand: tune.epochs in examples and as a fraction of the
+    tuned runs' epochs (make_results: 250,000 examples per epoch, tuned runs 2 epochs)."""
+    epochs = json.loads((results / "provenance.json").read_text())["config"]["tune"]["epochs"]
+    return {f"{epochs * 250_000:,.0f}", f"{epochs / 2:.2g}"}
+
+
+@pytest.mark.parametrize("study", ["report_full", "pure_step"])
+def test_narrative_numbers_all_come_from_the_analysis_outputs(study, request):
+    built = request.getfixturevalue("report_full") if study == "report_full" else \
+        request.getfixturevalue("report_answers")[study]
     results = built[0].parent
     found = set(NUMBER.findall(_narrative(built[1])))
     assert len(found) > 30  # the narrative does quote the analysis
     # "95" is the interval level, the one number the narrative states as a convention.
-    assert found - _allowed_numbers(results) - {"95"} == set()
+    assert found - _allowed_numbers(results) - _tuning_horizon_numbers(results) - {"95"} == set()
+
+
+def test_the_tuning_horizon_stands_beside_the_tuned_estimate(built):
+    header = re.search(r"each at its tuned lr<br>(.*?)</th>", built[1], flags=re.DOTALL).group(1)
+    expected = "tuned on 0.25 epochs per trial (62,500 examples, 0.12 of the tuned runs' 2 epochs)"
+    assert expected in " ".join(header.split())
 
 
 def test_template_types_no_numbers():
@@ -140,16 +162,32 @@ def test_an_interval_says_which_side_of_the_null_it_lies_on():
     assert report.fmt_interval(None) == {**report.fmt_interval({}), "available": False}
 
 
-def test_verdict_words_and_cells_by_hand():
-    verdict = pd.DataFrame({"dataset": ["mnist", "mnist"], "row": ["a", "c"], "contrast": ["dose", "adam"],
-                            "outcome": ["test_loss", "test_acc"], "estimate": [0.123456, 2.0], "n": [8, 9],
-                            "verdict": ["supported", "inconclusive"]})
-    words = context.verdict_summary(verdict)
-    assert words.startswith("Supported (1): a dose (test_loss). Inconclusive (1): c adam (test_acc).")
-    assert "Contradicted" not in words
-    assert context.verdict_summary(verdict.iloc[:0]).startswith("No intervention arm produced a verdict row")
-    section = context.interventions_context(verdict, {"verdict_a_dose": "data:image/png;base64,AAAA"})
-    assert section["columns"] == ["dataset", "row", "contrast", "outcome", "estimate", "verdict", "n"]
-    assert section["rows"][0] == ["mnist", "a", "dose", "test_loss", "0.1235", "supported", "8"]
-    assert [f["stem"] for f in section["figures"]] == ["verdict_a_dose"]
-    assert context.interventions_context(None, {}) is None
+def test_verdict_stage_tables_by_hand():
+    verdict = pd.DataFrame({"dataset": "mnist", "row": ["non_inferiority", "primary"], "kind": ["secondary", "primary"],
+                            "primary": [False, True],
+                            "contrast": ["bp@sign - sign at lr 0.1", "bp@sign - sign at lr 0.01"],
+                            "outcome": ["test_acc", "test_loss"], "unit": ["points", "nats"],
+                            "estimate": [0.123456, -0.002], "ci_low": [-0.1, -0.01], "ci_high": [0.3, 0.006],
+                            "null": [-0.5, 0.015], "p": [0.04, 0.001], "p_holm": [0.08, 0.001],
+                            "predicted": "non-inferior", "verdict": ["inconclusive", "supported"], "n": [10, 10]})
+    rows = context.verdict_rows(verdict)
+    assert [(r["kind"], r["verdict"]) for r in rows] == [("primary", "supported"), ("secondary", "inconclusive")]
+    assert (rows[1]["estimate"], rows[1]["p_holm"], rows[1]["margin"], rows[1]["outcome"]) == \
+        ("0.123", "0.08", "-0.5", "test acc")
+    descriptive = pd.DataFrame({"dataset": ["mnist"], "row": ["optimizer"],
+                                "contrast": ["sign - sign_scaled under adam"],
+                                "outcome": ["test_loss"], "unit": ["nats"], "lr": [0.01], "estimate": [-0.016],
+                                "ci_low": [-0.017], "ci_high": [-0.014], "n": [8], "note": [float("nan")]})
+    (row,) = context.descriptive_rows(descriptive)
+    assert (row["estimate"], row["note"]) == ("-0.016", "") and "verdict" not in row
+    decomposition = pd.DataFrame([{"dataset": "mnist", "rule": "sign", "lr": lr, "outcome": "test_loss", "unit": "nats",
+                                   "effect": e, "contrast": e, "estimate": 0.5, "ci_low": 0.1, "ci_high": 0.9,
+                                   "p": 0.01, "p_holm": 0.04, "n": 5, "diverged": 0, "note": ""}
+                                  for lr in (0.01, 0.1) for e in context.EFFECT_HEADERS])
+    (block,) = context.decomposition_context(decomposition)
+    assert [r["lr"] for r in block["rows"]] == ["0.01", "0.1"]
+    assert [h["label"] for h in block["headers"]][2:4] == ["direction at sign's steps", "direction at bp's steps"]
+    cell = block["rows"][0]["cells"]["interaction"]
+    assert (cell["estimate"], cell["p"], cell["p_label"], cell["n"], cell["direction"]) == \
+        ("0.5", "0.04", "Holm-adjusted p", "5 seeds", "above")
+    assert context.decomposition_context(None) == context.verdict_rows(None) == []

@@ -107,22 +107,66 @@ def test_tables_are_the_analysis_tables_byte_for_byte(built):
         assert (results / "tables" / name).read_bytes() == (results / "analysis" / name).read_bytes(), name
 
 
-def test_interventions_section_shows_the_verdict_table_and_its_figures(tmp_path):
-    results = make_results(tmp_path / "results", methods=("bp", "fa"), tuning=False)
-    verdict_dir = results / "interventions" / "verdict"
-    verdict_dir.mkdir(parents=True)
-    pd.DataFrame({"dataset": ["mnist"], "row": ["c"], "contrast": ["sign - sign_scaled under adam"],
-                  "outcome": ["test_loss"], "estimate": [0.0123456], "ci_low": [-0.02], "ci_high": [0.04],
-                  "margin": [0.05], "tost_p": [0.001234], "predicted": ["equivalent"], "verdict": ["supported"],
-                  "n": [8]}).to_csv(verdict_dir / "verdict.csv", index=False)
-    shutil.copy(_any_png(tmp_path), verdict_dir / "verdict_c_optimizers.png")
-    _, html = build(results)
-    assert "Interventions: is the advantage learning rate?" in html
-    assert "Supported (1): c sign - sign_scaled under adam (test_loss)." in html
-    assert "<td>0.01235</td>" in html and "<td>0.001234</td>" in html and "<td>8</td>" in html
+def _body_paragraphs(html: str) -> list[str]:
+    body = html[html.index("<body>"):]
+    return [re.sub(r"<[^>]+>", "", p).strip() for p in re.findall(r"<p[^>]*>(.*?)</p>", body, flags=re.DOTALL)]
+
+
+def test_opposite_truths_give_opposite_answers_in_the_opening(report_answers):
+    import html as html_lib
+    import json
+
+    openings = {}
+    for world, (out, html) in report_answers.items():
+        answer = json.loads((out.parent / "interventions" / "verdict" / "answer.json").read_text())
+        first = html_lib.unescape(" ".join(_body_paragraphs(html)[0].split()))
+        assert first == answer["sentence"]  # the opening is the analysis's sentence, the page body's first paragraph
+        openings[world] = (answer["verdict"], first)
+    assert openings["pure_step"][0] == "supported" and openings["direction_better"][0] == "contradicted"
+    assert openings["pure_step"][1].endswith("sign's advantage is its step size.")
+    assert "sign's advantage is not only its step size" in openings["direction_better"][1]
+
+
+def test_decomposition_then_verdict_then_the_rest_and_the_config_collapsed_last(report_answers):
+    out, html = report_answers["pure_step"]
+    decomposition = pd.read_csv(out.parent / "interventions" / "verdict" / "decomposition.csv")
+    order = [html.index(f'id="{anchor}"') for anchor in ("answer", "decomposition", "verdict", "results", "figures",
+                                                          "interventions", "provenance")]
+    assert order == sorted(order)
+    # one table per (dataset, rule, outcome), one row per grid lr, one cell per effect
+    tables = re.findall(r'<table class="estimates decomposition" data-rule="([^"]+)">(.*?)</table>', html, re.DOTALL)
+    assert sorted(rule for rule, _ in tables) == sorted(r for (r, _o), _ in decomposition.groupby(["rule", "outcome"]))
+    for rule, table in tables:
+        lrs = re.findall(r'<tr><td class="num">([^<]+)</td>', table)
+        grid = sorted(decomposition.loc[decomposition["rule"] == rule, "lr"].unique())
+        assert lrs == [report.fmt_num(lr) for lr in grid]
+    total = decomposition[(decomposition["effect"] == "total") & (decomposition["outcome"] == "test_loss")].iloc[0]
+    assert "{} [{}, {}]".format(*(report.fmt_num(total[k]) for k in ("estimate", "ci_low", "ci_high"))) in tables[0][1]
+    verdict = re.search(r'<table class="verdict">(.*?)</table>', html, re.DOTALL).group(1)
+    rows = re.findall(r'<tr class="(primary|secondary)"><td>(.*?)</td>', verdict)
+    assert rows[0] == ("primary", "<strong>primary</strong>") and all(r == ("secondary", "secondary") for r in rows[1:])
+    assert len(rows) == len(pd.read_csv(out.parent / "interventions" / "verdict" / "verdict.csv"))
+    details = html.index('<details id="configuration">')
+    assert details > html.index('id="figures"') and "configuration key" in html[details:html.index("</details>")]
+    assert "configuration key" not in html[:details]
+
+
+def test_without_a_factorial_the_opening_says_so_and_names_the_key(built):
+    first = _body_paragraphs(built[1])[0]
+    assert first.startswith("This study ran no\ndirection × step-size factorial") or \
+        " ".join(first.split()).startswith("This study ran no direction × step-size factorial")
+    assert "interventions.factorial" in first
+    assert 'id="decomposition"' not in built[1] and 'id="verdict"' not in built[1]
+
+
+def test_the_verdict_stages_figures_are_embedded_with_their_captions(report_answers):
+    from soap.plots.verdict import FIGURES as VERDICT_FIGURES
+
+    _, html = report_answers["pure_step"]
     images = re.findall(r"<img[^>]*src=\"([^\"]*)\"", html)
-    assert len(images) == len(report.FIGURES) + 1  # the verdict figure, embedded too
-    assert "(<code>interventions/verdict/verdict_c_optimizers.png</code>)" in html
+    assert len(images) == len(report.FIGURES) + len(VERDICT_FIGURES)
+    for stem in VERDICT_FIGURES:
+        assert f"(<code>interventions/verdict/{stem}.png</code>)" in html
 
 
 def _any_png(tmp_path: Path) -> Path:

@@ -13,7 +13,7 @@ gets a complete report.
 - survival: Kaplan-Meier time to target (8)
 - alignment: B against W, error signals against bp's (9)
 - tuning: Optuna's search and the tuning budget (10, 13)
-- verdict: the intervention arms' figures (issue 10)
+- verdict: the verdict stage's figures: factorial, decomposition, primary test, descriptive rows (issue 19)
 """
 
 from soap.plots.alignment import plot_alignment
@@ -27,12 +27,12 @@ from soap.plots.saving import save_figure
 from soap.plots.style import dataset_label, method_color, method_linestyle, order_methods, styled
 from soap.plots.survival import plot_km
 from soap.plots.tuning import plot_tuning, plot_tuning_budget
-from soap.plots.verdict import (plot_dose, plot_matched, plot_optimizers, plot_optimum_shift, verdict_figures,
-                                write_figures)
+from soap.plots.verdict import (plot_decomposition, plot_descriptive, plot_factorial_cells, plot_optimum_shift,
+                                plot_primary, verdict_figures, write_figures)
 
 __all__ = ["dataset_facets", "dataset_label", "dataset_rows", "datasets_of", "method_color", "method_linestyle",
-           "no_data", "order_methods", "plot_alignment", "plot_bp_vs_fa", "plot_causal_diagram", "plot_divergence",
-           "plot_dose", "plot_effective_lr_response", "plot_fixed_lr_curves", "plot_forest", "plot_grid_contrasts",
-           "plot_km", "plot_lr_response", "plot_matched", "plot_mediation", "plot_optimizers", "plot_optimum_shift",
-           "plot_rule_comparison", "plot_tuning", "plot_tuning_budget", "save_figure", "styled", "verdict_figures",
-           "write_figures"]
+           "no_data", "order_methods", "plot_alignment", "plot_bp_vs_fa", "plot_causal_diagram", "plot_decomposition",
+           "plot_descriptive", "plot_divergence", "plot_effective_lr_response", "plot_factorial_cells",
+           "plot_fixed_lr_curves", "plot_forest", "plot_grid_contrasts", "plot_km", "plot_lr_response",
+           "plot_mediation", "plot_optimum_shift", "plot_primary", "plot_rule_comparison", "plot_tuning",
+           "plot_tuning_budget", "save_figure", "styled", "verdict_figures", "write_figures"]

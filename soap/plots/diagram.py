@@ -1,5 +1,6 @@
-"""The causal diagram (figure 5): why a comparison at one method's learning rate is confounded, and
-what the effective learning rate mediates."""
+"""The causal diagram (figure 5): the rule acts on the loss through its direction and, through its
+feedback gain, on the hidden layers' step sizes; the nominal lr sets every layer's step; a learning rate
+chosen for another method confounds the comparison."""
 
 from __future__ import annotations
 
@@ -10,26 +11,29 @@ from matplotlib.patches import FancyArrowPatch
 from soap.plots.style import styled
 from soap.rules import REFERENCE
 
-# Node positions in axis coordinates (0..1): the causal chain along the top row, the learning rates
-# below it, so that no edge crosses another.
+# Node positions in axis coordinates (0..1): the rule's path along the top row, the learning rates below.
+# Under SGD the nominal lr sets every layer's step; the feedback gain multiplies the hidden layers' steps
+# only, because the output layer's error is the loss gradient itself, whatever the rule (issue 19).
 NODES = {
-    "method": ("method\n(feedback rule)", (0.09, 0.60)),
-    "gain": (f"feedback gain\n|δ rule| / |δ {REFERENCE}|", (0.37, 0.60)),
-    "effective": ("effective lr\nlr × gain", (0.65, 0.60)),
-    "outcome": ("test loss", (0.91, 0.60)),
-    "nominal": ("nominal lr", (0.65, 0.17)),
-    "other": (f"lr chosen for\nanother method ({REFERENCE})", (0.91, 0.17)),
+    "method": ("method\n(feedback rule)", (0.08, 0.66)),
+    "gain": (f"feedback gain g_l\n|δ_l rule| / |δ_l {REFERENCE}|", (0.33, 0.66)),
+    "hidden": ("hidden layer l's step\nlr × g_l", (0.62, 0.66)),
+    "output": ("output layer's step\nlr", (0.62, 0.36)),
+    "outcome": ("test loss", (0.91, 0.51)),
+    "nominal": ("nominal lr", (0.33, 0.14)),
+    "other": (f"lr chosen for\nanother method ({REFERENCE})", (0.10, 0.14)),
 }
 EDGES = [
     # (from, to, line style, colour, label, label position)
     ("method", "gain", "-", "#222222", None, None),
-    ("gain", "effective", "-", "#222222", None, None),
-    ("effective", "outcome", "-", "#222222", None, None),
-    ("nominal", "effective", "-", "#222222", None, None),
-    ("method", "outcome", "-", "#222222", "direct: how well the feedback aligns", (0.50, 0.96)),
-    ("method", "nominal", "--", "#4477AA", "lr tuned for this method:\na mediator of its effect",
-     (0.25, 0.22)),
-    ("other", "nominal", ":", "#CC3311", f"lr tuned for {REFERENCE}:\nconfounds the comparison", (0.78, 0.02)),
+    ("gain", "hidden", "-", "#222222", None, None),
+    ("nominal", "hidden", "-", "#222222", None, None),
+    ("nominal", "output", "-", "#222222", None, None),
+    ("hidden", "outcome", "-", "#222222", None, None),
+    ("output", "outcome", "-", "#222222", None, None),
+    ("method", "outcome", "-", "#222222", "direct: the rule's error direction", (0.50, 0.97)),
+    ("method", "nominal", "--", "#4477AA", "lr tuned for this method:\na mediator of its effect", (0.12, 0.40)),
+    ("other", "nominal", ":", "#CC3311", f"lr tuned for {REFERENCE}:\nconfounds the comparison", (0.22, -0.02)),
 ]
 
 

@@ -32,12 +32,16 @@ FIGURES: tuple[FigureSpec, ...] = (
                "some seeds diverged (those runs have no final loss), the dashed line the shared lr."),
     FigureSpec("fig04_effective_lr_response", "The same runs against effective learning rate",
                "Final test loss against effective learning rate (nominal lr times feedback gain). "
-               "Points are runs; lines join, per nominal lr, the mean with its 95% CI. Where the "
-               "methods' curves collapse, their differences are learning rate."),
+               "Points are runs; lines join, per nominal lr, the mean with its 95% CI. The gain is one "
+               "scalar per run (over the hidden layers), while the output layer's step is the nominal lr "
+               "alone: this axis is a summary of the per-layer steps, and the factorial (the "
+               "decomposition table) is the experiment on them."),
     FigureSpec("fig05_causal_diagram", "Causal diagram",
-               "The method changes the feedback gain, which multiplies the nominal learning rate into "
-               "the effective one. A learning rate tuned for the method itself lies on the method's "
-               "causal path (a mediator); one chosen for another method (bp) confounds the comparison."),
+               "The method acts on test loss through its error direction and, through its per-layer "
+               "feedback gain g_l, on the hidden layers' step sizes (lr × g_l); the nominal learning rate "
+               "sets every layer's step, the output layer's alone. A learning rate tuned for the method "
+               "itself lies on the method's causal path (a mediator); one chosen for another method (bp) "
+               "confounds the comparison."),
     FigureSpec("fig06_forest", "Estimates: each method against bp",
                "Difference in test loss, method minus bp, with 95% intervals, one panel per estimand, "
                "each with its own axis: at bp's tuned learning rate (chosen for bp), at the smallest "
@@ -63,9 +67,8 @@ FIGURES: tuple[FigureSpec, ...] = (
                "dotted lines mark each study's best learning rate."),
     FigureSpec("fig11_grid_contrasts", "Method minus bp at every grid learning rate",
                "Paired difference in test loss, method minus bp, at each grid learning rate, with "
-               "paired t 95% intervals over seeds (symmetric-log axis). Below zero the method beats bp "
-               "at that learning rate: at learning rates too small for bp, sign's larger effective "
-               "step wins; at bp's tuned learning rate (dotted) it does not."),
+               "paired t 95% intervals over seeds (symmetric-log axis). Below zero the method has the "
+               "lower loss at that learning rate; the dotted line marks bp's tuned learning rate."),
     FigureSpec("fig12_divergence", "Divergence as an outcome",
                "Fraction of grid runs that diverged (loss became NaN or infinite) per method and "
                "learning rate, with Wilson 95% intervals."),
@@ -79,8 +82,8 @@ FIGURES: tuple[FigureSpec, ...] = (
                "tuning repeats when each seed trains at its repeat's lr). Open diamonds: at matched effective learning rate (grid regression, cluster-"
                "robust by seed, fitted on bp's and that rule's runs); a faded diamond marks a rule whose "
                "curve has another slope than bp's (p < 0.05), where the one difference averages one "
-               "that changes with the learning rate. A rule whose square beats bp but whose diamond "
-               "does not wins by its step size. so_ rules (dashed in the other figures) carry activity "
-               "propagation on top of their base rule. An interval much wider than the others runs off "
+               "that changes with the learning rate. The diamonds rest on one scalar gain per run; the "
+               "decomposition table tests the step sizes by experiment. so_ rules (dashed in the other "
+               "figures) carry activity propagation on top of their base rule. An interval much wider than the others runs off "
                "the panel. Absolute values and times to target: tables/rule_comparison.csv."),
 )

@@ -13,6 +13,7 @@ import pandas as pd
 
 from soap.analysis.descriptive import finite
 from soap.analysis.summary import Interval, Summary
+from soap.factorial import EFFECTS
 from soap.plots import dataset_label, method_color, order_methods
 from soap.plots.verdict import FIGURES as VERDICT_FIGURES
 from soap.report.captions import FIGURES
@@ -20,9 +21,6 @@ from soap.report.inputs import Inputs, summary_estimates
 from soap.rules import REFERENCE
 
 COMPARISON_ESTIMANDS = ("fixed_lr", "small_lr", "tuned", "effective_lr")
-# The verdict table's columns on the page, in order (soap.analysis.verdict's table).
-VERDICT_COLUMNS = ("dataset", "row", "contrast", "outcome", "estimate", "ci_low", "ci_high", "margin", "tost_p",
-                   "predicted", "verdict", "n")
 
 
 # --- formatting: the only way numbers reach the page --------------------------------------------------
@@ -103,6 +101,7 @@ def dataset_context(inputs: Inputs, dataset: str) -> dict:
         "tuned_lr": {m: fmt_num(lr) for m, lr in tuned_lr.items()},
         "tuned_lr_edges": {m: e for m, e in edges.items()},
         "comparisons": comparison_table(rows, tuned_lr, edges),
+        "tuning_horizon": tuning_horizon(inputs, dataset),
         "headline": headline(rows),
         "tuned_at_grid_length": _by_method(s, dataset, "tuned_at_grid_length"),
         "poi": {label: {r["method"]: fmt_interval(r, null=0.5)
@@ -123,6 +122,25 @@ def dataset_context(inputs: Inputs, dataset: str) -> dict:
         "exclusions": [{"estimand": e.estimand, "method": e.method, "reason": e.reason, "n": fmt_int(e.n)}
                        for e in s.exclusions if e.dataset == dataset],
     }
+
+
+def tuning_horizon(inputs: Inputs, dataset: str) -> dict | None:
+    """How long each tuning trial trained (provenance's tune.epochs), in epochs, in examples and as a
+    fraction of the tuned runs' training length: a unit conversion of two recorded lengths, stated beside
+    the tuned estimate because an lr tuned on a short horizon is chosen for that horizon. None when the
+    provenance does not record tune.epochs."""
+    epochs = ((inputs.provenance or {}).get("config") or {}).get("tune", {}).get("epochs")
+    if not finite(epochs):
+        return None
+    runs = inputs.runs
+    tuned = runs[(runs["dataset"] == dataset) & (runs["phase"] == "tuned") & ~runs["diverged"].astype(bool)]
+    out = {"epochs": fmt_num(epochs), "examples": None, "fraction": None, "tuned_epochs": None}
+    if "epochs" in tuned and len(tuned):
+        tuned_epochs = float(tuned["epochs"].median())
+        per_epoch = float((tuned["examples_seen"] / tuned["epochs"]).median())
+        out.update(examples=fmt_int(float(epochs) * per_epoch), fraction=fmt_num(float(epochs) / tuned_epochs, 2),
+                   tuned_epochs=fmt_num(tuned_epochs))
+    return out
 
 
 def comparison_table(rows: pd.DataFrame, tuned_lr: Mapping[str, float], edges: Mapping[str, str]) -> list[dict]:
@@ -259,43 +277,95 @@ def report_context(inputs: Inputs, figure_images: Mapping[str, str], tables: Map
                      "src": figure_images.get(spec.stem, "")} for spec in FIGURES],
         "tables": {name: path.name for name, path in tables.items()},
         "colors": {m: method_color(m) for m in order_methods(inputs.runs["method"].unique())},
-        "interventions": interventions_context(inputs.verdict, verdict_images or {}),
+        "answer": answer_context(inputs),
+        "interventions": interventions_context(inputs, verdict_images or {}),
     }
 
 
-# --- the interventions' section -----------------------------------------------------------------------
+# --- the answer and the verdict stage's tables ---------------------------------------------------------
 
-def interventions_context(verdict: pd.DataFrame | None, images: Mapping[str, str]) -> dict | None:
-    """The "Interventions" section (issue 10's verdict table and figures); None without a verdict table.
-    images: figure stem -> data URI, in the figures' order."""
-    if verdict is None:
-        return None
-    columns = [c for c in VERDICT_COLUMNS if c in verdict]
-    return {"summary": verdict_summary(verdict), "columns": columns,
-            "rows": [[_cell(row[c]) for c in columns] for row in verdict.to_dict(orient="records")],
+FACTORIAL_KEY = "interventions.factorial"  # the config key that runs the factorial (and so the answer)
+# the decomposition's effects in the factorial's order, as the table's header writes them
+EFFECT_HEADERS = {"total": "total", "step": "step effect", "direction_at_r_steps": "direction at r's steps",
+                  "direction_at_bp_steps": "direction at bp's steps", "interaction": "interaction"}
+assert tuple(EFFECT_HEADERS) == tuple(EFFECTS), "EFFECT_HEADERS must follow soap.factorial.EFFECTS"
+
+
+def answer_context(inputs: Inputs) -> dict:
+    """The opening: answer.json's sentence as the analysis wrote it, or why there is none."""
+    answer = inputs.answer
+    if answer is None:
+        return {"sentence": None, "factorial_key": FACTORIAL_KEY}
+    return {"sentence": str(answer["sentence"]), "verdict": str(answer.get("verdict", "")),
+            "rule": str(answer.get("rule", "")), "factorial_key": FACTORIAL_KEY}
+
+
+def _effect_cell(row: Mapping) -> dict:
+    # n counts seeds here (the row's unit is the outcome's, shown in the block's title)
+    return {**fmt_interval({**row, "unit": "seeds"}), "contrast": str(row.get("contrast") or ""),
+            "diverged": fmt_int(row["diverged"]) if finite(row.get("diverged")) and row["diverged"] else None}
+
+
+def decomposition_context(table: pd.DataFrame | None) -> list[dict]:
+    """One block per (dataset, rule, outcome): its rows per grid lr, each with every effect's interval
+    and Holm-adjusted p (soap.analysis.decomposition's table, formatted)."""
+    if table is None or table.empty:
+        return []
+    blocks = []
+    for (dataset, rule, outcome), part in table.groupby(["dataset", "rule", "outcome"], sort=False):
+        rows = []
+        for lr, at in part.groupby("lr"):
+            by_effect = {r["effect"]: r for r in at.to_dict(orient="records")}
+            # the interaction needs every cell, so its note names each cell's diverged runs at this lr
+            note = by_effect.get("interaction", {}).get("note")
+            rows.append({"lr": fmt_num(lr), "note": note if isinstance(note, str) else "",
+                         "cells": {e: _effect_cell(by_effect[e]) if e in by_effect else fmt_interval(None)
+                                   for e in EFFECT_HEADERS}})
+        contrasts = {r["effect"]: str(r["contrast"]) for r in part.to_dict(orient="records")}
+        blocks.append({"dataset": dataset, "rule": rule, "outcome": outcome.replace("_", " "),
+                       "unit": str(part["unit"].iloc[0]) if "unit" in part else "",
+                       "headers": [{"effect": e, "label": h.replace("r's", f"{rule}'s"),
+                                    "contrast": contrasts.get(e, "")}
+                                   for e, h in EFFECT_HEADERS.items()], "rows": rows})
+    return blocks
+
+
+def verdict_rows(table: pd.DataFrame | None) -> list[dict]:
+    """verdict.csv's rows, the primary first, each labelled primary or secondary (Holm-adjusted)."""
+    if table is None or table.empty:
+        return []
+    primary = table["primary"].astype(str).str.lower() == "true"
+    ordered = pd.concat([table[primary], table[~primary]])
+    out = []
+    for row in ordered.to_dict(orient="records"):
+        is_primary = str(row["primary"]).lower() == "true"
+        out.append({"primary": is_primary, "kind": "primary" if is_primary else "secondary",
+                    "dataset": str(row["dataset"]), "row": str(row["row"]), "contrast": str(row["contrast"]),
+                    "outcome": str(row["outcome"]).replace("_", " "), "unit": str(row.get("unit") or ""),
+                    "estimate": fmt_num(row["estimate"]), "ci_low": fmt_num(row["ci_low"]),
+                    "ci_high": fmt_num(row["ci_high"]), "margin": fmt_num(row.get("null")),
+                    "p": fmt_p(row.get("p")), "p_holm": fmt_p(row.get("p_holm")),
+                    "predicted": str(row.get("predicted") or ""), "verdict": str(row["verdict"]),
+                    "n": fmt_int(row.get("n"))})
+    return out
+
+
+def descriptive_rows(table: pd.DataFrame | None) -> list[dict]:
+    """descriptive.csv's rows: an estimate and interval each, no verdict."""
+    if table is None or table.empty:
+        return []
+    return [{"dataset": str(r["dataset"]), "row": str(r["row"]), "contrast": str(r["contrast"]),
+             "outcome": str(r["outcome"]).replace("_", " "), "unit": str(r.get("unit") or ""),
+             "lr": fmt_num(r.get("lr")), "estimate": fmt_num(r["estimate"]), "ci_low": fmt_num(r["ci_low"]),
+             "ci_high": fmt_num(r["ci_high"]), "n": fmt_int(r.get("n")),
+             "note": r["note"] if isinstance(r.get("note"), str) else ""}
+            for r in table.to_dict(orient="records")]
+
+
+def interventions_context(inputs: Inputs, images: Mapping[str, str]) -> dict:
+    """The answer's section after the opening: the decomposition, verdict and descriptive tables, and the
+    verdict stage's figures (stem -> data URI) in FIGURES' order."""
+    return {"decomposition": decomposition_context(inputs.decomposition),
+            "verdict": verdict_rows(inputs.verdict), "descriptive": descriptive_rows(inputs.descriptive),
             "figures": [{"stem": stem, "caption": caption, "src": images[stem]}
                         for stem, caption in VERDICT_FIGURES.items() if stem in images]}
-
-
-def _cell(value) -> str:
-    """A verdict table cell: floats to 4 significant figures, anything else as it is."""
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
-def verdict_summary(verdict: pd.DataFrame) -> str:
-    """Plain words: which predictions the data support, which they contradict, which they leave open."""
-    if verdict.empty:
-        return "No intervention arm produced a verdict row (arms off, or too few seeds)."
-    words = []
-    for kind in ("supported", "contradicted", "inconclusive"):
-        rows = verdict[verdict["verdict"] == kind]
-        if len(rows):
-            listed = "; ".join(f"{r.row} {r.contrast} ({r.outcome})" for r in rows.itertuples())
-            words.append(f"{kind.capitalize()} ({len(rows)}): {listed}.")
-    words.append("Supported means the data show what 'the advantage is learning rate' predicts (equivalence "
-                 "within the pre-declared margin by TOST, or a 95% interval excluding the null where a "
-                 "difference is predicted); inconclusive means neither equivalence nor a difference was shown, "
-                 "which is not evidence of equivalence.")
-    return " ".join(words)

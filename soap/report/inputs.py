@@ -5,7 +5,9 @@ Under ``results_dir``:
 - required: ``runs.parquet``, ``curves.parquet``, ``analysis/summary.json``;
 - optional: the analysis stage's tables ``analysis/{estimates,km,runs_overview,tuned_lr,exclusions,
   divergence,rule_comparison,reference_levels,tuning_budget,tuning_trials,tuning_best}.csv``
-  (soap.analysis.outputs), ``provenance.json``, and ``interventions/verdict/verdict.csv`` with its figures.
+  (soap.analysis.outputs), ``provenance.json``, and the verdict stage's outputs in
+  ``interventions/verdict/``: ``answer.json`` (the primary test's numbers and sentence),
+  ``decomposition.csv``, ``verdict.csv``, ``descriptive.csv`` (soap.analysis.verdict) and its figures.
 
 Missing optional inputs are listed (``Inputs.missing``) and the figures that need them draw a "no data"
 panel.
@@ -32,6 +34,7 @@ ANALYSIS_TABLES = ("runs_overview", "tuned_lr", "exclusions", "divergence", "rul
 # Tables that exist exactly when another does (tuning_trials): listing them as missing says nothing more.
 DERIVED_TABLES = ("tuning_budget", "tuning_best")
 VERDICT_DIR = Path("interventions") / "verdict"
+VERDICT_TABLES = ("verdict", "descriptive", "decomposition")  # <name>.csv in VERDICT_DIR
 
 
 @dataclass
@@ -44,7 +47,11 @@ class Inputs:
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # name -> table (ANALYSIS_TABLES)
     table_paths: dict[str, Path] = field(default_factory=dict)  # name -> the analysis's CSV
     provenance: dict | None = None
-    verdict: pd.DataFrame | None = None  # the interventions' verdict table (soap.analysis.verdict)
+    # the verdict stage's outputs (soap.analysis.verdict.Verdict); None where the study ran no factorial
+    verdict: pd.DataFrame | None = None
+    descriptive: pd.DataFrame | None = None
+    decomposition: pd.DataFrame | None = None
+    answer: dict | None = None
     verdict_dir: Path | None = None
     missing: list[str] = field(default_factory=list)
 
@@ -81,9 +88,14 @@ def load_inputs(results_dir: str | Path) -> Inputs:
         inputs.provenance = json.loads(provenance.read_text())
     else:
         inputs.missing.append(str(provenance))
-    verdict = results / VERDICT_DIR / "verdict.csv"
-    if verdict.is_file():
-        inputs.verdict, inputs.verdict_dir = read_table(verdict), verdict.parent
+    verdict_dir = results / VERDICT_DIR
+    if verdict_dir.is_dir():
+        inputs.verdict_dir = verdict_dir
+        for name in VERDICT_TABLES:
+            if (verdict_dir / f"{name}.csv").is_file():
+                setattr(inputs, name, read_table(verdict_dir / f"{name}.csv"))
+        if (verdict_dir / "answer.json").is_file():
+            inputs.answer = json.loads((verdict_dir / "answer.json").read_text())
     for name in inputs.missing:
         logger.warning("report input missing, its figures and sections will say so: %s", name)
     return inputs

@@ -19,4 +19,4 @@ study = snakemake.params.study
 out = Path(snakemake.output.verdict).parent
 result = write_verdict(runs, study, out, source=f"{snakemake.input.main} + {snakemake.input.interventions}")
 write_table(result.decomposition, snakemake.output.tables_decomposition)
-write_figures(runs, result.verdict, dict(study["analysis"]["equivalence_margin"]), out)
+write_figures(runs, result, out)
