@@ -65,13 +65,16 @@ class PopulationMLP:
         self.optimizer = None if optimizer == "sgd" else StackedOptimizer(optimizer, **hyperparameters)
         scales = [m.feedback_scale for m in members]
         # alpha per member, (pop, 1, 1); a plain 1.0 when no member scales, which skips the product
-        self.feedback_scale = 1.0 if set(scales) == {1.0} else torch.tensor(scales, device=device).view(-1, 1, 1)
+        # (in the model's dtype: a float64 model's multipliers are not rounded to float32)
+        self.feedback_scale = 1.0 if set(scales) == {1.0} else torch.tensor(scales, device=device,
+                                                                             dtype=dtype).view(-1, 1, 1)
         # per-layer lr multipliers, [(pop,)] input to output; None when every member has one lr
         self.lr_scale = None
         if any(m.lr_scale is not None for m in members):
             layers = len(sizes) - 1
-            table = torch.tensor([m.layer_lrs(layers) for m in members], device=device)
-            self.lr_scale = list((table / torch.tensor([m.lr for m in members], device=device)[:, None]).T)
+            table = torch.tensor([m.layer_lrs(layers) for m in members], device=device, dtype=dtype)
+            nominal = torch.tensor([m.lr for m in members], device=device, dtype=dtype)
+            self.lr_scale = list((table / nominal[:, None]).T)
         self.activation = ACTIVATIONS[activation]
         orders = DataOrders(members, device)
         self.group_seeds, self.blocks, self.member_group = orders.group_seeds, orders.blocks, orders.member_group
