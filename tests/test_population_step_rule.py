@@ -157,6 +157,10 @@ def test_a_step_rule_equal_to_the_method_changes_no_number(crowd):
     pd.testing.assert_frame_equal(same.runs, plain.runs, check_exact=True)
     pd.testing.assert_frame_equal(same.curves, plain.curves, check_exact=True)
     assert (plain.runs["step_rule"] == plain.runs["method"]).all()
+    # and costs nothing: the model has no step rules to apply (a q = r member rescaled to its own norm
+    # would agree to the bit as well, x / x being 1, at the price of a second chain)
+    config = TrainConfig.from_dict({**PLAIN, "members": [{**m, "step_rule": m["method"]} for m in members]})
+    assert PopulationMLP(SIZES, config.population(), "tanh", torch.device("cpu")).step_rules is None
 
 
 def test_step_rules_keep_a_captured_steps_contract_and_freeze_a_diverged_member():
