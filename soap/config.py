@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from soap.rules import KOLEN_POLLACK_DECAY, RULES
+from soap.rules import KOLEN_POLLACK_DECAY, RULES, get_rule
 
 
 class ConfigError(ValueError):
@@ -88,7 +88,9 @@ MEMBER_SCHEMA = {
                    "lr": {"oneOf": [{"type": "number", **POSITIVE},
                                     {"type": "array", "minItems": 1, "items": {"type": "number", **POSITIVE}}]},
                    "seed": {"type": "integer"}, "refresh_period": {"type": "integer", "minimum": 1},
-                   "feedback_scale": {"type": "number", **POSITIVE}},
+                   "feedback_scale": {"type": "number", **POSITIVE},
+                   # the rule whose per-layer step sizes the member takes (default: its method)
+                   "step_rule": {"type": "string"}},
 }
 
 
@@ -102,6 +104,13 @@ class Member:
     refresh_period: int = 6400  # examples between feedback refreshes (sign, sign_scaled, stale_bp)
     feedback_scale: float = 1.0  # alpha: errors go down as alpha * grad_y B (bp's B = alpha W)
     lr_scale: tuple[float, ...] | None = None  # per-layer lr multipliers (input to output); None: all 1
+    # the rule whose per-layer step sizes the member takes: its method's error direction with step_rule's
+    # size at every hidden layer (soap.population.step_rules); None: its method
+    step_rule: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.step_rule is None:  # so that a member equals the same member given step_rule = method
+            object.__setattr__(self, "step_rule", self.method)
 
     def layer_lrs(self, layers: int) -> list[float]:
         """The learning rate of every weight layer, input to output."""
@@ -110,6 +119,25 @@ class Member:
             raise ConfigError(f"members: {self.method} seed {self.seed} has {len(scale)} learning rates "
                               f"for {layers} layers")
         return [self.lr * s for s in scale]
+
+
+def check_step_rule(member: Member, optimizer: str) -> None:
+    """ConfigError unless the member's step rule can rescale its method's signal under `optimizer`."""
+    if member.step_rule == member.method:
+        return
+    method, step = get_rule(member.method), get_rule(member.step_rule)
+    combination = f"members: {member.method} with step_rule {member.step_rule} (seed {member.seed})"
+    if optimizer != "sgd":
+        # any other optimizer rescales the step itself, so a matched signal size is not a matched step
+        raise ConfigError(f"{combination}: a step rule needs optimizer sgd, got {optimizer}")
+    if member.lr_scale is not None:
+        raise ConfigError(f"{combination}: a step rule takes one lr for every layer, got one per layer")
+    if step.coupled is not None:
+        raise ConfigError(f"{combination}: {step.name} cannot be a step rule: its B is trained by its own "
+                          "update, which this member never takes")
+    if method.second_order or step.second_order:
+        raise ConfigError(f"{combination}: so_ rules take no step rule: their second pass replaces the "
+                          "signal a step rule rescales")
 
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "signsgd")
@@ -134,9 +162,10 @@ class TrainConfig:
                                 minItems=1)
     lrs: list[float] = _field([0.1], "Nominal SGD learning rates.", minItems=1, items=POSITIVE)
     seeds: list[int] = _field([0], "Paired seeds.", minItems=1)
-    members: list[dict] | None = _field(None, "Explicit [{method, lr, seed, refresh_period and feedback_scale "
-                                              "(optional)}], lr a number or one per layer (input to output); "
-                                              "replaces methods x lrs x seeds.", minItems=1, items=MEMBER_SCHEMA)
+    members: list[dict] | None = _field(None, "Explicit [{method, lr, seed, refresh_period, feedback_scale and "
+                                              "step_rule (optional)}], lr a number or one per layer (input to "
+                                              "output); replaces methods x lrs x seeds.", minItems=1,
+                                        items=MEMBER_SCHEMA)
     refresh_period: int = _field(6400, "Examples between feedback refreshes (sign, sign_scaled, stale_bp).",
                                  minimum=1)
     feedback_scale: float = _field(1.0, "Feedback scale alpha of every member not given its own: errors go "
@@ -193,13 +222,16 @@ class TrainConfig:
             self.second_order().hidden_layers(len(self.hidden))
         except ValueError as err:
             raise ConfigError(f"soap_layers: {err}") from None
+        for member in self.population():
+            check_step_rule(member, self.optimizer)
 
     def population(self) -> list[Member]:
         """The members to train, in a fixed order (methods x lrs x seeds, or the explicit list)."""
         if self.members is not None:
             return [Member(str(m["method"]), _nominal_lr(m["lr"])[0], int(m["seed"]),
                            int(m.get("refresh_period", self.refresh_period)),
-                           float(m.get("feedback_scale", self.feedback_scale)), _nominal_lr(m["lr"])[1])
+                           float(m.get("feedback_scale", self.feedback_scale)), _nominal_lr(m["lr"])[1],
+                           m.get("step_rule"))
                     for m in self.members]
         return [Member(m, float(lr), int(s), self.refresh_period, self.feedback_scale)
                 for m, lr, s in itertools.product(self.methods, self.lrs, self.seeds)]
@@ -259,7 +291,8 @@ def train_schema(keys: typing.Iterable[str] | None = None) -> dict:
         properties["methods"]["items"]["enum"] = list(RULES)
     if "members" in properties:
         properties["members"]["items"] = copy.deepcopy(MEMBER_SCHEMA)
-        properties["members"]["items"]["properties"]["method"]["enum"] = list(RULES)
+        for key in ("method", "step_rule"):
+            properties["members"]["items"]["properties"][key]["enum"] = list(RULES)
     return {"type": "object", "additionalProperties": False, "properties": properties}
 
 

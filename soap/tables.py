@@ -44,6 +44,7 @@ RUNS_EXTRA_COLUMNS = (
     "soap_gain",  # so_ runs: |n| / |g2| at the SOAP points, combined like feedback_gain (NaN otherwise)
     "refresh_period",  # examples between feedback refreshes
     "feedback_scale",  # alpha: errors sent down as alpha * grad_y B
+    "step_rule",  # the rule whose per-layer step sizes the run took (its method's direction); = method if absent
     "optimizer",  # sgd | momentum | adam | signsgd
     "tune_repeat",  # tuned runs: the tuning repeat whose lr the run trained at (-1: the aggregate lr)
     # feedback_gain_l1, ...: per hidden layer |delta_rule| / |delta_bp| (feedback_gain is their geometric
@@ -59,6 +60,9 @@ RUNS_EXTRA_COLUMNS = (
 
 def step_gain(runs: pd.DataFrame) -> pd.Series:
     """How much larger than bp's a run's hidden-layer step is: feedback_gain, times soap_gain for so_ runs.
+
+    The measured gain for every run, bp's too: a bp run with another step rule (bp@sign) steps at that
+    rule's sizes, and its measured gain says so.
 
     The one definition behind `effective_lr = lr * step_gain` (STUDY.md defines it with feedback_gain
     alone, which predates the so_ rules). An so_ run's feedback_gain measures its base rule's signal;
@@ -108,8 +112,10 @@ def validate_runs(runs: pd.DataFrame, source: str = "runs table") -> pd.DataFram
     """Check a runs table against the contract and return it with canonical dtypes.
 
     Raises TableError naming every missing column, the first column with values of the wrong kind,
-    repeated run_ids, a learning rate that is not positive and finite, or a bp run at feedback scale 1
-    whose feedback_gain is not 1 (within BP_GAIN_TOLERANCE). NaN outcomes and gains of other runs are
+    repeated run_ids, a learning rate that is not positive and finite, or a plain bp run whose
+    feedback_gain is not 1 (within BP_GAIN_TOLERANCE). Not plain: bp at feedback scale alpha != 1 (the dose
+    arm's calibration: gain alpha^k by design) and bp with another rule's step_rule (bp@sign takes sign's
+    per-layer sizes, so its gain is sign's). NaN outcomes and gains of other runs are
     allowed: the analysis excludes and counts them.
     """
     missing = [c for c in RUNS_COLUMNS if c not in runs.columns]
@@ -135,8 +141,10 @@ def validate_runs(runs: pd.DataFrame, source: str = "runs table") -> pd.DataFram
     if bad_lr.any():
         raise TableError(f"{source}: lr must be positive and finite; {_first_rows(out, bad_lr, 'lr')}")
     bp = (out["method"] == "bp") & out["feedback_gain"].notna()
-    if "feedback_scale" in out:  # bp at alpha != 1 (the dose arm's calibration) has gain alpha^k by design
+    if "feedback_scale" in out:
         bp &= out["feedback_scale"].fillna(1.0) == 1.0
+    if "step_rule" in out:
+        bp &= out["step_rule"].isna() | (out["step_rule"] == "bp")
     bad_gain = bp & ((out["feedback_gain"] - 1.0).abs() > BP_GAIN_TOLERANCE)
     if bad_gain.any():
         raise TableError(f"{source}: bp's feedback_gain must be 1 (within {BP_GAIN_TOLERANCE:g}); "

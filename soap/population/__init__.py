@@ -3,6 +3,7 @@ one batched computation.
 
 - `orders`: data-order groups (members with one seed share every batch) and their blocks;
 - `feedback`: every member's B and its rule's hooks (soap.rules), one object;
+- `step_rules`: members sending their method's direction at another rule's per-layer sizes;
 - `model`: the stacked forward and the hand-written backward (PopulationMLP);
 - `placement`: one stacked model, or one per step shape (PopulationGroups, population_model);
 - `loop`: train_population, the training loop;

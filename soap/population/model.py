@@ -18,12 +18,13 @@ import torch
 from torch import Tensor
 
 from soap.activity_propagation import ActivityPropagation, newton_step, perturbation_scale, soap_gain
-from soap.config import Member
+from soap.config import Member, check_step_rule
 from soap.metrics import signal_agreement
 from soap.nn import ACTIVATIONS, initial_parameters, linear_forward, sgd_update_, weight_grad
 from soap.optim import StackedOptimizer
 from soap.population.feedback import PopulationFeedback, SignalPath, unit_ratio
 from soap.population.orders import DataOrders
+from soap.population.step_rules import LayerSizes, step_rules
 from soap.rules import KOLEN_POLLACK_DECAY
 
 
@@ -49,6 +50,9 @@ class PopulationMLP:
 
     optimizer: "sgd" (fused into the weight-gradient GEMM) or one of soap.optim's, with its
     hyperparameters as keywords (momentum, betas, eps).
+
+    Members whose step rule is not their method (soap.population.step_rules, sgd only) send their
+    method's direction at the step rule's per-layer sizes; the others pay nothing for it.
     """
 
     def __init__(self, sizes: list[int], members: list[Member], activation: str, device: torch.device,
@@ -56,16 +60,21 @@ class PopulationMLP:
                  second_order: ActivityPropagation | None = None, dtype: torch.dtype = torch.float32,
                  **hyperparameters):
         self.sizes, self.members, self.device = sizes, members, device
+        for member in members:
+            check_step_rule(member, optimizer)
         self.optimizer = None if optimizer == "sgd" else StackedOptimizer(optimizer, **hyperparameters)
         scales = [m.feedback_scale for m in members]
         # alpha per member, (pop, 1, 1); a plain 1.0 when no member scales, which skips the product
-        self.feedback_scale = 1.0 if set(scales) == {1.0} else torch.tensor(scales, device=device).view(-1, 1, 1)
+        # (in the model's dtype: a float64 model's multipliers are not rounded to float32)
+        self.feedback_scale = 1.0 if set(scales) == {1.0} else torch.tensor(scales, device=device,
+                                                                             dtype=dtype).view(-1, 1, 1)
         # per-layer lr multipliers, [(pop,)] input to output; None when every member has one lr
         self.lr_scale = None
         if any(m.lr_scale is not None for m in members):
             layers = len(sizes) - 1
-            table = torch.tensor([m.layer_lrs(layers) for m in members], device=device)
-            self.lr_scale = list((table / torch.tensor([m.lr for m in members], device=device)[:, None]).T)
+            table = torch.tensor([m.layer_lrs(layers) for m in members], device=device, dtype=dtype)
+            nominal = torch.tensor([m.lr for m in members], device=device, dtype=dtype)
+            self.lr_scale = list((table / nominal[:, None]).T)
         self.activation = ACTIVATIONS[activation]
         orders = DataOrders(members, device)
         self.group_seeds, self.blocks, self.member_group = orders.group_seeds, orders.blocks, orders.member_group
@@ -79,6 +88,7 @@ class PopulationMLP:
         self.biases = [stack("bias", l) for l in layers]  # (pop, out)
         self.feedback = [stack("feedback", l) for l in layers]  # (pop, out, in), kept by `hooks`
         self.hooks = PopulationFeedback(members, self.weights, self.feedback, inits, self.member_group, decay)
+        self.step_rules = step_rules(members, self.weights, inits, self.member_group, decay)
         self.steps = 0
         second = {r.second_order for r in self.hooks.rules}
         if len(second) > 1:
@@ -113,7 +123,8 @@ class PopulationMLP:
         return acts
 
     def error_signals(self, acts: list[Tensor], output_error: Tensor, path: SignalPath, step: Step | None = None,
-                      replace: dict[int, Callable[[Tensor], Tensor]] | None = None) -> list[Tensor]:
+                      replace: dict[int, Callable[[Tensor], Tensor]] | None = None,
+                      sizes: LayerSizes | None = None) -> list[Tensor]:
         """delta_l = dL/da_l (pop, batch, out_l) at every layer's pre-activation, sent down from the
         logits' `output_error` along `path` (the rules' B, or W for backprop's reference).
 
@@ -121,7 +132,8 @@ class PopulationMLP:
         only after its own feedback product is taken, so every gradient sees the pre-step weights).
         `replace` (hidden layer -> function): the delta sent below that layer is the function of the
         plain delta there (activity propagation); the plain signal also continues down to the replaced
-        layers below.
+        layers below. `sizes`: the step rules' members' hidden deltas are brought to their step rule's
+        norms (soap.population.step_rules) before they update or go further down.
         """
         delta, plain = output_error, None  # plain: the unreplaced signal, where it differs from delta
         deltas = [delta]
@@ -141,6 +153,8 @@ class PopulationMLP:
                     signal = delta if plain is None else plain
                     delta = replace[layer - 1](signal)
                     plain = signal if any(h < layer - 1 for h in replace) else None
+                if sizes is not None:
+                    delta = sizes.rescale_(layer - 1, delta)
                 deltas.insert(0, delta)
         return deltas
 
@@ -184,11 +198,17 @@ class PopulationMLP:
             if self.optimizer is None:  # sgd's step rides in the gradient GEMMs
                 output_error.mul_((lr if self.lr_scale is None else lr * self.lr_scale[-1]).view(-1, 1, 1))
             self.error_signals(acts, output_error, self.hooks.path(scale=self.feedback_scale),
-                               Step(lr, fused=self.optimizer is None))
+                               Step(lr, fused=self.optimizer is None), sizes=self._step_sizes(acts, output_error))
         # The first layer's B sends nothing down (no gradient goes to the data): complete_feedback()
         # brings it up to date for whatever reads it, which spares copying the largest weight every step.
         self.hooks.sync_tracking(range(1, len(self.weights)))
         return loss
+
+    def _step_sizes(self, acts: list[Tensor], output_error: Tensor) -> LayerSizes | None:
+        """The step rules' per-layer sizes on these states (before the step: q's B is the pre-step one)."""
+        if self.step_rules is None:
+            return None
+        return self.step_rules.sizes(acts, output_error, self.activation, self.feedback_scale)
 
     def _two_pass_step(self, x: Tensor, y: Tensor, lr: Tensor) -> Tensor:
         """Activity propagation (soap.activity_propagation): g1, then the step from the perturbed pass."""
@@ -218,8 +238,11 @@ class PopulationMLP:
 
     @torch.no_grad()
     def refresh(self, due: np.ndarray) -> None:
-        """After each step: the members' periodic and every-step B (PopulationFeedback.refresh)."""
+        """After each step: the members' periodic and every-step B (PopulationFeedback.refresh), and
+        their step rules' B."""
         self.hooks.refresh(due)
+        if self.step_rules is not None:
+            self.step_rules.refresh(due)
 
     @torch.no_grad()
     def freeze(self, members: Tensor) -> None:
@@ -228,6 +251,8 @@ class PopulationMLP:
             tensor[members] = 0.0
         if self.optimizer is not None:
             self.optimizer.freeze(members)
+        if self.step_rules is not None:
+            self.step_rules.freeze(members)
 
     @torch.no_grad()
     def evaluate(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
@@ -251,7 +276,9 @@ class PopulationMLP:
         y = y.index_select(0, self.member_group)
         acts = self.forward(x)
         output_error = output_error_(cross_entropy(acts[-1], y)[1], y)
-        rule = self.error_signals(acts, output_error, self.hooks.path(scale=self.feedback_scale))
+        # a step rule's member logs the signal it sends: its method's direction at its step rule's size
+        rule = self.error_signals(acts, output_error, self.hooks.path(scale=self.feedback_scale),
+                                  sizes=self._step_sizes(acts, output_error))
         bp = self.error_signals(acts, output_error, SignalPath(self.weights))
         out = {f"angle_l{layer}": angle for layer, angle in enumerate(self.hooks.angles())}
         for layer in range(len(self.weights) - 1):  # hidden layers: the output layer's signal is exact

@@ -32,8 +32,9 @@ def run_id(config: TrainConfig, member: Member) -> str:
     scale = "" if member.feedback_scale == 1.0 else f"-a{member.feedback_scale:.6g}"
     optimizer = "" if config.optimizer == "sgd" else f"-{config.optimizer}"
     layers = "" if member.lr_scale is None else "-m" + "_".join(f"{m:.4g}" for m in member.lr_scale)
+    step = "" if member.step_rule == member.method else f"-at{member.step_rule}"
     return (f"{config.dataset}-{config.phase}-{member.method}-lr{member.lr:.6g}-s{member.seed}"
-            f"{period}{scale}{layers}{optimizer}")
+            f"{period}{scale}{layers}{step}{optimizer}")
 
 
 def versions() -> dict[str, str]:
@@ -102,6 +103,7 @@ def runs_table(config: TrainConfig, members: list[Member], sizes: list[int], fin
     runs["target_loss"] = np.nan if config.target_loss is None else config.target_loss
     runs["refresh_period"] = [m.refresh_period for m in members]
     runs["feedback_scale"] = [m.feedback_scale for m in members]
+    runs["step_rule"] = [m.step_rule for m in members]
     runs["optimizer"] = config.optimizer
     # 1-based, input to output: hidden layer l's error drives weight layer l's step
     for l in range(hidden):
