@@ -121,23 +121,29 @@ class Member:
         return [self.lr * s for s in scale]
 
 
-def check_step_rule(member: Member, optimizer: str) -> None:
-    """ConfigError unless the member's step rule can rescale its method's signal under `optimizer`."""
-    if member.step_rule == member.method:
-        return
-    method, step = get_rule(member.method), get_rule(member.step_rule)
-    combination = f"members: {member.method} with step_rule {member.step_rule} (seed {member.seed})"
+def step_rule_conflict(method: str, step_rule: str, optimizer: str = "sgd", per_layer_lrs: bool = False) -> str | None:
+    """Why a member of `method` cannot take `step_rule`'s per-layer step sizes, or None when it can."""
+    if step_rule == method:
+        return None
+    method_rule, step = get_rule(method), get_rule(step_rule)
     if optimizer != "sgd":
         # any other optimizer rescales the step itself, so a matched signal size is not a matched step
-        raise ConfigError(f"{combination}: a step rule needs optimizer sgd, got {optimizer}")
-    if member.lr_scale is not None:
-        raise ConfigError(f"{combination}: a step rule takes one lr for every layer, got one per layer")
+        return f"a step rule needs optimizer sgd, got {optimizer}"
+    if per_layer_lrs:
+        return "a step rule takes one lr for every layer, got one per layer"
     if step.coupled is not None:
-        raise ConfigError(f"{combination}: {step.name} cannot be a step rule: its B is trained by its own "
-                          "update, which this member never takes")
-    if method.second_order or step.second_order:
-        raise ConfigError(f"{combination}: so_ rules take no step rule: their second pass replaces the "
-                          "signal a step rule rescales")
+        return f"{step.name} cannot be a step rule: its B is trained by its own update, which this member never takes"
+    if method_rule.second_order or step.second_order:
+        return "so_ rules take no step rule: their second pass replaces the signal a step rule rescales"
+    return None
+
+
+def check_step_rule(member: Member, optimizer: str) -> None:
+    """ConfigError unless the member's step rule can rescale its method's signal under `optimizer`."""
+    problem = step_rule_conflict(member.method, member.step_rule, optimizer, member.lr_scale is not None)
+    if problem:
+        raise ConfigError(f"members: {member.method} with step_rule {member.step_rule} (seed {member.seed}): "
+                          f"{problem}")
 
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "signsgd")

@@ -66,18 +66,18 @@ def enabled(cfg: dict) -> bool:
 
 def step_rule_problem(rule: str) -> str | None:
     """Why `rule` cannot take part in a factorial with bp (as bp's step rule and with bp as its own), or
-    None when it can."""
+    None when it can: the trainer's own check (soap.config.step_rule_conflict) on both crossed cells."""
+    from soap.config import step_rule_conflict
     from soap.rules import REFERENCE, RULES
 
     if rule not in RULES:
         return f"unknown rule {rule}; known: {', '.join(RULES)}"
-    found = RULES[rule]
     if rule == REFERENCE:
         return "bp is every factorial's reference cell, not one of its rules"
-    if found.second_order:
-        return f"{rule}: so_ rules take no step rule (their second pass replaces the signal a step rule rescales)"
-    if found.coupled is not None:
-        return f"{rule}: its B is trained by its own update, which a member stepping by it never takes"
+    for method, step_rule in ((REFERENCE, rule), (rule, REFERENCE)):
+        problem = step_rule_conflict(method, step_rule)
+        if problem:
+            return f"{rule}: {problem}"
     return None
 
 

@@ -87,7 +87,7 @@ ON = {"factorial": ["sign"]}  # any arm on needs the primary rule's factorial
     ({"interventions": {"factorial": ["sign", "sgn"]}}, "interventions.factorial: unknown rule sgn"),
     ({"interventions": {"factorial": ["sign", "so_sign"]}}, "interventions.factorial: so_sign: so_ rules take no"),
     ({"interventions": {"factorial": ["sign", "kolen_pollack"]}},
-     "interventions.factorial: kolen_pollack: its B is trained by its own update"),
+     "interventions.factorial: kolen_pollack: kolen_pollack cannot be a step rule: its B is trained by its own update"),
     ({"interventions": {"factorial": ["bp"]}}, "interventions.factorial.0: 'bp' should not be valid"),
     ({"interventions": {"factorial": ["fa"]}}, "analysis.primary.rule sign must be in interventions.factorial ['fa']"),
     ({"interventions": {"alphas": [4]}}, "analysis.primary.rule sign must be in interventions.factorial []"),
