@@ -190,6 +190,14 @@ def lenet_initial_parameters(seed: int, num_classes: int = 10, in_channels: int 
     return layers
 
 
+def lenet_layout(num_classes: int = 10, in_channels: int = 1) -> str:
+    """The layers as one string, e.g. "1x32x32-6c5-p2-16c5-p2-120c5-84-10" (conv: channels c kernel,
+    p: max-pool), from lenet_weight_shapes."""
+    convs = [f"{shape[0]}c{shape[-1]}" for shape in lenet_weight_shapes(num_classes, in_channels)[:3]]
+    return "-".join([f"{in_channels}x{INPUT_SIZE}x{INPUT_SIZE}", convs[0], "p2", convs[1], "p2", convs[2], "84",
+                     str(num_classes)])
+
+
 def lenet_weight_shapes(num_classes: int = 10, in_channels: int = 1) -> list[tuple[int, ...]]:
     """W's shape of each of LeNet-5's five layers, input to output."""
     return [(6, in_channels, 5, 5), (16, 6, 5, 5), (120, 16, 5, 5), (84, 120), (num_classes, 84)]
