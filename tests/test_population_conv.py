@@ -89,7 +89,7 @@ def test_every_plain_rule_mixed_in_one_population_equals_each_trained_alone(one_
     from 0.002 to 0.04, a feedback scale on two members, and a refresh period of two steps (sign,
     sign_scaled and stale_bp refresh at steps 2 and 4)."""
     members = [Member(rule, 0.002 * (1 + i + 10 * s), seed, refresh_period=2 * BATCH,
-                      feedback_scale=2.0 if rule in ("fa", "usf") and seed == 1 else 1.0)
+                      feedback_scale=2.0 if rule in ("fa", "usf") and s == 1 else 1.0)
                for seed, s in ((3, 0), (8, 1)) for i, rule in enumerate(PLAIN_RULES)]
     start = [w.clone() for w in PopulationLeNet(members, "relu", CPU, dtype=torch.float64).weights]
     population, singles, losses = train_both(members, steps=4)
