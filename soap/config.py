@@ -150,6 +150,9 @@ class TrainConfig:
                                         "down as alpha * grad_y B (bp's B = alpha W).", **POSITIVE)
     optimizer: str = _field("sgd", "sgd, momentum, adam or signsgd (W -= lr sign(grad_W), 'Batch Manhattan').",
                             enum=list(OPTIMIZERS))
+    weight_decay: float = _field(0.0, "L2 penalty as SGD's weight decay (torch.optim's weight_decay): every step adds "
+                                      "weight_decay * p to the gradient of each trained parameter (W, b, and "
+                                      "kolen_pollack's B), under every optimizer.", minimum=0)
     momentum: float = _field(0.9, "Momentum of the momentum optimizer (torch.optim.SGD's, no dampening).",
                              minimum=0, exclusiveMaximum=1)
     adam_betas: list[float] = _field([0.9, 0.999], "Adam's beta1 and beta2.", minItems=2, maxItems=2,

@@ -35,16 +35,16 @@ def batches(steps: int, groups: int, seed: int = 0):
              torch.randint(0, 10, (groups, BATCH), generator=gen)) for _ in range(steps)]
 
 
-def train_both(members: list[Member], steps: int, optimizer: str = "sgd", **hyperparameters):
+def train_both(members: list[Member], steps: int, optimizer: str = "sgd", weight_decay: float = 0.0,
+               **hyperparameters):
     """The population and each member alone, in float64 (so sign(W) of the two never differs by a
     rounding), over the same batches; returns (population, singles, per-step losses of both)."""
     seeds = sorted({m.seed for m in members})
-    population = PopulationLeNet(members, "relu", CPU, optimizer=optimizer, dtype=torch.float64, **hyperparameters)
+    population = PopulationLeNet(members, "relu", CPU, optimizer=optimizer, dtype=torch.float64,
+                                 weight_decay=weight_decay, **hyperparameters)
     singles = [lenet5(m.method, seed=m.seed, feedback_scale=m.feedback_scale).double() for m in members]
-    if optimizer == "sgd":
-        optimizers = [torch.optim.SGD(s.parameters(), lr=m.lr) for s, m in zip(singles, members)]
-    else:
-        optimizers = [torch.optim.SGD(s.parameters(), lr=m.lr, **hyperparameters) for s, m in zip(singles, members)]
+    optimizers = [torch.optim.SGD(s.parameters(), lr=m.lr, weight_decay=weight_decay, **hyperparameters)
+                  for s, m in zip(singles, members)]
     lr = torch.tensor([m.lr for m in members], dtype=torch.float64)
     periods = np.array([m.refresh_period for m in members])
     losses, seen = [], 0
@@ -98,11 +98,17 @@ def test_every_plain_rule_mixed_in_one_population_equals_each_trained_alone(one_
     assert_same_parameters(population, singles, start)
 
 
-@pytest.mark.parametrize("rule", ["bp", "kolen_pollack", "sign"])
-def test_momentum_matches_torch_optim_member_by_member(rule, one_thread):
+@pytest.mark.parametrize("rule, optimizer, weight_decay", [
+    ("bp", "momentum", 0.0), ("kolen_pollack", "momentum", 0.0), ("sign", "momentum", 0.0),
+    ("kolen_pollack", "momentum", 0.2), ("kolen_pollack", "sgd", 0.2)])
+def test_optimizers_and_weight_decay_match_torch_optim_member_by_member(rule, optimizer, weight_decay, one_thread):
+    """torch.optim.SGD(momentum, weight_decay) over each model's parameters: W, b, and kolen_pollack's B
+    decay; fa's B, a buffer, does not."""
     members = [Member(rule, 0.01, 5, refresh_period=BATCH), Member("fa", 0.02, 5)]
     start = [w.clone() for w in PopulationLeNet(members, "relu", CPU, dtype=torch.float64).weights]
-    population, singles, losses = train_both(members, steps=3, optimizer="momentum", momentum=0.9)
+    extra = {"momentum": 0.9} if optimizer == "momentum" else {}
+    population, singles, losses = train_both(members, steps=3, optimizer=optimizer, weight_decay=weight_decay,
+                                             **extra)
     for population_loss, alone in losses:
         np.testing.assert_allclose(population_loss, alone, rtol=0, atol=1e-10)
     assert_same_parameters(population, singles, start)

@@ -40,7 +40,7 @@ from soap.models import BLOCK_OUTPUTS, lenet_initial_parameters, pad_to_32
 from soap.nn import ACTIVATIONS, linear_forward, weight_grad
 from soap.optim import StackedOptimizer
 from soap.population.feedback import PopulationFeedback, SignalPath
-from soap.population.model import cross_entropy, output_error_
+from soap.population.model import coupled_lr, cross_entropy, output_error_
 from soap.population.orders import DataOrders
 from soap.rules import KOLEN_POLLACK_DECAY, get_rule
 
@@ -62,14 +62,16 @@ class PopulationLeNet:
 
     def __init__(self, members: list[Member], activation: str, device: torch.device, optimizer: str = "sgd",
                  decay: float = KOLEN_POLLACK_DECAY, num_classes: int = 10, in_channels: int = 1,
-                 dtype: torch.dtype = torch.float32, **hyperparameters):
+                 dtype: torch.dtype = torch.float32, weight_decay: float = 0.0, **hyperparameters):
         second = sorted({m.method for m in members if get_rule(m.method).second_order})
         if second:
             raise ValueError(f"{', '.join(second)}: second-order activity propagation is defined for dense hidden "
                              "layers, not lenet5")
         self.members, self.device, self.in_channels = members, device, in_channels
         self.sizes = [in_channels * 32 * 32, *BLOCK_OUTPUTS, num_classes]  # each layer's input, flattened
-        self.optimizer = None if optimizer == "sgd" else StackedOptimizer(optimizer, **hyperparameters)
+        self.weight_decay = weight_decay
+        self.optimizer = None if optimizer == "sgd" else StackedOptimizer(optimizer, weight_decay=weight_decay,
+                                                                          **hyperparameters)
         scales = [m.feedback_scale for m in members]
         self.feedback_scale = 1.0 if set(scales) == {1.0} else torch.tensor(scales, device=device).view(-1, 1, 1)
         self.lr_scale = torch.tensor([[s / m.lr for s in m.layer_lrs(LAYERS)] for m in members], device=device).T
@@ -182,6 +184,8 @@ class PopulationLeNet:
 
     def _step(self, slot: int, param: Tensor, grad: Tensor, lr: Tensor) -> None:
         if self.optimizer is None:
+            if self.weight_decay:
+                grad = grad.add(param, alpha=self.weight_decay)
             param.sub_(grad.mul_(lr.view(-1, *[1] * (param.dim() - 1))))
         else:
             self.optimizer.step_(slot, param, grad, lr)
@@ -202,7 +206,7 @@ class PopulationLeNet:
                                                  grad=grad_w)
             grad_fb = coupled.gradients(grad_w, self.hooks.matrices[layer])
             if grad_fb is not None:
-                self._step(2 * LAYERS + layer, self.hooks.matrices[layer], grad_fb, layer_lr)
+                self._step(2 * LAYERS + layer, self.hooks.matrices[layer], grad_fb, coupled_lr(coupled, layer_lr))
             self._step(2 * layer, self.weight_matrices[layer], grad_w, layer_lr)
             self._step(2 * layer + 1, self.biases[layer], grad_b, layer_lr)
         self.hooks.sync_tracking(range(1, LAYERS))  # the first layer's B: complete_feedback()

@@ -58,7 +58,7 @@ def train_population(config: TrainConfig, data: Splits | None = None, progress: 
     sizes = network_sizes(config, data.input_dim, data.num_classes)
     model = population_model(sizes, members, config.network_activation(), device, config.architecture,
                              optimizer=config.optimizer, decay=config.kp_decay, second_order=config.second_order(),
-                             **_hyperparameters(config))
+                             weight_decay=config.weight_decay, **_hyperparameters(config))
     lr = torch.tensor([m.lr for m in members], device=device, dtype=torch.float32)  # (pop,)
     periods = np.array([m.refresh_period for m in members])  # (pop,)
     divergence_loss = config.divergence_factor * math.log(data.num_classes)
