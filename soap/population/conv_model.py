@@ -29,7 +29,6 @@ so_ rules are refused (soap.nn.FeedbackConv2d says why).
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -40,7 +39,7 @@ from soap.models import BLOCK_OUTPUTS, lenet_initial_parameters, pad_to_32
 from soap.nn import ACTIVATIONS, linear_forward, weight_grad
 from soap.optim import StackedOptimizer
 from soap.population.feedback import PopulationFeedback, SignalPath
-from soap.population.model import coupled_lr, cross_entropy, output_error_
+from soap.population.model import PopulationMLP, coupled_lr, cross_entropy, output_error_
 from soap.population.orders import DataOrders
 from soap.rules import KOLEN_POLLACK_DECAY, get_rule
 
@@ -214,20 +213,11 @@ class PopulationLeNet:
 
     # --- the rest of PopulationMLP's interface -----------------------------------------------------------
 
-    @torch.no_grad()
-    def complete_feedback(self) -> None:
-        self.hooks.complete()
-
-    @torch.no_grad()
-    def refresh(self, due: np.ndarray) -> None:
-        self.hooks.refresh(due)
-
-    @torch.no_grad()
-    def freeze(self, members: Tensor) -> None:
-        for tensor in [*self.weights, *self.biases, *self.feedback]:
-            tensor[members] = 0.0
-        if self.optimizer is not None:
-            self.optimizer.freeze(members)
+    # PopulationMLP's own: they read only the hooks, the parameter stacks and the optimizer, which this
+    # model holds under the same names
+    complete_feedback = PopulationMLP.complete_feedback
+    refresh = PopulationMLP.refresh
+    freeze = PopulationMLP.freeze
 
     @torch.no_grad()
     def evaluate(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
