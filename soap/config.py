@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from soap.rules import KOLEN_POLLACK_DECAY, RULES, get_rule
+from soap.rules import KOLEN_POLLACK_DECAY, RULES, SECOND_ORDER_PREFIX, get_rule
 
 
 class ConfigError(ValueError):
@@ -41,6 +41,8 @@ def data_root(configured: str | Path) -> str:
 # The hidden nonlinearities: the keys of soap.nn.ACTIVATIONS, named here because config sits below the
 # network modules (tests/test_config.py holds the two equal).
 ACTIVATIONS = ("tanh", "sigmoid", "relu")
+# The networks a population trains (soap.population.population_model builds each).
+ARCHITECTURES = ("mlp", "lenet5")
 
 
 @dataclass(frozen=True)
@@ -160,8 +162,13 @@ class TrainConfig:
     val_size: int = _field(10_000, "Validation examples split off the training set (never used for training).",
                            minimum=1)
     split_seed: int = _field(0, "Seed of the train/validation split, fixed across the whole study.", minimum=0)
+    architecture: str = _field("mlp", "The network: mlp (dense layers of widths `hidden`, nonlinearity `activation`) "
+                                      "or lenet5 (soap.models.lenet5, LeNet-5 on 28x28 images zero-padded to 32x32, "
+                                      "nonlinearity `lenet_activation`).", enum=list(ARCHITECTURES))
     hidden: list[int] = _field([256, 256], "Hidden layer widths of the MLP.", minItems=1, items={"minimum": 1})
-    activation: str = _field("tanh", "Hidden nonlinearity (soap.nn.ACTIVATIONS).", enum=list(ACTIVATIONS))
+    activation: str = _field("tanh", "Hidden nonlinearity of the MLP (soap.nn.ACTIVATIONS).", enum=list(ACTIVATIONS))
+    lenet_activation: str = _field("relu", "Hidden nonlinearity of lenet5 (relu, as BioTorch's le_net_mnist).",
+                                   enum=list(ACTIVATIONS))
     batch_size: int = _field(64, "Examples per SGD step.", minimum=1)
     epochs: float = _field(1.0, "Passes over the training split (fractions allowed).", **POSITIVE)
     methods: list[str] = _field(["bp", "fa"], "Feedback rules (soap.rules), crossed with lrs and seeds.",
@@ -178,6 +185,9 @@ class TrainConfig:
                                         "down as alpha * grad_y B (bp's B = alpha W).", **POSITIVE)
     optimizer: str = _field("sgd", "sgd, momentum, adam or signsgd (W -= lr sign(grad_W), 'Batch Manhattan').",
                             enum=list(OPTIMIZERS))
+    weight_decay: float = _field(0.0, "L2 penalty as SGD's weight decay (torch.optim's weight_decay): every step adds "
+                                      "weight_decay * p to the gradient of each trained parameter (W, b, and "
+                                      "kolen_pollack's B), under every optimizer.", minimum=0)
     momentum: float = _field(0.9, "Momentum of the momentum optimizer (torch.optim.SGD's, no dampening).",
                              minimum=0, exclusiveMaximum=1)
     adam_betas: list[float] = _field([0.9, 0.999], "Adam's beta1 and beta2.", minItems=2, maxItems=2,
@@ -224,6 +234,15 @@ class TrainConfig:
         """Check every field against the schema generated from the fields (one validator for from_dict
         and direct construction)."""
         check(self.to_dict(), train_schema())
+        if self.architecture == "lenet5":  # FeedbackConv2d says why so_ stops at dense hidden layers
+            second = sorted({m.method for m in self.population() if m.method.startswith(SECOND_ORDER_PREFIX)})
+            if second:
+                raise ConfigError(f"methods: {', '.join(second)} (second-order activity propagation) are defined "
+                                  "for dense hidden layers, not architecture lenet5")
+            stepped = sorted({f"{m.method}@{m.step_rule}" for m in self.population() if m.step_rule != m.method})
+            if stepped:  # soap.population.conv_model has no second rule's chain to take norms from
+                raise ConfigError(f"members: step rules ({', '.join(stepped)}) are built for architecture mlp, "
+                                  "not lenet5")
         try:  # the one limit the schema cannot state: the so_ layers must exist in `hidden`
             self.second_order().hidden_layers(len(self.hidden))
         except ValueError as err:
@@ -241,6 +260,11 @@ class TrainConfig:
                     for m in self.members]
         return [Member(m, float(lr), int(s), self.refresh_period, self.feedback_scale)
                 for m, lr, s in itertools.product(self.methods, self.lrs, self.seeds)]
+
+    def network_activation(self) -> str:
+        """The hidden nonlinearity of the configured architecture: each has its own key, so lenet5's
+        relu default leaves the MLP's tanh default as it was."""
+        return self.lenet_activation if self.architecture == "lenet5" else self.activation
 
     def second_order(self) -> ActivityPropagation:
         """The so_ methods' settings."""

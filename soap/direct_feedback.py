@@ -21,7 +21,7 @@ from soap.nn import ACTIVATIONS, FeedbackLinear, feedback_grad_input
 from soap.rules import draw_like_weight
 
 
-class _DirectFeedback(torch.autograd.Function):
+class DirectFeedbackFunction(torch.autograd.Function):
     """logits -> logits; backward: e to the logits and alpha e D_l to each hidden output h_l."""
 
     @staticmethod
@@ -38,7 +38,7 @@ class DirectFeedbackMLP(nn.Module):
     """An MLP of FeedbackLinear layers trained by DFA: `loss.backward()` and any optimizer work as usual.
 
     Each layer reads a detached copy of the layer below's output, so nothing is sent down through the
-    layers (their B is never used); the hidden outputs receive e D_l through `_DirectFeedback`.
+    layers (their B is never used); the hidden outputs receive e D_l through `DirectFeedbackFunction`.
     Buffers `direct{l}` hold D_l for the inputs of layers 1 .. L-2; the output layer's `feedback` is
     D_{L-1}.
     """
@@ -63,4 +63,4 @@ class DirectFeedbackMLP(nn.Module):
             x = self.activation(layer(x.detach()))
             hidden.append(x)
         logits = self.layers[-1](x.detach())
-        return _DirectFeedback.apply(logits, self.direct_matrices(), self.feedback_scale, *hidden)
+        return DirectFeedbackFunction.apply(logits, self.direct_matrices(), self.feedback_scale, *hidden)

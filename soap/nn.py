@@ -21,15 +21,16 @@ by side in one GEMM per group: the forward X W^T is (batch x in) x (in x size*ou
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from functools import partial
 from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+# the layers' package: FeedbackConv2d is defined beside its conv maths and named here with FeedbackLinear
+from soap.conv import FeedbackConv2d as FeedbackConv2d
+from soap.feedback_layer import FeedbackMixin
 from soap.rules import KOLEN_POLLACK_DECAY, draw_like_weight, get_rule, init_bound
 from soap.seeding import generator
 
@@ -202,58 +203,22 @@ def initial_parameters(sizes: Sequence[int], seed: int) -> list[LayerInit]:
     return layers
 
 
-class FeedbackLinear(nn.Linear):
+class FeedbackLinear(FeedbackMixin, nn.Linear):
     """Drop-in for torch.nn.Linear (same weight, bias, initialisation, forward) with a feedback rule.
 
-    `feedback` is B: a buffer (saved in the state dict, never trained), except for rules whose B is
-    trained alongside W (kolen_pollack), where it is a parameter: give it to the optimizer with W.
-    Rules formed every step (usf, frsf, brsf) form B in each forward pass made in training mode with
-    grad enabled, as dropout draws its mask, unless `hold_feedback` is set (a second pass of the same
-    step); periodic rules form it when `refresh_feedback()` is called. brsf draws R_t with `generator`
-    (torch's global RNG when None; `soap.models.mlp(seed=...)` gives it the seed's feedback_redraw stream). Errors
-    go down as feedback_scale * grad_y B. dfa and the so_ part of a rule act on a whole network
+    B (`feedback`, shaped like W) as soap.feedback_layer.FeedbackMixin describes;
+    `soap.models.mlp(seed=...)` gives brsf's `generator` the seed's feedback_redraw stream. Errors go
+    down as feedback_scale * grad_y B. dfa and the so_ part of a rule act on a whole network
     (soap.models.mlp builds it); a lone layer with them sends grad_y B like fa, or like the so_ rule's base rule.
     """
 
     def __init__(self, in_features: int, out_features: int, rule: str = "fa", bias: bool = True,
                  device=None, dtype=None, feedback_scale: float = 1.0, decay: float = KOLEN_POLLACK_DECAY):
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
-        self.rule = get_rule(rule)
-        if not (math.isfinite(feedback_scale) and feedback_scale > 0):
-            raise ValueError(f"feedback_scale must be a positive number, got {feedback_scale}")
-        self.feedback_scale = float(feedback_scale)
-        feedback = draw_like_weight(self.weight.shape).to(self.weight)
-        if self.rule.coupled is not None:
-            self.feedback = nn.Parameter(feedback)
-            self.coupling = partial(self.rule.coupled, decay=decay)
-        else:
-            self.register_buffer("feedback", feedback)
-            self.coupling = None
-        if self.rule.random == "fa":  # the fixed R whose magnitudes B keeps
-            self.register_buffer("fa_matrix", feedback.clone())
-        self.generator: torch.Generator | None = None
-        self.hold_feedback = False
+        self._init_feedback(get_rule(rule), feedback_scale, decay)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.rule.when == "step" and self.training and torch.is_grad_enabled() and not self.hold_feedback:
-            self._form_feedback()
-        feedback = self.weight.detach() if self.rule.uses_weight else self.feedback
         leading = x.shape[:-1]
-        out = feedback_linear(x.reshape(-1, self.in_features), self.weight, self.bias, feedback, self.feedback_scale,
-                              self.coupling)
+        out = feedback_linear(x.reshape(-1, self.in_features), self.weight, self.bias, self._step_feedback(),
+                              self.feedback_scale, self.coupling)
         return out.reshape(*leading, self.out_features)
-
-    @torch.no_grad()
-    def refresh_feedback(self) -> None:
-        """Apply a periodic rule's refresh (sign, sign_scaled, stale_bp); a no-op for other rules."""
-        if self.rule.when == "period":
-            self._form_feedback()
-
-    @torch.no_grad()
-    def _form_feedback(self) -> None:
-        fa_matrix = self.fa_matrix if self.rule.random == "fa" else None
-        self.feedback.copy_(self.rule.formed(
-            self.weight, fa_matrix, lambda: draw_like_weight(self.weight.shape, self.generator).to(self.weight)))
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, rule={self.rule.name}, feedback_scale={self.feedback_scale:g}"

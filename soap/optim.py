@@ -23,16 +23,19 @@ class StackedOptimizer:
     """Updates stacked parameters in place from their gradients; `slot` names a parameter's state."""
 
     def __init__(self, kind: str, momentum: float = 0.9, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8):
+                 eps: float = 1e-8, weight_decay: float = 0.0):
         if kind not in STATEFUL:
             raise ValueError(f"unknown optimizer {kind!r}; known: sgd (fused in the trainer), {', '.join(STATEFUL)}")
         self.kind, self.momentum, self.betas, self.eps = kind, momentum, betas, eps
+        self.weight_decay = weight_decay  # L2 in the gradient, as torch.optim's weight_decay
         self.state: dict[int, dict] = {}
 
     @torch.no_grad()
     def step_(self, slot: int, param: Tensor, grad: Tensor, lr: Tensor) -> None:
         """param (pop, ...) -= its step, from grad (pop, ...) and lr (pop,)."""
         lr = lr.view(-1, *[1] * (param.dim() - 1))
+        if self.weight_decay:
+            grad = grad.add(param, alpha=self.weight_decay)
         state = self.state.setdefault(slot, {"steps": 0})
         state["steps"] += 1
         if self.kind == "signsgd":

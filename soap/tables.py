@@ -54,7 +54,8 @@ RUNS_EXTRA_COLUMNS = (
     "examples_seen",
     "epochs",
     "batch_size",
-    "architecture",  # e.g. "784-256-256-10 tanh"
+    "architecture",  # the network, TrainConfig.architecture: mlp | lenet5
+    "layers",  # its layers and nonlinearity, e.g. "784-256-256-10 tanh" (records.layers_description)
 )
 
 

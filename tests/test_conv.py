@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from soap.conv import FeedbackConv2d
+from soap.nn import FeedbackConv2d
 from soap.rules import RULES
 
 PLAIN_RULES = [name for name, rule in RULES.items() if not rule.second_order]

@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from soap.conv import FeedbackConv2d
+from soap.nn import FeedbackConv2d
 from soap.data import DATASETS, load_dataset
-from soap.lenet import LeNet5, lenet5, pad_to_32
+from soap.models import LeNet5, lenet5, pad_to_32
 from soap.nn import FeedbackLinear
 from soap.rules import RULES
 from soap.seeding import stream_seed

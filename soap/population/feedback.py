@@ -137,15 +137,20 @@ class PopulationFeedback:
         with DFA's direct signals."""
         return SignalPath(self.matrices if matrices is None else matrices, scale, self.direct)
 
-    def coupled_signals(self, layer: int, delta: Tensor, x: Tensor, decay: Tensor) -> CoupledSignals:
+    def coupled_signals(self, layer: int, delta: Tensor | None, x: Tensor | None, decay: Tensor,
+                        grad: Tensor | None = None) -> CoupledSignals:
         """The coupled rules' signals on `layer` from deltas (pop, batch, out), its input x and decay
-        (pop,), which may carry each member's lr (the hook is linear)."""
+        (pop,), which may carry each member's lr (the hook is linear). A caller that has every member's
+        grad_W (pop, out, in) passes it as `grad` instead of delta and x (a conv layer's)."""
         signals = []
         for name, index in self.coupled_groups.items():
-            inputs = x.index_select(0, self.member_group[index]) if layer == 0 else x[index]
-            grad = weight_grad(delta[index], inputs)
+            if grad is None:
+                inputs = x.index_select(0, self.member_group[index]) if layer == 0 else x[index]
+                rule_grad = weight_grad(delta[index], inputs)
+            else:
+                rule_grad = grad[index]
             w, fb = self.weights[layer][index], self.matrices[layer][index]
-            signals.append((index, grad, *get_rule(name).coupled(grad, w, fb, decay[index].view(-1, 1, 1))))
+            signals.append((index, rule_grad, *get_rule(name).coupled(rule_grad, w, fb, decay[index].view(-1, 1, 1))))
         return CoupledSignals(signals)
 
     @torch.no_grad()

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from soap.config import ConfigError, TrainConfig
 from soap.data import Splits, load_dataset, load_prepared
 from soap.devices import describe, resolve_device
+from soap.models import BLOCK_OUTPUTS, INPUT_SIZE, MNIST_SIZE
 from soap.population.orders import by_data_order, epoch_orders
 from soap.population.placement import population_model
 from soap.population.records import TrainResult, curves_table, meta_record, run_id, runs_table
@@ -54,9 +55,10 @@ def train_population(config: TrainConfig, data: Splits | None = None, progress: 
     placement = by_data_order(configured)  # the model's member i is configured[placement[i]]
     members = [configured[i] for i in placement]
     pop, batch = len(members), config.batch_size
-    sizes = [data.input_dim, *config.hidden, data.num_classes]
-    model = population_model(sizes, members, config.activation, device, optimizer=config.optimizer,
-                             decay=config.kp_decay, second_order=config.second_order(), **_hyperparameters(config))
+    sizes = network_sizes(config, data.input_dim, data.num_classes)
+    model = population_model(sizes, members, config.network_activation(), device, config.architecture,
+                             optimizer=config.optimizer, decay=config.kp_decay, second_order=config.second_order(),
+                             weight_decay=config.weight_decay, **_hyperparameters(config))
     lr = torch.tensor([m.lr for m in members], device=device, dtype=torch.float32)  # (pop,)
     periods = np.array([m.refresh_period for m in members])  # (pop,)
     divergence_loss = config.divergence_factor * math.log(data.num_classes)
@@ -144,6 +146,14 @@ def train_population(config: TrainConfig, data: Splits | None = None, progress: 
     meta = meta_record(config, describe(device), started.isoformat(), datetime.now(timezone.utc).isoformat(),
                        wall, loop_time, loop_cpu, pop, seen)
     return TrainResult(runs, curves, meta)
+
+
+def network_sizes(config: TrainConfig, input_dim: int, num_classes: int) -> list[int]:
+    """Each weight layer's input size, flattened, then the classes: the MLP's widths, or LeNet-5's on
+    28x28 images padded to 32x32 (soap.models.pad_to_32 refuses other sizes)."""
+    if config.architecture == "lenet5":
+        return [input_dim // MNIST_SIZE**2 * INPUT_SIZE**2, *BLOCK_OUTPUTS, num_classes]
+    return [input_dim, *config.hidden, num_classes]
 
 
 def _hyperparameters(config: TrainConfig) -> dict:

@@ -58,11 +58,13 @@ class PopulationMLP:
     def __init__(self, sizes: list[int], members: list[Member], activation: str, device: torch.device,
                  optimizer: str = "sgd", decay: float = KOLEN_POLLACK_DECAY,
                  second_order: ActivityPropagation | None = None, dtype: torch.dtype = torch.float32,
-                 **hyperparameters):
+                 weight_decay: float = 0.0, **hyperparameters):
         self.sizes, self.members, self.device = sizes, members, device
         for member in members:
             check_step_rule(member, optimizer)
-        self.optimizer = None if optimizer == "sgd" else StackedOptimizer(optimizer, **hyperparameters)
+        self.weight_decay = weight_decay
+        self.optimizer = None if optimizer == "sgd" else StackedOptimizer(optimizer, weight_decay=weight_decay,
+                                                                          **hyperparameters)
         scales = [m.feedback_scale for m in members]
         # alpha per member, (pop, 1, 1); a plain 1.0 when no member scales, which skips the product
         # (in the model's dtype: a float64 model's multipliers are not rounded to float32)
@@ -170,6 +172,8 @@ class PopulationMLP:
         if self.optimizer is None:  # sgd: the step lr * dL/da rides in the gradient GEMMs
             scaled = delta if step.fused else delta * layer_lr.view(-1, 1, 1)
             coupled = self.hooks.coupled_signals(layer, scaled, x, self.hooks.decay * layer_lr)  # lr times each
+            if self.weight_decay:  # p - lr (grad + wd p) = (1 - lr wd) p - lr grad; grads are pre-step
+                _decay_(w, b, fb, coupled, layer_lr * self.weight_decay)
             for members, groups in blocks:
                 sgd_update_(w[members], b[members], scaled[members], x[groups])
             coupled.after_sgd_(w, fb)
@@ -179,7 +183,7 @@ class PopulationMLP:
         coupled = self.hooks.coupled_signals(layer, delta, x, self.hooks.decay * torch.ones_like(step.lr))
         grad_fb = coupled.gradients(grad, fb)
         if grad_fb is not None:  # B takes its own optimizer step, as torch.optim does for a parameter
-            self.optimizer.step_(2 * len(self.weights) + layer, fb, grad_fb, layer_lr)
+            self.optimizer.step_(2 * len(self.weights) + layer, fb, grad_fb, coupled_lr(coupled, layer_lr))
         self.optimizer.step_(2 * layer, w, grad, layer_lr)
         self.optimizer.step_(2 * layer + 1, b, delta.sum(-2), layer_lr)
 
@@ -286,6 +290,24 @@ class PopulationMLP:
         for layer, gain in self.soap_gains.items():  # |n| / |g2| of the last two-pass step
             out[f"soap_gain_l{layer}"] = gain.clone()
         return out
+
+
+def coupled_lr(coupled, lr: Tensor) -> Tensor:
+    """lr (pop,) for the coupled rules' members and 0 for the others, whose B is no parameter: a step
+    at lr 0 leaves their B as it is under weight decay too."""
+    mask = torch.zeros_like(lr)
+    for index, *_ in coupled.signals:
+        mask[index] = 1.0
+    return lr * mask
+
+
+@torch.no_grad()
+def _decay_(weight: Tensor, bias: Tensor, feedback: Tensor, coupled, rate: Tensor) -> None:
+    """Shrink W, b (and the coupled rules' B, a trained parameter) by 1 - lr * weight_decay per member."""
+    weight.mul_((1 - rate).view(-1, 1, 1))
+    bias.mul_((1 - rate).view(-1, 1))
+    for index, *_ in coupled.signals:
+        feedback[index] *= (1 - rate[index]).view(-1, 1, 1)
 
 
 def cross_entropy(logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:

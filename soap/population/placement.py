@@ -10,6 +10,8 @@ import torch
 from torch import Tensor
 
 from soap.config import Member
+from soap.models import INPUT_SIZE
+from soap.population.conv_model import PopulationLeNet
 from soap.population.model import PopulationMLP
 from soap.rules import get_rule
 
@@ -65,9 +67,14 @@ class PopulationGroups:
 
 
 def population_model(sizes: list[int], members: list[Member], activation: str, device: torch.device,
-                     **hooks) -> PopulationMLP | PopulationGroups:
-    """One PopulationMLP, or one per step shape when plain and so_ members are mixed. `hooks`:
+                     architecture: str = "mlp", **hooks) -> PopulationMLP | PopulationGroups | PopulationLeNet:
+    """One PopulationMLP, or one per step shape when plain and so_ members are mixed; for architecture
+    lenet5 one PopulationLeNet (sizes: its layers' flattened inputs, then the classes). `hooks`:
     PopulationMLP's keyword arguments (optimizer and its hyperparameters, decay, second_order)."""
+    if architecture == "lenet5":
+        hooks.pop("second_order", None)  # so_ rules are refused for lenet5
+        return PopulationLeNet(members, activation, device, num_classes=sizes[-1],
+                               in_channels=sizes[0] // INPUT_SIZE**2, **hooks)
     if len({get_rule(m.method).second_order for m in members}) > 1:
         return PopulationGroups(sizes, members, activation, device, **hooks)
     return PopulationMLP(sizes, members, activation, device, **hooks)

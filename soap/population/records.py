@@ -16,6 +16,7 @@ import soap
 from soap.activity_propagation import forward_backward_passes
 from soap.config import Member, TrainConfig
 from soap.metrics import feedback_gain, time_to_target
+from soap.models import INPUT_SIZE, lenet_layout
 from soap.rules import get_rule
 from soap.tables import effective_lr
 
@@ -114,8 +115,17 @@ def runs_table(config: TrainConfig, members: list[Member], sizes: list[int], fin
     runs["examples_seen"] = seen
     runs["epochs"] = config.epochs
     runs["batch_size"] = config.batch_size
-    runs["architecture"] = f"{'-'.join(map(str, sizes))} {config.activation}"
+    runs["architecture"] = config.architecture
+    runs["layers"] = layers_description(config, sizes)
     return runs
+
+
+def layers_description(config: TrainConfig, sizes: list[int]) -> str:
+    """The network's layers and nonlinearity, e.g. "784-256-256-10 tanh" or
+    "1x32x32-6c5-p2-16c5-p2-120c5-84-10 relu" (conv: channels c kernel, p: max-pool)."""
+    if config.architecture == "lenet5":
+        return f"{lenet_layout(sizes[-1], sizes[0] // INPUT_SIZE ** 2)} {config.network_activation()}"
+    return f"{'-'.join(map(str, sizes))} {config.activation}"
 
 
 def meta_record(config: TrainConfig, device: str, started: str, finished: str, wall: float, loop_time: float,
