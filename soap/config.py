@@ -193,8 +193,7 @@ class TrainConfig:
     adam_betas: list[float] = _field([0.9, 0.999], "Adam's beta1 and beta2.", minItems=2, maxItems=2,
                                      items={"minimum": 0, "exclusiveMaximum": 1})
     adam_eps: float = _field(1e-8, "Adam's epsilon.", **POSITIVE)
-    phase: str = _field("grid", "Study phase recorded in the runs table (matched: the bp_matched arm, "
-                                "soap.interventions).", enum=["grid", "tuned", "tune", "matched"])
+    phase: str = _field("grid", "Study phase recorded in the runs table.", enum=["grid", "tuned", "tune"])
     log_every: int = _field(640, "Examples between training-loss log points (the resolution of "
                                  "examples_to_target).", minimum=1)
     eval_every: int = _field(10_000, "Examples between validation and alignment log points.", minimum=1)
