@@ -6,9 +6,11 @@ import pandas as pd
 import pytest
 import torch
 
-from soap.config import ConfigError, TrainConfig
+from soap.config import ConfigError, Member, TrainConfig
 from soap.population import PopulationMLP, loop, population_model, train_population
-from soap.rules import RULES, get_rule
+from soap.population.feedback import REDRAW_BLOCK_STEPS
+from soap.rules import RULES, draw_like_weight, get_rule
+from soap.seeding import generator
 from soap.tables import validate_runs
 
 from helpers import DATA, NEW_RULES, PLAIN, RULES_BASE, SIZES, reference_run, train, train_rules
@@ -177,3 +179,19 @@ def test_an_so_member_turns_capture_off_with_a_warning(caplog):
     captured = train_population(config, DATA, progress=False, capture=True)
     assert "step capture is off: so_ members" in caplog.text
     pd.testing.assert_frame_equal(captured.runs, plain.runs, check_exact=True)
+
+
+def test_brsf_draws_made_in_blocks_are_the_one_draw_per_step_stream():
+    # Blocks of steps are drawn at once (one copy to the device per block); each step's R must still be
+    # the seed stream drawn one step at a time, layer after layer, across block boundaries.
+    members = [Member("brsf", 0.1, 0), Member("bp", 0.1, 0), Member("brsf", 0.2, 7)]
+    model = PopulationMLP(SIZES, members, "tanh", torch.device("cpu"))
+    streams = {seed: generator(seed, "feedback_redraw") for seed in (0, 7)}
+    no_refresh = np.zeros(len(members), dtype=bool)
+    for step in range(2 * REDRAW_BLOCK_STEPS + 3):
+        if step:
+            model.refresh(no_refresh)
+        for seed, stream in streams.items():
+            for layer, w in enumerate(model.weights):
+                expected = draw_like_weight(tuple(w.shape[1:]), stream)
+                assert torch.equal(model.hooks.redraws[seed][layer], expected), (step, seed, layer)
