@@ -119,6 +119,7 @@ class PopulationFeedback:
         self.tracking = _contiguous_runs(self._members_where(lambda r: r.uses_weight))
         self.sync_tracking(layers)
         self.refresh_groups = {name: np.array(index) for name, index in self._by_name(lambda r: r.refresh is not None)}
+        self._refresh_index: dict[tuple[str, bytes], Tensor] = {}  # refresh(): the due sets' device indices
         self.step_groups = dict(self._addressed(self._by_name(lambda r: r.when == "step")))
         self.step_seeds = {name: [m.seed for m in np.array(members, dtype=object)[_host(index)]]
                            for name, index in self.step_groups.items()}
@@ -221,7 +222,12 @@ class PopulationFeedback:
         for name, members in self.refresh_groups.items():
             chosen = members[due[members]]
             if chosen.size:
-                index = torch.as_tensor(chosen, device=self.device)
+                # members due together recur (one set per period), so each set is copied to the device
+                # once: a copy of a host index every refresh would be a host-device sync
+                key = (name, chosen.tobytes())
+                if key not in self._refresh_index:
+                    self._refresh_index[key] = torch.as_tensor(chosen, device=self.device)
+                index = self._refresh_index[key]
                 for w, fb in zip(self.weights, self.matrices):
                     fb[index] = get_rule(name).refresh(w[index])
         if self.step_groups:

@@ -80,7 +80,8 @@ def train_population(config: TrainConfig, data: Splits | None = None, progress: 
     def log_eval(examples: int, x: Tensor, y: Tensor, full: bool = False) -> None:
         val_loss, val_acc = model.evaluate(data.val_x, data.val_y) if full else model.evaluate(eval_x, eval_y)
         row = {"val_loss": val_loss, "val_acc": val_acc, **model.alignment(x, y)}
-        eval_log.append((examples, {k: torch.where(alive, v, math.nan).cpu() for k, v in row.items()}))
+        host = torch.where(alive, torch.stack(list(row.values())), math.nan).cpu()  # one read, not one a column
+        eval_log.append((examples, dict(zip(row, host))))
 
     def gather(index: Tensor) -> tuple[Tensor, Tensor]:
         """One batch per data order: x (groups, batch, in), y (groups, batch)."""
@@ -116,15 +117,17 @@ def train_population(config: TrainConfig, data: Splits | None = None, progress: 
         ema = loss.clone() if ema is None else ema.mul_(config.ema_beta).add_(loss, alpha=1 - config.ema_beta)
 
         if refresh_due(before, seen, config.log_every) or step == total_steps - 1:
+            # the bookkeeping stays on the device; the one read a log point makes is which members
+            # diverged, since freezing them needs their indices
             bad = alive & ~(torch.isfinite(ema) & (ema < divergence_loss))
-            if bad.any():  # one host sync per log point, not per step
-                newly = bad.nonzero().flatten()
-                diverged_at[newly.cpu().numpy()] = seen
-                alive &= ~bad
-                lr.masked_fill_(~alive, 0.0)
-                model.freeze(newly)
-                log.warning("diverged at %d examples: %s", seen, [run_id(config, members[i]) for i in newly.tolist()])
+            alive &= ~bad
+            lr.masked_fill_(~alive, 0.0)
             train_log.append((seen, torch.where(alive, loss, math.nan), torch.where(alive, ema, math.nan)))
+            newly = np.flatnonzero(bad.cpu().numpy())
+            if newly.size:
+                diverged_at[newly] = seen
+                model.freeze(torch.as_tensor(newly, device=device))
+                log.warning("diverged at %d examples: %s", seen, [run_id(config, members[i]) for i in newly])
         if refresh_due(before, seen, config.eval_every) and step < total_steps - 1:
             log_eval(seen, x, y)
         bar.update(batch * pop)
