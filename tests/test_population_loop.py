@@ -170,15 +170,40 @@ def test_a_captured_step_trains_every_capturable_rule_as_an_uncaptured_one(monke
     pd.testing.assert_frame_equal(captured.curves, plain.curves, check_exact=True)
 
 
-def test_an_so_member_turns_capture_off_with_a_warning(caplog):
+def test_capture_true_on_an_so_population_is_an_error_and_auto_trains_it_uncaptured(monkeypatch):
     # so_ members change their step's computation after the warm-up, which a replayed graph cannot
     members = [{"method": "fa", "lr": 0.2, "seed": 0}, {"method": "so_fa", "lr": 0.2, "seed": 0}]
     config = TrainConfig.from_dict({**RULES_BASE, "members": members, "epochs": 0.2})
     assert not population_model(SIZES, config.population(), "tanh", torch.device("cpu")).capturable
-    plain = train_population(config, DATA, progress=False)
-    captured = train_population(config, DATA, progress=False, capture=True)
-    assert "step capture is off: so_ members" in caplog.text
-    pd.testing.assert_frame_equal(captured.runs, plain.runs, check_exact=True)
+    with pytest.raises(ConfigError, match="capture: true, but so_ members"):
+        train_population(TrainConfig.from_dict({**config.to_dict(), "capture": True}), DATA, progress=False)
+    enabled = []
+
+    class Spy(loop.StepGraph):
+        def __init__(self, *args, **options):
+            super().__init__(*args, **options)
+            enabled.append(self.enabled)
+
+    monkeypatch.setattr(loop, "StepGraph", Spy)
+    train_population(config, DATA, progress=False)  # capture: auto
+    assert enabled == [False]
+
+
+def test_capture_auto_is_on_for_capturable_cuda_populations_only():
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert loop.step_capture("auto", cuda, True) and not loop.step_capture("auto", cuda, False)
+    assert not loop.step_capture("auto", cpu, True)
+    assert loop.step_capture(True, cpu, True) and not loop.step_capture(False, cuda, True)
+
+
+def test_meta_records_the_device_and_the_matmul_precision_it_ran_at():
+    before = torch.get_float32_matmul_precision()
+    result = train(members=[{"method": "bp", "lr": 0.1, "seed": 0}], epochs=0.1, matmul_precision="high")
+    assert result.meta["device_type"] == "cpu" and result.meta["device_model"]
+    assert result.meta["float32_matmul_precision"] == "high"
+    assert torch.get_float32_matmul_precision() == before  # set for the run only
+    assert train(members=[{"method": "bp", "lr": 0.1, "seed": 0}], epochs=0.1).meta[
+        "float32_matmul_precision"] == "highest"
 
 
 def test_brsf_draws_made_in_blocks_are_the_one_draw_per_step_stream():
