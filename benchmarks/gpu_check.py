@@ -234,12 +234,15 @@ def launches(device: torch.device) -> dict:
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             train(values, data, capture=capture)
         counts = {e.key: e.count for e in prof.key_averages()}
-        pick = lambda *names: sum(c for k, c in counts.items() if any(n in k for n in names))  # noqa: E731
+
+        def per_step(*names: str) -> float:
+            return sum(c for k, c in counts.items() if any(n in k for n in names)) / steps
+
         out["captured" if capture else "uncaptured"] = {
-            "kernel_launches_per_step": pick("cudaLaunchKernel", "cuLaunchKernel") / steps,
-            "graph_launches_per_step": pick("cudaGraphLaunch") / steps,
-            "copies_per_step": pick("cudaMemcpy") / steps,
-            "host_syncs_per_step": pick("cudaStreamSynchronize", "cudaDeviceSynchronize") / steps}
+            "kernel_launches_per_step": per_step("cudaLaunchKernel", "cuLaunchKernel"),
+            "graph_launches_per_step": per_step("cudaGraphLaunch"),
+            "copies_per_step": per_step("cudaMemcpy"),
+            "host_syncs_per_step": per_step("cudaStreamSynchronize", "cudaDeviceSynchronize")}
     return out
 
 
