@@ -215,6 +215,14 @@ class TrainConfig:
     soap_warmup: int = _field(ActivityPropagation.warmup, "so_ methods: plain single-pass steps before the first "
                                                           "two-pass step.", minimum=0)
     device: str = _field("auto", "auto, cpu, cuda or cuda:N.")
+    capture: bool | str = _field("auto", "Replay each step from a CUDA graph (soap.step_graph), so a large "
+                                         "population is not bound by kernel launches: auto (on for CUDA "
+                                         "populations that can be captured: no so_ member), true (an error "
+                                         "where the population cannot be captured), false.",
+                                 enum=["auto", True, False])
+    matmul_precision: str = _field("highest", "torch.set_float32_matmul_precision for the run: highest (full "
+                                              "fp32 products, as on a CPU) or high (TF32 on GPUs that have it; "
+                                              "faster, ~1e-3 relative products).", enum=["highest", "high"])
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
@@ -292,6 +300,8 @@ def _json_schema(hint) -> dict:
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         options = [o for o in typing.get_args(hint) if o is not type(None)]
+        if len(options) > 1:  # scalars of several types (capture: a bool or "auto")
+            return {"type": [_JSON_TYPES[o] for o in options]}
         (inner,) = options
         schema = _json_schema(inner)
         return {**schema, "type": [schema["type"], "null"]}

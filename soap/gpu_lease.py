@@ -8,9 +8,11 @@ however it dies (SIGKILL included), so a crashed job never leaves a device locke
 code inside it just asks for "cuda".
 
 Devices are leased among the ones already visible: an existing CUDA_VISIBLE_DEVICES (set by SLURM, or
-by hand) is honoured, and the lock files are named by those identifiers so that two workflows sharing
-a lock directory on one machine coordinate on the same physical devices. With no GPU the lease is a
-no-op and the job runs on the CPU unchanged.
+by hand) is honoured. The lock files are named by each device's UUID, so that jobs coordinate on
+physical devices however each sees them: under SLURM's device isolation every job sees its GPU as 0,
+and index-named locks would queue jobs on different GPUs behind one lock. Where no UUID can be read the
+visible identifier names the lock (a log line says so). With no GPU the lease is a no-op and the job
+runs on the CPU unchanged.
 
 Two ways in:
     with gpu_lease(lock_dir, gpus="auto") as lease: ...   # inside Python, before CUDA is initialised
@@ -32,7 +34,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, MutableMapping
+from typing import Callable, Iterator, MutableMapping
 
 ENV = "CUDA_VISIBLE_DEVICES"
 log = logging.getLogger(__name__)
@@ -42,10 +44,14 @@ class LeaseError(RuntimeError):
     """No device could be leased (bad setting, or none freed before the timeout)."""
 
 
+# visible identifiers -> each one's UUID (None where unknown), in their order
+UuidSource = Callable[[list[str], MutableMapping[str, str]], list[str | None]]
+
+
 @dataclass
 class Lease:
     device: str  # identifier as the parent process sees it ("0", "3", "GPU-<uuid>", ...)
-    path: Path  # the lock file
+    path: Path  # the lock file, named by the device's UUID where known
     lock: object  # the held filelock.FileLock; releasing it frees the device
 
     def release(self) -> None:
@@ -120,6 +126,37 @@ def _lock_path(lock_dir: Path, device: str) -> Path:
     return lock_dir / f"gpu-{re.sub(r'[^A-Za-z0-9_.-]', '_', device)}.lock"
 
 
+def cuda_uuids(devices: list[str], env: MutableMapping[str, str]) -> list[str | None]:
+    """The UUID of each visible device (torch.cuda.get_device_properties(i).uuid), asked of a throwaway
+    interpreter that sees the same CUDA_VISIBLE_DEVICES: this process must not initialise CUDA before
+    the lease narrows it. None for each where that fails, or where no NVIDIA driver is present (no
+    device node: nothing to ask, and the interpreter would cost seconds)."""
+    if not Path("/dev/nvidiactl").exists():
+        return [None] * len(devices)
+    code = ("import torch\nfor i in range(torch.cuda.device_count()):\n"
+            "    print('GPU-' + str(torch.cuda.get_device_properties(i).uuid))")
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                             env=dict(env))
+        found = out.stdout.split() if out.returncode == 0 else []
+    except (OSError, subprocess.SubprocessError):
+        found = []
+    return found if len(found) == len(devices) else [None] * len(devices)
+
+
+def lock_keys(devices: list[str], env: MutableMapping[str, str] | None = None,
+              uuids: UuidSource = cuda_uuids) -> dict[str, str]:
+    """{visible identifier: the name of its lock}: its UUID, or the identifier itself where none is known."""
+    env = os.environ if env is None else env
+    keys = {}
+    for device, uuid in zip(devices, uuids(devices, env)):
+        if uuid is None:
+            log.info("GPU lease: no UUID for device %s; its lock is named by the visible index (jobs that see "
+                     "one GPU under different indices will not coordinate)", device)
+        keys[device] = uuid or device
+    return keys
+
+
 def _device_lock(path: Path, **options):
     from filelock import FileLock
 
@@ -127,14 +164,15 @@ def _device_lock(path: Path, **options):
     return FileLock(path, fallback_to_soft=False, **options)
 
 
-def try_acquire(devices: list[str], lock_dir: str | os.PathLike) -> Lease | None:
-    """Lease the first free device of `devices`, or return None if all are held."""
+def try_acquire(devices: list[str], lock_dir: str | os.PathLike, keys: dict[str, str] | None = None) -> Lease | None:
+    """Lease the first free device of `devices`, or return None if all are held. keys: each device's
+    lock name (lock_keys; default: the identifier itself)."""
     from filelock import Timeout
 
     lock_dir = Path(lock_dir)
     lock_dir.mkdir(parents=True, exist_ok=True)
     for device in devices:
-        path = _lock_path(lock_dir, device)
+        path = _lock_path(lock_dir, (keys or {}).get(device, device))
         lock = _device_lock(path, on_acquired=_holder)
         try:
             lock.acquire(blocking=False)
@@ -145,12 +183,14 @@ def try_acquire(devices: list[str], lock_dir: str | os.PathLike) -> Lease | None
 
 
 def acquire(devices: list[str], lock_dir: str | os.PathLike | None = None, *, poll_s: float = 0.5,
-            timeout_s: float | None = None) -> Lease:
-    """Block until one of `devices` is free and lease it (LeaseError after `timeout_s`)."""
-    return _wait(try_acquire, devices, lock_dir, poll_s, timeout_s)
+            timeout_s: float | None = None, keys: dict[str, str] | None = None) -> Lease:
+    """Block until one of `devices` is free and lease it (LeaseError after `timeout_s`, naming each
+    device and its holder). keys: each device's lock name (lock_keys)."""
+    return _wait(lambda d, l: try_acquire(d, l, keys), devices, lock_dir, poll_s, timeout_s, keys)
 
 
-def _wait(take, devices: list[str], lock_dir, poll_s: float, timeout_s: float | None):
+def _wait(take, devices: list[str], lock_dir, poll_s: float, timeout_s: float | None,
+          keys: dict[str, str] | None = None):
     """Poll take(devices, lock_dir) until it leases a device."""
     if not devices:
         raise LeaseError("no devices to lease")
@@ -161,15 +201,25 @@ def _wait(take, devices: list[str], lock_dir, poll_s: float, timeout_s: float | 
         if lease is not None:
             return lease
         if deadline is not None and time.monotonic() > deadline:
-            raise LeaseError(f"no device of {devices} freed within {timeout_s} s (locks in {lock_dir})")
+            holders = "; ".join(f"{d} held by {_held_by(_lock_path(lock_dir, (keys or {}).get(d, d)))}"
+                                for d in devices)
+            raise LeaseError(f"no device of {devices} freed within {timeout_s} s (locks in {lock_dir}): {holders}")
         time.sleep(poll_s)
+
+
+def _held_by(path: Path) -> str:
+    try:
+        return path.read_text().strip() or "an unnamed holder"
+    except OSError:
+        return "an unreadable lock"
 
 
 @contextmanager
 def gpu_lease(lock_dir: str | os.PathLike | None = None, gpus: str | int = "auto", *,
               env: MutableMapping[str, str] | None = None, poll_s: float = 0.5,
-              timeout_s: float | None = None) -> Iterator[Lease | None]:
+              timeout_s: float | None = None, uuids: UuidSource = cuda_uuids) -> Iterator[Lease | None]:
     """Hold one device for the block, with CUDA_VISIBLE_DEVICES narrowed to it; None when no GPU.
+    uuids: where the devices' UUIDs come from (lock_keys).
 
     Enter it before anything initialises CUDA in this process, or the narrowing has no effect.
     """
@@ -178,7 +228,7 @@ def gpu_lease(lock_dir: str | os.PathLike | None = None, gpus: str | int = "auto
     if not devices:
         yield None
         return
-    lease = acquire(devices, lock_dir, poll_s=poll_s, timeout_s=timeout_s)
+    lease = acquire(devices, lock_dir, poll_s=poll_s, timeout_s=timeout_s, keys=lock_keys(devices, env, uuids))
     previous = env.get(ENV)
     env[ENV] = lease.device
     try:
@@ -206,13 +256,15 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("no command given")
     devices = visible_devices(args.gpus)
     if devices:
-        device, path = _wait(_try_acquire_for_exec, devices, args.lock_dir, 0.5, args.timeout)
+        keys = lock_keys(devices)
+        device, path = _wait(lambda d, l: _try_acquire_for_exec(d, l, keys), devices, args.lock_dir, 0.5,
+                             args.timeout, keys)
         os.environ[ENV] = device
         print(f"soap.gpu_lease: device {device} ({path})", file=sys.stderr, flush=True)
     os.execvp(command[0], command)
 
 
-def _try_acquire_for_exec(devices: list[str], lock_dir: Path) -> tuple[str, Path] | None:
+def _try_acquire_for_exec(devices: list[str], lock_dir: Path, keys: dict[str, str]) -> tuple[str, Path] | None:
     """Lease a device on a descriptor that survives exec, so the lock lives exactly as long as the command.
 
     FileLock keeps its descriptor to itself, so here filelock.lock_descriptor locks one we own (the same
@@ -222,7 +274,7 @@ def _try_acquire_for_exec(devices: list[str], lock_dir: Path) -> tuple[str, Path
 
     lock_dir.mkdir(parents=True, exist_ok=True)
     for device in devices:
-        path = _lock_path(lock_dir, device)
+        path = _lock_path(lock_dir, keys.get(device, device))
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         if lock_descriptor(fd, blocking=False):
             _holder(fd)

@@ -11,8 +11,6 @@ others follow torch.optim member by member (the tests hold them to it on a popul
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
@@ -36,8 +34,11 @@ class StackedOptimizer:
         lr = lr.view(-1, *[1] * (param.dim() - 1))
         if self.weight_decay:
             grad = grad.add(param, alpha=self.weight_decay)
-        state = self.state.setdefault(slot, {"steps": 0})
-        state["steps"] += 1
+        # The count is a device tensor advanced in place: a CUDA graph replays the step's tensor program
+        # only, so a Python counter would stay at its value when the graph was recorded (and with it
+        # Adam's bias corrections). Float64: exact for any count, and (1 - beta^t) as the host computes it.
+        state = self.state.setdefault(slot, {"steps": torch.zeros((), dtype=torch.float64, device=param.device)})
+        state["steps"].add_(1)
         if self.kind == "signsgd":
             param.sub_(grad.sign().mul_(lr))
         elif self.kind == "momentum":
@@ -54,8 +55,8 @@ class StackedOptimizer:
             m.lerp_(grad, 1 - beta1)
             v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
             # one scratch tensor, reused in place: a (pop, out, in) allocation per op costs as much as the op
-            step = v.sqrt().div_(math.sqrt(1 - beta2**steps)).add_(self.eps)
-            param.sub_(torch.div(m, step, out=step).mul_(lr / (1 - beta1**steps)))
+            step = v.sqrt().div_(torch.pow(beta2, steps).neg_().add_(1).sqrt_()).add_(self.eps)
+            param.sub_(torch.div(m, step, out=step).mul_(lr / torch.pow(beta1, steps).neg_().add_(1)))
 
     @torch.no_grad()
     def freeze(self, members: Tensor) -> None:

@@ -182,10 +182,16 @@ def gather(runs_paths: Iterable, curves_paths: Iterable, meta_paths: Iterable, t
                              source="gathered curves")
     runs = validate_runs(fill_targets(runs, curves, target), source="gathered runs")
     metas = [json.loads(Path(p).read_text()) for p in meta_paths]
+    device_types = method_device_types([pd.read_parquet(p, columns=["method"]) for p in runs_paths], metas)
+    mixed = mixed_device_contrasts(device_types)
+    for message in mixed:
+        log.warning("%s", message)
     provenance = {
         "config": config or {},
         "versions": metas[0]["versions"] if metas else {},
         "device": sorted({m["device"] for m in metas}),
+        "device_types": device_types,  # {method: device types its runs ran on}
+        "mixed_device_contrasts": mixed,  # paired contrasts whose arms ran on different device types
         "wall_time_s": _span_s(metas),  # first job's start to last job's end
         "compute_time_s": float(sum(m["wall_time_s"] for m in metas)),  # summed over jobs
         "started": min((m["started"] for m in metas), default=None),
@@ -195,6 +201,29 @@ def gather(runs_paths: Iterable, curves_paths: Iterable, meta_paths: Iterable, t
         "runs": len(runs),
     }
     return runs, curves, provenance
+
+
+def method_device_types(job_runs: list[pd.DataFrame], metas: list[dict]) -> dict[str, list[str]]:
+    """{method: sorted device types} over the jobs (each job's runs table and its meta.json, in one
+    order); a meta without device_type (older runs) is typed by its device line ("cuda:0 (...)")."""
+    types: dict[str, set[str]] = {}
+    for runs, meta in zip(job_runs, metas, strict=True):
+        kind = meta.get("device_type") or str(meta["device"]).split(":")[0].split(" ")[0]
+        for method in runs["method"].unique():
+            types.setdefault(str(method), set()).add(kind)
+    return {method: sorted(kinds) for method, kinds in sorted(types.items())}
+
+
+def mixed_device_contrasts(device_types: dict[str, list[str]]) -> list[str]:
+    """A message for each method paired against bp whose runs and bp's ran on different device types:
+    their products differ by the devices' rounding (~1e-7 relative, more under TF32), not by the rule."""
+    from soap.rules import REFERENCE
+
+    reference = set(device_types.get(REFERENCE, []))
+    return [f"paired contrast {method} - {REFERENCE} mixes device types: {method} ran on "
+            f"{', '.join(kinds)}, {REFERENCE} on {', '.join(sorted(reference))}"
+            for method, kinds in device_types.items()
+            if method != REFERENCE and reference and set(kinds) | reference != set(kinds) & reference]
 
 
 def main_target_losses(main_runs: pd.DataFrame) -> dict:

@@ -4,7 +4,10 @@ A step of the population trainer is some fifty small kernels; on a GPU their lau
 arithmetic, bound a population of hundreds. A CUDA graph records the step once and replays it as one
 launch. The price is a graph's contract: it reads and writes the same memory on every replay, so
 whatever the step reads must be updated in place (never rebound to a new tensor), and its outputs are
-overwritten by the next replay.
+overwritten by the next replay. A replay runs no Python, so any number the step keeps in Python (a step
+counter, a branch on one) stays at its value when the graph was recorded: state that changes from step
+to step lives in tensors (soap.optim's step count), and a step whose computation changes (so_'s
+warm-up) is not captured.
 
 Off CUDA there is no graph to record. `StepGraph` then keeps the contract anyway: the step is called on
 the tensors given at construction and its outputs are copied into buffers fixed at the first call, the

@@ -105,6 +105,16 @@ def check_study_config(cfg: dict) -> None:
         raise ConfigError(f"analysis.primary.rule {primary} must be in interventions.factorial {factorial}")
 
 
+def seeds_per_job(phase: dict, gpus: bool) -> int:
+    """Seeds per training job of a phase's section (grid or tuned): seeds_per_job on CPUs; on GPUs
+    seeds_per_gpu_job, by default every seed (one population of all methods x lrs x seeds per job:
+    a GPU runs a step of hundreds of members in about the time of one, where a CPU's cost grows with
+    each member)."""
+    if not gpus:
+        return phase["seeds_per_job"]
+    return phase.get("seeds_per_gpu_job") or phase["seeds"]
+
+
 def device_for(gpus) -> str:
     # With GPUs the job's lease narrows CUDA_VISIBLE_DEVICES to one device, which "auto" then finds.
     return "cpu" if gpus == 0 else "auto"

@@ -1,6 +1,7 @@
 """Shared test helpers: the synthetic data and configs of the trainer tests, training a population, and
 training one run the conventional way (soap.models.mlp, torch.optim, autograd) to compare it against."""
 
+import os
 from functools import partial
 
 import torch
@@ -14,6 +15,9 @@ from soap.population import train_population
 from soap.rules import KOLEN_POLLACK_DECAY
 from soap.seeding import generator
 
+# The trainer tests' device: the CPU, or another (SOAP_TEST_DEVICE=cuda: benchmarks/gpu_check.py runs the
+# population tests on a GPU with it)
+DEVICE = os.environ.get("SOAP_TEST_DEVICE", "cpu")
 DATA = synthetic_dataset(n_train=960, n_val=256, n_test=256, dim=12, num_classes=3, seed=5)
 # For sign-of-gradient steps: with sign(W) feedback at the output, a hidden unit whose column of signs
 # is constant gets an error that sums softmax - onehot over classes, exactly zero, so sign() of it is a
@@ -22,10 +26,10 @@ DATA10 = synthetic_dataset(n_train=960, n_val=256, n_test=256, dim=12, num_class
 SIZES = [12, 16, 16, 3]  # DATA's network
 # the plain rules' population
 PLAIN = dict(dataset="synthetic", hidden=[16, 16], batch_size=48, epochs=2.5, refresh_period=500,
-             log_every=96, eval_every=480, eval_subset=128, device="cpu")
+             log_every=96, eval_every=480, eval_subset=128, device=DEVICE)
 # the newer rules' population: a decay and so_ settings that make their effects visible in a short run
 RULES_BASE = dict(dataset="synthetic", hidden=[16, 16], batch_size=48, epochs=1.5, refresh_period=500,
-             log_every=96, eval_every=480, eval_subset=128, device="cpu", kp_decay=0.05,
+             log_every=96, eval_every=480, eval_subset=128, device=DEVICE, kp_decay=0.05,
              soap_eta=20.0, soap_curvature_bias=1e-6, soap_warmup=3)
 NEW_RULES = ["usf", "frsf", "brsf", "kolen_pollack", "dfa"]
 

@@ -138,3 +138,31 @@ def test_failed_gpu_detection_warns_and_falls_back_to_cpu(monkeypatch, caplog):
     with caplog.at_level("WARNING", logger="soap.gpu_lease"):
         assert visible_devices("auto", env={}) == []
     assert "GPU detection failed" in caplog.text and "/nonexistent/python" in caplog.text
+
+
+def fake_uuids(table: dict[str, str | None]):
+    """A UUID source that knows the devices in `table` by visible identifier."""
+    return lambda devices, env: [table.get(d) for d in devices]
+
+
+def test_leases_of_one_physical_device_serialise_whatever_index_each_job_sees_it_under(tmp_path):
+    # SLURM isolation: two jobs each see their GPU as "0"; the same GPU seen as "0" and "3" by others
+    same = fake_uuids({"0": "GPU-aaaa", "3": "GPU-aaaa"})
+    with gpu_lease(tmp_path, "auto", env={ENV: "0"}, uuids=same) as first:
+        assert first.path.name == "gpu-GPU-aaaa.lock"
+        with pytest.raises(LeaseError, match=r"no device of \['3'\] freed within 0.2 s .*: 3 held by \S+ pid \d+"):
+            with gpu_lease(tmp_path, "auto", env={ENV: "3"}, uuids=same, poll_s=0.05, timeout_s=0.2):
+                pass
+        other = fake_uuids({"0": "GPU-bbbb"})
+        env = {ENV: "0"}
+        with gpu_lease(tmp_path, "auto", env=env, uuids=other) as second:  # another GPU, also seen as 0
+            assert second.path.name == "gpu-GPU-bbbb.lock" and env[ENV] == "0"
+
+
+def test_without_a_uuid_the_lock_is_named_by_the_visible_index_and_a_log_line_says_so(tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="soap.gpu_lease"):
+        with gpu_lease(tmp_path, "auto", env={ENV: "2"}, uuids=fake_uuids({})) as lease:
+            assert lease.path.name == "gpu-2.lock"
+    assert "no UUID for device 2" in caplog.text

@@ -298,3 +298,19 @@ def test_report_reruns_when_a_tuning_file_it_reads_changes(killed_and_rerun):
     finally:
         trials.write_bytes(content)
         os.utime(trials, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def test_gather_flags_a_paired_contrast_whose_arms_ran_on_different_device_types():
+    from soap.pipeline import method_device_types, mixed_device_contrasts
+
+    jobs = [pd.DataFrame({"method": ["bp", "fa"]}), pd.DataFrame({"method": ["sign"]}),
+            pd.DataFrame({"method": ["fa"]})]
+    metas = [{"device": "cpu (2 threads)", "device_type": "cpu"},
+             {"device": "cuda:0 (NVIDIA H200)"},  # an older meta: typed by its device line
+             {"device": "cpu (1 threads)", "device_type": "cpu"}]
+    types = method_device_types(jobs, metas)
+    assert types == {"bp": ["cpu"], "fa": ["cpu"], "sign": ["cuda"]}
+    assert mixed_device_contrasts(types) == [
+        "paired contrast sign - bp mixes device types: sign ran on cuda, bp on cpu"]
+    assert mixed_device_contrasts({"bp": ["cuda"], "fa": ["cuda"]}) == []
+    assert mixed_device_contrasts({"bp": ["cuda"], "fa": ["cpu", "cuda"]}) != []

@@ -6,9 +6,11 @@ import pandas as pd
 import pytest
 import torch
 
-from soap.config import ConfigError, TrainConfig
+from soap.config import ConfigError, Member, TrainConfig
 from soap.population import PopulationMLP, loop, population_model, train_population
-from soap.rules import RULES, get_rule
+from soap.population.feedback import REDRAW_BLOCK_STEPS
+from soap.rules import RULES, draw_like_weight, get_rule
+from soap.seeding import generator
 from soap.tables import validate_runs
 
 from helpers import DATA, NEW_RULES, PLAIN, RULES_BASE, SIZES, reference_run, train, train_rules
@@ -141,7 +143,20 @@ def test_every_rule_in_one_crowd_trains_as_alone():
 CAPTURABLE = ["bp", "fa", "sign", "sign_scaled", "stale_bp", "usf", "frsf", "brsf", "kolen_pollack", "dfa"]
 
 
-def test_a_captured_step_trains_every_capturable_rule_as_an_uncaptured_one(monkeypatch, caplog):
+def spy_on_capture(monkeypatch) -> list[bool]:
+    """Whether each StepGraph the loop makes from now on is enabled, in order."""
+    enabled = []
+
+    class Spy(loop.StepGraph):
+        def __init__(self, *args, **options):
+            super().__init__(*args, **options)
+            enabled.append(self.enabled)
+
+    monkeypatch.setattr(loop, "StepGraph", Spy)
+    return enabled
+
+
+def test_a_captured_step_trains_every_capturable_rule_as_an_uncaptured_one(monkeypatch):
     # brsf's draws and the every-step B are formed outside the step that a CUDA graph would replay.
     # Every rule but the so_ ones, two seeds (two data orders, members of a rule apart), one member
     # diverging (its lr is zeroed in place mid-run): the population is captured, and trains bit for bit
@@ -151,29 +166,55 @@ def test_a_captured_step_trains_every_capturable_rule_as_an_uncaptured_one(monke
     config = TrainConfig.from_dict({**RULES_BASE, "members": members, "epochs": 0.5, "refresh_period": 96})
     capturable = population_model(SIZES, config.population(), "tanh", torch.device("cpu")).capturable
     assert capturable
-    enabled = []
-
-    class Spy(loop.StepGraph):
-        def __init__(self, *args, **options):
-            super().__init__(*args, **options)
-            enabled.append(self.enabled)
-
-    monkeypatch.setattr(loop, "StepGraph", Spy)
+    enabled = spy_on_capture(monkeypatch)
     plain = train_population(config, DATA, progress=False)
     captured = train_population(config, DATA, progress=False, capture=True)
     assert enabled == [False, True]
-    assert "step capture is off" not in caplog.text
     assert plain.runs["diverged"].tolist() == [False] * (len(members) - 1) + [True]
     pd.testing.assert_frame_equal(captured.runs, plain.runs, check_exact=True)
     pd.testing.assert_frame_equal(captured.curves, plain.curves, check_exact=True)
 
 
-def test_an_so_member_turns_capture_off_with_a_warning(caplog):
+def test_capture_true_on_an_so_population_is_an_error_and_auto_trains_it_uncaptured(monkeypatch):
     # so_ members change their step's computation after the warm-up, which a replayed graph cannot
     members = [{"method": "fa", "lr": 0.2, "seed": 0}, {"method": "so_fa", "lr": 0.2, "seed": 0}]
     config = TrainConfig.from_dict({**RULES_BASE, "members": members, "epochs": 0.2})
     assert not population_model(SIZES, config.population(), "tanh", torch.device("cpu")).capturable
-    plain = train_population(config, DATA, progress=False)
-    captured = train_population(config, DATA, progress=False, capture=True)
-    assert "step capture is off: so_ members" in caplog.text
-    pd.testing.assert_frame_equal(captured.runs, plain.runs, check_exact=True)
+    with pytest.raises(ConfigError, match="capture: true, but so_ members"):
+        train_population(TrainConfig.from_dict({**config.to_dict(), "capture": True}), DATA, progress=False)
+    enabled = spy_on_capture(monkeypatch)
+    train_population(config, DATA, progress=False)  # capture: auto
+    assert enabled == [False]
+
+
+def test_capture_auto_is_on_for_capturable_cuda_populations_only():
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert loop.step_capture("auto", cuda, True) and not loop.step_capture("auto", cuda, False)
+    assert not loop.step_capture("auto", cpu, True)
+    assert loop.step_capture(True, cpu, True) and not loop.step_capture(False, cuda, True)
+
+
+def test_meta_records_the_device_and_the_matmul_precision_it_ran_at():
+    before = torch.get_float32_matmul_precision()
+    result = train(members=[{"method": "bp", "lr": 0.1, "seed": 0}], epochs=0.1, matmul_precision="high")
+    assert result.meta["device_type"] == "cpu" and result.meta["device_model"]
+    assert result.meta["float32_matmul_precision"] == "high"
+    assert torch.get_float32_matmul_precision() == before  # set for the run only
+    assert train(members=[{"method": "bp", "lr": 0.1, "seed": 0}], epochs=0.1).meta[
+        "float32_matmul_precision"] == "highest"
+
+
+def test_brsf_draws_made_in_blocks_are_the_one_draw_per_step_stream():
+    # Blocks of steps are drawn at once (one copy to the device per block); each step's R must still be
+    # the seed stream drawn one step at a time, layer after layer, across block boundaries.
+    members = [Member("brsf", 0.1, 0), Member("bp", 0.1, 0), Member("brsf", 0.2, 7)]
+    model = PopulationMLP(SIZES, members, "tanh", torch.device("cpu"))
+    streams = {seed: generator(seed, "feedback_redraw") for seed in (0, 7)}
+    no_refresh = np.zeros(len(members), dtype=bool)
+    for step in range(2 * REDRAW_BLOCK_STEPS + 3):
+        if step:
+            model.refresh(no_refresh)
+        for seed, stream in streams.items():
+            for layer, w in enumerate(model.weights):
+                expected = draw_like_weight(tuple(w.shape[1:]), stream)
+                assert torch.equal(model.hooks.redraws[seed][layer], expected), (step, seed, layer)

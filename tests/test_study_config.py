@@ -40,3 +40,15 @@ def test_train_config_of_a_population_is_the_train_block_plus_what_the_pipeline_
     assert config.methods == ["bp", "fa"] and config.device == "cpu" and config.data_root == "/elsewhere"
     assert [(m.method, m.lr, m.seed) for m in config.population()] == [("fa", 0.1, 3), ("bp", 0.2, 3)]
     assert device_for("auto") == "auto"
+
+
+def test_gpu_jobs_hold_every_seed_of_a_phase_unless_told_and_cpu_jobs_keep_their_size():
+    from soap.study_config import load_study_config, seeds_per_job
+
+    cfg = load_study_config(values={"grid": {"seeds": 12, "seeds_per_job": 2}, "tuned": {"seeds": 7}})
+    assert seeds_per_job(cfg["grid"], gpus=False) == 2
+    assert seeds_per_job(cfg["grid"], gpus=True) == 12
+    assert seeds_per_job(cfg["tuned"], gpus=True) == 7
+    told = load_study_config(values={"grid": {"seeds": 12, "seeds_per_gpu_job": 5}})
+    assert seeds_per_job(told["grid"], gpus=True) == 5
+    assert seeds_per_job(told["grid"], gpus=False) == told["grid"]["seeds_per_job"]

@@ -35,6 +35,10 @@ from soap.seeding import generator
 LrRatio = Callable[[int, int], "float | Tensor"]
 
 
+# brsf's draws made at once: one host-to-device copy per this many steps
+REDRAW_BLOCK_STEPS = 64
+
+
 def unit_ratio(to_layer: int, from_layer: int) -> float:
     return 1.0
 
@@ -115,6 +119,7 @@ class PopulationFeedback:
         self.tracking = _contiguous_runs(self._members_where(lambda r: r.uses_weight))
         self.sync_tracking(layers)
         self.refresh_groups = {name: np.array(index) for name, index in self._by_name(lambda r: r.refresh is not None)}
+        self._refresh_index: dict[tuple[str, bytes], Tensor] = {}  # refresh(): the due sets' device indices
         self.step_groups = dict(self._addressed(self._by_name(lambda r: r.when == "step")))
         self.step_seeds = {name: [m.seed for m in np.array(members, dtype=object)[_host(index)]]
                            for name, index in self.step_groups.items()}
@@ -123,6 +128,8 @@ class PopulationFeedback:
                             for name, index in self.step_groups.items() if get_rule(name).random == "fa"}
         redrawing = {members[i].seed for i in self._members_where(lambda r: r.random == "redraw")}
         self.redraw_generators = {seed: generator(seed, "feedback_redraw") for seed in sorted(redrawing)}
+        self._redraw_blocks: dict[int, list[Tensor]] = {}
+        self._redraw_step = REDRAW_BLOCK_STEPS  # the first draw makes the first block
         self.coupled_groups = dict(self._addressed(self._by_name(lambda r: r.coupled is not None)))
         direct = self._members_where(lambda r: r.direct)
         self.direct = DirectFeedback(
@@ -163,9 +170,35 @@ class PopulationFeedback:
     def draw_step_randoms(self) -> None:
         """R_t of the redrawing rules (brsf): one draw per seed, layer after layer, shared by that seed's
         members (as each alone draws them). Every layer is drawn every step, so the seed stream, and
-        with it each run, stays the single layer's."""
-        self.redraws = {seed: [draw_like_weight(tuple(w.shape[1:]), gen).to(w) for w in self.weights]
-                        for seed, gen in self.redraw_generators.items()}
+        with it each run, stays the single layer's.
+
+        The draws stay on each seed's CPU generator, the project's definition on every device, but are
+        made REDRAW_BLOCK_STEPS steps at a time (the same stream in the same order) and sent to the
+        device in one copy from pinned memory that does not wait for it: no host-device sync a step."""
+        if not self.redraw_generators:
+            self.redraws = {}
+            return
+        if self._redraw_step == REDRAW_BLOCK_STEPS:
+            self._redraw_blocks, self._redraw_step = self._draw_redraw_blocks(), 0
+        step, self._redraw_step = self._redraw_step, self._redraw_step + 1
+        self.redraws = {seed: [block[step] for block in blocks] for seed, blocks in self._redraw_blocks.items()}
+
+    def _draw_redraw_blocks(self) -> dict[int, list[Tensor]]:
+        """Per seed, per layer: (REDRAW_BLOCK_STEPS, out, in) on the device, step after step and in each
+        step layer after layer on the seed's generator, as one draw per step makes them."""
+        shapes = [tuple(w.shape[1:]) for w in self.weights]
+        sizes = [math.prod(shape) for shape in shapes]
+        pinned = self.device.type == "cuda"
+        blocks = {}
+        for seed, gen in self.redraw_generators.items():
+            host = torch.empty(REDRAW_BLOCK_STEPS, sum(sizes), pin_memory=pinned)
+            for step in range(REDRAW_BLOCK_STEPS):
+                for part, shape in zip(host[step].split(sizes), shapes):
+                    part.copy_(draw_like_weight(shape, gen).flatten())
+            device = host.to(self.weights[0], non_blocking=True)
+            blocks[seed] = [part.view(REDRAW_BLOCK_STEPS, *shape)
+                            for part, shape in zip(device.split(sizes, dim=1), shapes)]
+        return blocks
 
     @torch.no_grad()
     def form_step(self, layers) -> None:
@@ -194,7 +227,12 @@ class PopulationFeedback:
         for name, members in self.refresh_groups.items():
             chosen = members[due[members]]
             if chosen.size:
-                index = torch.as_tensor(chosen, device=self.device)
+                # members due together recur (one set per period), so each set is copied to the device
+                # once: a copy of a host index every refresh would be a host-device sync
+                key = (name, chosen.tobytes())
+                if key not in self._refresh_index:
+                    self._refresh_index[key] = torch.as_tensor(chosen, device=self.device)
+                index = self._refresh_index[key]
                 for w, fb in zip(self.weights, self.matrices):
                     fb[index] = get_rule(name).refresh(w[index])
         if self.step_groups:

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from soap.config import ConfigError, TrainConfig
 from soap.data import Splits, load_dataset, load_prepared
-from soap.devices import describe, resolve_device
+from soap.devices import describe, device_record, matmul_precision, resolve_device
 from soap.models import BLOCK_OUTPUTS, INPUT_SIZE, MNIST_SIZE
 from soap.population.orders import by_data_order, epoch_orders
 from soap.population.placement import population_model
@@ -41,13 +41,29 @@ def load_splits(config: TrainConfig) -> Splits:
 
 
 def train_population(config: TrainConfig, data: Splits | None = None, progress: bool = True,
-                     capture: bool = False) -> TrainResult:
+                     capture: bool | str | None = None) -> TrainResult:
     """Train every member of `config.population()` together; return the runs and curves tables (runs
-    in the config's order).
+    in the config's order). Products run at `config.matmul_precision`.
 
-    capture: replay each SGD step from a CUDA graph on CUDA, so a large population is not bound by
-    kernel launches (soap.step_graph; elsewhere the step runs with a graph's constraints, no faster).
+    capture: `config.capture` unless given (auto, True, False): replay each SGD step from a CUDA graph
+    on CUDA, so a large population is not bound by kernel launches (soap.step_graph; elsewhere the
+    step runs with a graph's constraints, no faster).
     """
+    with matmul_precision(config.matmul_precision):
+        return _train(config, data, progress, config.capture if capture is None else capture)
+
+
+def step_capture(setting: bool | str, device: torch.device, capturable: bool) -> bool:
+    """Whether the step is captured: `setting` auto (on for a CUDA population that can be), True or False."""
+    if setting == "auto":
+        return device.type == "cuda" and capturable
+    if setting is True and not capturable:
+        raise ConfigError("capture: true, but so_ members change their step's computation after the warm-up, "
+                          "which a replayed graph cannot; use capture: auto or false")
+    return bool(setting)
+
+
+def _train(config: TrainConfig, data: Splits | None, progress: bool, capture: bool | str) -> TrainResult:
     started, wall_start = datetime.now(timezone.utc), time.perf_counter()
     device = resolve_device(config.device)
     data = (data or load_splits(config)).to(device)
@@ -82,7 +98,8 @@ def train_population(config: TrainConfig, data: Splits | None = None, progress: 
     def log_eval(examples: int, x: Tensor, y: Tensor, full: bool = False) -> None:
         val_loss, val_acc = model.evaluate(data.val_x, data.val_y) if full else model.evaluate(eval_x, eval_y)
         row = {"val_loss": val_loss, "val_acc": val_acc, **model.alignment(x, y)}
-        eval_log.append((examples, {k: torch.where(alive, v, math.nan).cpu() for k, v in row.items()}))
+        host = torch.where(alive, torch.stack(list(row.values())), math.nan).cpu()  # one read, not one a column
+        eval_log.append((examples, dict(zip(row, host))))
 
     def gather(index: Tensor) -> tuple[Tensor, Tensor]:
         """One batch per data order: x (groups, batch, in), y (groups, batch)."""
@@ -95,9 +112,7 @@ def train_population(config: TrainConfig, data: Splits | None = None, progress: 
         return x, y, model.train_step(x, y, lr)  # the loss (pop,) is from before the step
 
     # Everything the step reads is updated in place (index, lr, parameters), as a CUDA graph requires.
-    if capture and not model.capturable:
-        log.warning("step capture is off: so_ members change their step's computation after the warm-up")
-    run_step = StepGraph(sgd_step, index, lr, enabled=capture and model.capturable)
+    run_step = StepGraph(sgd_step, index, lr, enabled=step_capture(capture, device, model.capturable))
 
     bar = tqdm(total=total_steps * batch * pop, unit="ex", unit_scale=True, disable=not progress,
                desc=f"{config.dataset} {config.phase} x{pop}", mininterval=1.0 if sys.stderr.isatty() else 30.0,
@@ -118,15 +133,17 @@ def train_population(config: TrainConfig, data: Splits | None = None, progress: 
         ema = loss.clone() if ema is None else ema.mul_(config.ema_beta).add_(loss, alpha=1 - config.ema_beta)
 
         if refresh_due(before, seen, config.log_every) or step == total_steps - 1:
+            # the bookkeeping stays on the device; the one read a log point makes is which members
+            # diverged, since freezing them needs their indices
             bad = alive & ~(torch.isfinite(ema) & (ema < divergence_loss))
-            if bad.any():  # one host sync per log point, not per step
-                newly = bad.nonzero().flatten()
-                diverged_at[newly.cpu().numpy()] = seen
-                alive &= ~bad
-                lr.masked_fill_(~alive, 0.0)
-                model.freeze(newly)
-                log.warning("diverged at %d examples: %s", seen, [run_id(config, members[i]) for i in newly.tolist()])
+            alive &= ~bad
+            lr.masked_fill_(~alive, 0.0)
             train_log.append((seen, torch.where(alive, loss, math.nan), torch.where(alive, ema, math.nan)))
+            newly = np.flatnonzero(bad.cpu().numpy())
+            if newly.size:
+                diverged_at[newly] = seen
+                model.freeze(torch.as_tensor(newly, device=device))
+                log.warning("diverged at %d examples: %s", seen, [run_id(config, members[i]) for i in newly])
         if refresh_due(before, seen, config.eval_every) and step < total_steps - 1:
             log_eval(seen, x, y)
         bar.update(batch * pop)
@@ -144,7 +161,7 @@ def train_population(config: TrainConfig, data: Splits | None = None, progress: 
     runs = runs.iloc[np.argsort(placement)].reset_index(drop=True)  # back to the config's order
     wall = time.perf_counter() - wall_start
     meta = meta_record(config, describe(device), started.isoformat(), datetime.now(timezone.utc).isoformat(),
-                       wall, loop_time, loop_cpu, pop, seen)
+                       wall, loop_time, loop_cpu, pop, seen, device_record(device))
     return TrainResult(runs, curves, meta)
 
 

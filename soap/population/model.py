@@ -192,7 +192,7 @@ class PopulationMLP:
         """One optimizer step of every member on its group's batch: x (groups, batch, in), y (groups, batch),
         lr (pop,). Returns the per-member loss before the step."""
         y = y.index_select(0, self.member_group)  # (pop, batch)
-        self.steps += 1
+        self.steps += 1  # read only by so_'s warm-up, which is why so_ steps are never captured
         if self.second_order is not None and self.steps > self.second_order.warmup:
             loss = self._two_pass_step(x, y, lr)
         else:

@@ -129,8 +129,9 @@ def layers_description(config: TrainConfig, sizes: list[int]) -> str:
 
 
 def meta_record(config: TrainConfig, device: str, started: str, finished: str, wall: float, loop_time: float,
-                loop_cpu: float, members: int, seen: int) -> dict:
-    return {"config": config.to_dict(), "versions": versions(), "device": device,
+                loop_cpu: float, members: int, seen: int, device_info: dict | None = None) -> dict:
+    """device: a line naming it; device_info: soap.devices.device_record (type, model, precision flags)."""
+    return {"config": config.to_dict(), "versions": versions(), "device": device, **(device_info or {}),
             "started": started, "finished": finished,
             "wall_time_s": wall, "train_loop_s": loop_time, "members": members,
             # CPU seconds of the loop, all threads: on a machine shared with other work, a steadier

@@ -11,7 +11,7 @@ if (_REPO / "soap" / "__init__.py").is_file():
     sys.path.insert(0, str(_REPO))
 
 from soap import interventions, pipeline, verdict_files  # noqa: E402  (needs the path set above)
-from soap.study_config import load_study_config  # noqa: E402
+from soap.study_config import load_study_config, seeds_per_job  # noqa: E402
 
 # The one validator (soap/schemas/config.schema.yaml, train keys from soap.config.TrainConfig): stops
 # the workflow before any job runs with one line naming the offending key, and fills in defaults.
@@ -21,8 +21,6 @@ DATASETS = config["datasets"]
 METHODS = config["methods"]
 REPEATS = list(range(config["tune"]["repeats"]))
 GRID_LRS = pipeline.grid_lrs(config)
-GRID_CHUNKS = list(range(pipeline.n_chunks(config["grid"]["seeds"], config["grid"]["seeds_per_job"])))
-TUNED_CHUNKS = list(range(pipeline.n_chunks(config["tuned"]["seeds"], config["tuned"]["seeds_per_job"])))
 
 # Interventions (issues 10, 19; soap.interventions): every arm off unless config["interventions"] says so.
 IV = config["interventions"]
@@ -51,6 +49,11 @@ def _gpus_in_use():
 
 # Training jobs ask Snakemake for one GPU each (cap them with --resources gpu=N) and lease it.
 GPU_PER_JOB = 1 if _gpus_in_use() else 0
+# Seeds per training job: the CPU sizing, or with GPUs many more members per job (seeds_per_gpu_job)
+GRID_SEEDS_PER_JOB = seeds_per_job(config["grid"], GPU_PER_JOB > 0)
+TUNED_SEEDS_PER_JOB = seeds_per_job(config["tuned"], GPU_PER_JOB > 0)
+GRID_CHUNKS = list(range(pipeline.n_chunks(config["grid"]["seeds"], GRID_SEEDS_PER_JOB)))
+TUNED_CHUNKS = list(range(pipeline.n_chunks(config["tuned"]["seeds"], TUNED_SEEDS_PER_JOB)))
 THREADS = config["threads"]
 
 
@@ -165,7 +168,7 @@ def grid_members(wildcards):
         lrs = interventions.optimizer_lrs(IV_OPTIMIZERS[optimizer])
         return pipeline.grid_members(IV["optimizer_methods"], lrs, iv_seeds(wildcards))
     seeds = pipeline.chunk_seeds(
-        config["grid"]["seeds"], config["grid"]["seeds_per_job"], int(wildcards.chunk)
+        config["grid"]["seeds"], GRID_SEEDS_PER_JOB, int(wildcards.chunk)
     )
     return pipeline.grid_members(
         METHODS,
@@ -180,7 +183,7 @@ def tuned_seeds(wildcards):
     if arm_optimizer(wildcards):
         return iv_seeds(wildcards)
     return pipeline.chunk_seeds(
-        config["tuned"]["seeds"], config["tuned"]["seeds_per_job"], int(wildcards.chunk)
+        config["tuned"]["seeds"], TUNED_SEEDS_PER_JOB, int(wildcards.chunk)
     )
 
 
