@@ -29,8 +29,10 @@ def test_dry_run_with_the_slurm_profile_plans_every_job_with_resources():
                                           "analyze", "report"}
     for rule, resources in jobs:
         assert "mem_mb=" in resources and "runtime=" in resources, rule
-        # The profile sets gpus=1: the login node sees no GPU, the compute nodes do.
-        assert ("gpu=1" in resources) == (rule in {"tune_study", "train_grid", "train_tuned"}), (rule, resources)
+        # The profile sets gpus=1: the login node sees no GPU, the compute nodes do; every job that trains
+        # (tuning, the grid, the tuned runs and each intervention arm's training) takes one.
+        trains = rule == "tune_study" or rule.startswith("train_")
+        assert ("gpu=1" in resources) == trains, (rule, resources)
 
 
 FAKE = """#!/bin/sh
@@ -69,7 +71,8 @@ def test_training_job_is_submitted_with_a_gpu_memory_time_and_cpus(tmp_path):
             process.wait(timeout=60)
     sbatch = next(line for line in calls.read_text().splitlines() if line.startswith("sbatch "))
     for flag in ("--gpus=1", "--mem 16000", "-t 480", "--cpus-per-task=4", "-A soap", "-p gpu",
-                 "--config 'gpus=1'", "--target-jobs 'train_grid:dataset=mnist,chunk=0'"):
+                 "--config 'gpus=1'",
+                 "--target-jobs 'train_grid:arm=,dataset=mnist,chunk=0'"):
         assert flag in sbatch, (flag, sbatch)
 
 
