@@ -66,6 +66,9 @@ class PopulationLeNet:
         if second:
             raise ValueError(f"{', '.join(second)}: second-order activity propagation is defined for dense hidden "
                              "layers, not lenet5")
+        stepped = sorted({f"{m.method}@{m.step_rule}" for m in members if m.step_rule != m.method})
+        if stepped:
+            raise ValueError(f"{', '.join(stepped)}: step rules are built for the MLP population, not lenet5")
         self.members, self.device, self.in_channels = members, device, in_channels
         self.sizes = [in_channels * 32 * 32, *BLOCK_OUTPUTS, num_classes]  # each layer's input, flattened
         self.weight_decay = weight_decay
@@ -88,6 +91,7 @@ class PopulationLeNet:
         self.weight_matrices = [_matrix(w) for w in self.weights]  # (pop, out, fan_in) views
         self.hooks = PopulationFeedback(members, self.weight_matrices, [_matrix(fb) for fb in self.feedback], inits,
                                         self.member_group, decay)
+        self.step_rules = None  # (refused above) read by the refresh and freeze borrowed from PopulationMLP
         self.capturable = True
 
     # --- forward ----------------------------------------------------------------------------------------
