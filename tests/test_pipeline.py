@@ -32,6 +32,15 @@ def finished_jobs(log: str, rule: str) -> int:
     return log.count(f"(Rule: {rule})")
 
 
+def finished_outputs(log: str, rule: str) -> list[str]:
+    """The output paths of the `rule` jobs that Snakemake's log reports finished."""
+    outputs = dict(re.findall(rf"^(?:local)?rule {rule}:\n(?:    .*\n)*?    output: (.*)\n(?:    .*\n)*?    jobid: (\d+)$",
+                              log, flags=re.MULTILINE))
+    outputs = {jobid: paths for paths, jobid in outputs.items()}
+    done = re.findall(rf"^Finished jobid: (\d+) \(Rule: {rule}\)$", log, flags=re.MULTILINE)
+    return [path for jobid in done for path in outputs[jobid].split(", ")]
+
+
 @pytest.fixture(scope="module")
 def killed_and_rerun(tmp_path_factory, data_root):
     """Run the quick study, SIGKILL it after the grid job, rerun it; return what was seen."""
@@ -48,8 +57,11 @@ def killed_and_rerun(tmp_path_factory, data_root):
             time.sleep(0.2)
         os.killpg(process.pid, signal.SIGKILL)  # Snakemake and every job it started
         process.wait()
-    # Outputs of jobs Snakemake had recorded as finished must survive the rerun untouched.
-    kept = [work / "results/data/mnist.pt", *sorted((work / "results/train/grid").rglob("*.*"))]
+    # Outputs of jobs Snakemake had recorded as finished must survive the rerun untouched (the grid jobs
+    # of every arm are one rule: those still running when killed are redone, the finished ones never).
+    first = first_log.read_text()
+    kept = [work / "results/data/mnist.pt", *(work / path for path in finished_outputs(first, "train_grid"))]
+    assert len(kept) >= 4  # the data and at least one grid job's three files
     mtimes = {path: path.stat().st_mtime_ns for path in kept}
     assert not (work / "results/runs.parquet").exists()
 
@@ -58,7 +70,7 @@ def killed_and_rerun(tmp_path_factory, data_root):
     started = time.monotonic()
     rerun = flow.snakemake(*args)
     assert rerun.returncode == 0, rerun.stderr[-5000:]
-    return {"work": work, "flow": flow, "mtimes": mtimes, "first": first_log.read_text(), "rerun": rerun.stderr,
+    return {"work": work, "flow": flow, "mtimes": mtimes, "first": first, "rerun": rerun.stderr,
             "rerun_s": time.monotonic() - started}
 
 
@@ -66,7 +78,10 @@ def test_rerun_after_kill_completes_and_reuses_finished_outputs(killed_and_rerun
     work, flow, rerun = killed_and_rerun["work"], killed_and_rerun["flow"], killed_and_rerun["rerun"]
     for path, mtime in killed_and_rerun["mtimes"].items():
         assert path.stat().st_mtime_ns == mtime, f"{path} was rewritten"
-    assert finished_jobs(rerun, "train_grid") == 0 and finished_jobs(rerun, "prepare_data") == 0
+    grid_jobs = finished_jobs(killed_and_rerun["first"], "train_grid") + finished_jobs(rerun, "train_grid")
+    planned = len(list((work / "results").rglob("train/grid/*/chunk*/runs.parquet")))  # one per grid job
+    assert planned >= 2 and grid_jobs == planned  # no finished grid job ran twice
+    assert finished_jobs(rerun, "prepare_data") == 0
     assert finished_jobs(rerun, "gather_runs") == 1
     # Every tuning study ended up with its full budget, whether it was resumed or not.
     for method in METHODS:
