@@ -53,7 +53,7 @@ def plain_runs(runs: pd.DataFrame) -> pd.DataFrame:
     if "refresh_period" in runs:
         keep &= (runs["refresh_period"] == runs["refresh_period"].mode().iloc[0]).to_numpy()
     for column in [c for c in runs.columns if c.startswith("lr_scale_l")]:
-        keep &= ((runs[column] == 1.0) | (runs["phase"] == "matched")).to_numpy()
+        keep &= (runs[column] == 1.0).to_numpy()  # one lr for every layer: the factorial's cells
     return runs[keep]
 
 
