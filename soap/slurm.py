@@ -63,6 +63,8 @@ class Job:
     def name(self) -> str:
         """rule and wildcards, from the comment the executor plugin gives each job."""
         rule, _, wildcards = self.comment.removeprefix(RULE_PREFIX).partition("_wildcards_")
+        # The plugin joins wildcard values with "_": the main arm's empty {arm} leaves a leading one.
+        wildcards = wildcards.strip("_")
         return f"rule {rule}" + (f" ({wildcards})" if wildcards else "")
 
 

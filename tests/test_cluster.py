@@ -84,7 +84,7 @@ def test_a_job_never_starts_for_a_config_reason_or_a_request_beyond_every_node()
     node = Node(cpus=2, mem_mb=24000)
 
     def job(state="PENDING", reason="Resources", cpus=1, mem_mb=4000):
-        return Job("7", state, reason, cpus, mem_mb, "rule_train_grid_wildcards_mnist_0")
+        return Job("7", state, reason, cpus, mem_mb, "rule_train_grid_wildcards__mnist_0")
 
     assert never_starts(job(reason="PartitionConfig"), node) == "PENDING with Reason=PartitionConfig"
     assert "asks for 4 CPUs, the largest node has 2" in never_starts(job(cpus=4), node)

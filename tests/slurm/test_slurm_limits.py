@@ -41,7 +41,7 @@ def test_threads_follow_the_largest_node(tmp_path, slurm_cluster):
         for job_id, *_ in squeue_jobs(tmp_path):
             subprocess.run(["scancel", job_id], check=True)
     cpus = node_cpus()
-    assert job[2] == "rule_train_grid_wildcards_mnist_0" and job[3] == min(4, cpus), job
+    assert job[2] == "rule_train_grid_wildcards__mnist_0" and job[3] == min(4, cpus), job
     capped = f"threads=4 (config) asks for 4 CPUs per job but the largest SLURM node has {cpus}: capped to {cpus}"
     assert (capped in (tmp_path / "snakemake.log").read_text()) == (cpus < 4)
 

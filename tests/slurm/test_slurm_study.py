@@ -31,7 +31,7 @@ TABLES = ("runs.parquet", "curves.parquet")
 # cluster computes; the whole quick study (24 jobs, analysis and report too) is the README's check.
 COMMAND = (*PROFILE, "--configfile", "config/quick.yaml", "--config", "gpus=0", *FAST_STATUS,
            *(f"results/{table}" for table in TABLES))
-TRAIN_GRID = "rule_train_grid_wildcards_mnist_0"
+TRAIN_GRID = "rule_train_grid_wildcards__mnist_0"
 GRID_OUTPUT = "results/train/grid/mnist/chunk0/runs.parquet"
 
 
