@@ -78,7 +78,9 @@ def _run(command: list[str]) -> str | None:
         log.warning("%s failed: %s", " ".join(command), err)
         return None
     if out.returncode != 0:
-        log.warning("%s failed (exit %d): %s", " ".join(command), out.returncode, out.stderr.strip()[:300])
+        # SLURM's clients explain a missing configuration in several lines; the last one says what failed.
+        reason = (out.stderr.strip().splitlines() or [""])[-1][:300]
+        log.warning("soap.slurm: %s failed (exit %d): %s", " ".join(command), out.returncode, reason)
         return None
     return out.stdout
 

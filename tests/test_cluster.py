@@ -128,3 +128,34 @@ def test_a_controller_is_dead_once_killed_and_alive_while_it_runs(tmp_path):
     host, pid, started = (tmp_path / CONTROLLER).read_text().split()
     (tmp_path / CONTROLLER).write_text(f"elsewhere {pid} {started}\n")
     assert not controller_dead(tmp_path)
+
+
+FAILING_SINFO = """#!/bin/sh
+echo "$(basename "$0") $*" >> "{log}"
+echo "sinfo: error: fetch_config: DNS SRV lookup failed" >&2
+echo "sinfo: fatal: Could not establish a configuration source" >&2
+exit 1
+"""
+
+
+def test_a_local_study_where_slurm_does_not_answer_polls_no_slurm_command(tmp_path, data_root):
+    # A machine with SLURM's clients but no cluster (or an unconfigured one): a local run asks sinfo
+    # once, warns in one line, and then neither waits on nor watches any SLURM job.
+    bin_dir, work = tmp_path / "bin", tmp_path / "work"
+    bin_dir.mkdir()
+    work.mkdir()
+    calls = tmp_path / "calls.log"
+    (bin_dir / "sinfo").write_text(FAILING_SINFO.format(log=calls))
+    for name in ("squeue", "scancel"):
+        (bin_dir / name).write_text(FAKE.format(log=calls))
+    for script in bin_dir.iterdir():
+        script.chmod(0o755)
+    run = Workflow(work).snakemake("results/data/mnist.pt", "--cores", "1", "--configfile", "config/quick.yaml",
+                                   env=environment(path_prefix=str(bin_dir), SOAP_DATA_ROOT=str(data_root)),
+                                   timeout=300)
+    out = run.stdout + run.stderr
+    assert run.returncode == 0, out[-3000:]
+    assert {line.split()[0] for line in calls.read_text().splitlines()} == {"sinfo"}
+    warnings = [line for line in out.splitlines() if "sinfo --noheader" in line]
+    assert warnings == ["soap.slurm: sinfo --noheader --Node --format=%c %m failed (exit 1): "
+                        "sinfo: fatal: Could not establish a configuration source"]

@@ -65,13 +65,17 @@ import os  # noqa: E402
 
 from soap import slurm  # noqa: E402
 
-THREADS = slurm.cap_threads(THREADS, slurm.largest_node(), f"threads={THREADS} (config)")
-slurm.wait_for_previous(os.getcwd())
+# Off a cluster (no SLURM, or one that does not answer sinfo) none of this runs: a local study polls nothing.
+SLURM_NODE = slurm.largest_node()
+THREADS = slurm.cap_threads(THREADS, SLURM_NODE, f"threads={THREADS} (config)")
+if SLURM_NODE is not None:
+    slurm.wait_for_previous(os.getcwd())
 
 
 onstart:
-    slurm.record_controller(os.getcwd())
-    slurm.Watch(os.getcwd()).start()
+    if SLURM_NODE is not None:
+        slurm.record_controller(os.getcwd())
+        slurm.Watch(os.getcwd()).start()
 
 
 wildcard_constraints:
