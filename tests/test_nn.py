@@ -81,7 +81,7 @@ def test_fused_sgd_update_equals_subtracting_the_gradients():
 
 
 def test_members_sharing_an_input_equal_per_member_calls():
-    # 6 members in 2 groups of 3; each group feeds its 3 members one input (one wide GEMM per group)
+    # 6 members in 2 groups of 3; each group feeds its 3 members one input (one batched GEMM per group)
     torch.manual_seed(4)
     x, w, b, fb = torch.randn(2, 5, 4), torch.randn(6, 7, 4), torch.randn(6, 7), torch.randn(6, 7, 4)
     upstream = torch.randn(6, 5, 7)
