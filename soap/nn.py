@@ -36,36 +36,66 @@ from soap.seeding import generator
 
 @dataclass(frozen=True)
 class Activation:
-    # h = f(a), overwriting a: the population trainer applies it to a fresh GEMM output
-    forward_: Callable[[Tensor], Tensor]
+    # h = f(a) from s a, overwriting it, where s = input_scale(device): the population trainer applies it
+    # to a fresh GEMM output, which the GEMM writes as s a at no cost (baddbmm's alpha and beta)
+    from_scaled_: Callable[[Tensor], Tensor]
     # dL/da from dL/dh and the output h (kept by the forward pass anyway), as one fused kernel
     backward: Callable[[Tensor, Tensor], Tensor]
+    # the same, written over dL/dh: the trainer's dL/dh is a fresh product that nothing else reads
+    backward_: Callable[[Tensor, Tensor], Tensor]
     module: type[nn.Module]
+    cpu_scale: float = 1.0  # s on CPU: a power of two, so s a is exact (1 on every other device)
+
+    def input_scale(self, device: torch.device) -> float:
+        return self.cpu_scale if device.type == "cpu" else 1.0
+
+    def forward_(self, a: Tensor) -> Tensor:
+        """h = f(a), overwriting a."""
+        scale = self.input_scale(a.device)
+        return self.from_scaled_(a if scale == 1.0 else a.mul_(scale))
 
 
-def _tanh_(a: Tensor) -> Tensor:
+def _tanh_from_scaled_(a: Tensor) -> Tensor:
     if a.is_cpu:
-        # 2 sigmoid(2a) - 1: PyTorch's vectorised CPU tanh is about 2.3x slower than its sigmoid, and
-        # tanh was the costliest non-GEMM op of a training step. Absolute error below 2e-7.
-        return torch.sigmoid(a.mul_(2.0), out=a).mul_(2.0).sub_(1.0)
+        # 2 sigmoid(2a) - 1, from 2a: PyTorch's vectorised CPU tanh is about 3.5x slower than its
+        # sigmoid, and tanh was the costliest non-GEMM op of a training step. Absolute error below 2e-7.
+        return torch.sigmoid(a, out=a).mul_(2.0).sub_(1.0)
     return a.tanh_()
 
 
+def _tanh_backward_(grad: Tensor, h: Tensor) -> Tensor:
+    return torch.ops.aten.tanh_backward.grad_input(grad, h, grad_input=grad)
+
+
+def _sigmoid_backward_(grad: Tensor, h: Tensor) -> Tensor:
+    return torch.ops.aten.sigmoid_backward.grad_input(grad, h, grad_input=grad)
+
+
+def _relu_backward(grad: Tensor, h: Tensor) -> Tensor:
+    return torch.ops.aten.threshold_backward(grad, h, 0.0)
+
+
+def _relu_backward_(grad: Tensor, h: Tensor) -> Tensor:
+    return torch.ops.aten.threshold_backward.grad_input(grad, h, 0.0, grad_input=grad)
+
+
 ACTIVATIONS = {
-    "tanh": Activation(_tanh_, torch.ops.aten.tanh_backward, nn.Tanh),
-    "sigmoid": Activation(torch.sigmoid_, torch.ops.aten.sigmoid_backward, nn.Sigmoid),
-    "relu": Activation(torch.relu_, lambda grad, h: torch.ops.aten.threshold_backward(grad, h, 0.0), nn.ReLU),
+    "tanh": Activation(_tanh_from_scaled_, torch.ops.aten.tanh_backward, _tanh_backward_, nn.Tanh, cpu_scale=2.0),
+    "sigmoid": Activation(torch.sigmoid_, torch.ops.aten.sigmoid_backward, _sigmoid_backward_, nn.Sigmoid),
+    "relu": Activation(torch.relu_, _relu_backward, _relu_backward_, nn.ReLU),
 }
 
 
-def linear_forward(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """y = x W^T + b for (batch, in) x (out, in), or (groups, batch, in) x (pop, out, in) -> (pop, batch, out).
+def linear_forward(x: Tensor, weight: Tensor, bias: Tensor | None, scale: float = 1.0) -> Tensor:
+    """y = scale (x W^T + b) for (batch, in) x (out, in), or (groups, batch, in) x (pop, out, in) ->
+    (pop, batch, out); for stacked weights `scale` rides in the GEMM (an activation's input_scale).
 
     A stacked weight takes one input per member (groups = pop), one per group of members that share
     it, or a (batch, in) input shared by every member.
     """
     if weight.dim() == 2:
-        return F.linear(x, weight, bias)  # exactly nn.Linear's forward
+        y = F.linear(x, weight, bias)  # exactly nn.Linear's forward
+        return y if scale == 1.0 else y.mul_(scale)
     x = x if x.dim() == 3 else x.unsqueeze(0)
     pop, out = weight.shape[:2]
     batch = x.shape[1]
@@ -76,17 +106,20 @@ def linear_forward(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     for members, inputs in member_inputs(x, pop):
         w, b = weight[members], None if bias is None else bias[members]
         if narrow:
-            _product(w, inputs.mT, None if b is None else b.unsqueeze(-1), y[members])
+            _product(w, inputs.mT, None if b is None else b.unsqueeze(-1), scale, y[members])
         else:
-            _product(inputs, w.mT, None if b is None else b.unsqueeze(-2), y[members])
+            _product(inputs, w.mT, None if b is None else b.unsqueeze(-2), scale, y[members])
     return y.mT if narrow else y
 
 
-def _product(a: Tensor, b: Tensor, bias: Tensor | None, out: Tensor) -> None:
-    if bias is None:
+def _product(a: Tensor, b: Tensor, bias: Tensor | None, scale: float, out: Tensor) -> None:
+    """out = scale (a b + bias), in the GEMM."""
+    if bias is not None:
+        torch.baddbmm(bias, a, b, beta=scale, alpha=scale, out=out)
+    elif scale == 1.0:
         torch.bmm(a, b, out=out)
     else:
-        torch.baddbmm(bias, a, b, out=out)
+        torch.baddbmm(out, a, b, beta=0.0, alpha=scale, out=out)  # beta 0: out's old values are ignored
 
 
 def feedback_grad_input(grad_out: Tensor, feedback: Tensor, scale: float | Tensor = 1.0) -> Tensor:

@@ -114,14 +114,17 @@ class PopulationMLP:
         """
         acts = [x]
         for layer, (w, b) in enumerate(zip(self.weights, self.biases)):
+            hidden = layer < len(self.weights) - 1
+            # the GEMM writes the activation's scaled input (CPU tanh's 2a), sparing a pass over it
+            scale = self.activation.input_scale(x.device) if hidden else 1.0
             if layer == 0 and x.dim() == 3:
-                parts = [linear_forward(x[groups], w[members], b[members]) for members, groups in self.blocks]
+                parts = [linear_forward(x[groups], w[members], b[members], scale) for members, groups in self.blocks]
                 a = parts[0] if len(parts) == 1 else torch.cat(parts)
             else:
-                a = linear_forward(acts[-1], w, b)  # (pop, batch, out)
+                a = linear_forward(acts[-1], w, b, scale)  # (pop, batch, out)
             if shifts is not None and layer in shifts:
-                a.sub_(shifts[layer])  # pass 2 of activity propagation: a - eps g1
-            acts.append(self.activation.forward_(a) if layer < len(self.weights) - 1 else a)
+                a.sub_(shifts[layer], alpha=scale)  # pass 2 of activity propagation: a - eps g1, scaled
+            acts.append(self.activation.from_scaled_(a) if hidden else a)
         return acts
 
     def error_signals(self, acts: list[Tensor], output_error: Tensor, path: SignalPath, step: Step | None = None,
@@ -148,9 +151,11 @@ class PopulationMLP:
             if step is not None:
                 self._update(layer, delta, acts[layer], step)
             if layer:
-                delta = self.activation.backward(upstream, acts[layer])
+                # upstream products are fresh: the derivative overwrites them, never h, which the
+                # alignment's second pass down and the step rules read again
+                delta = self.activation.backward_(upstream, acts[layer])
                 if plain is not None:
-                    plain = self.activation.backward(plain_upstream, acts[layer])
+                    plain = self.activation.backward_(plain_upstream, acts[layer])
                 if replace and layer - 1 in replace:
                     signal = delta if plain is None else plain
                     delta = replace[layer - 1](signal)
