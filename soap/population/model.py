@@ -45,8 +45,8 @@ class PopulationMLP:
     same layer maths as FeedbackLinear (soap.nn), and tests hold it equal to autograd through that layer.
 
     The training input is one batch per data-order group (soap.population.orders), x (groups, batch, in);
-    members sharing an order share their first layer's GEMMs: its forward is one wide product per
-    order, its weight update one tall one.
+    members sharing an order share their first layer's input: its forward and weight update read the
+    order's batch in place, one batched product per order (soap.nn.member_inputs).
 
     optimizer: "sgd" (fused into the weight-gradient GEMM) or one of soap.optim's, with its
     hyperparameters as keywords (momentum, betas, eps).
@@ -176,7 +176,7 @@ class PopulationMLP:
         layer_lr = step.lr if self.lr_scale is None else step.lr * self.lr_scale[layer]
         if self.optimizer is None:  # sgd: the step lr * dL/da rides in the gradient GEMMs
             scaled = delta if step.fused else delta * layer_lr.view(-1, 1, 1)
-            coupled = self.hooks.coupled_signals(layer, scaled, x, self.hooks.decay * layer_lr)  # lr times each
+            coupled = self.hooks.coupled_signals(layer, scaled, x, layer_lr)  # the signals carry each lr
             if self.weight_decay:  # p - lr (grad + wd p) = (1 - lr wd) p - lr grad; grads are pre-step
                 _decay_(w, b, fb, coupled, layer_lr * self.weight_decay)
             for members, groups in blocks:
@@ -185,7 +185,7 @@ class PopulationMLP:
             return
         grads = [weight_grad(delta[members], x[groups]) for members, groups in blocks]
         grad = grads[0] if len(grads) == 1 else torch.cat(grads)
-        coupled = self.hooks.coupled_signals(layer, delta, x, self.hooks.decay * torch.ones_like(step.lr))
+        coupled = self.hooks.coupled_signals(layer, delta, x)
         grad_fb = coupled.gradients(grad, fb)
         if grad_fb is not None:  # B takes its own optimizer step, as torch.optim does for a parameter
             self.optimizer.step_(2 * len(self.weights) + layer, fb, grad_fb, coupled_lr(coupled, layer_lr))
