@@ -14,9 +14,8 @@ x: (pop, batch, in)). `FeedbackLinear` calls them through autograd; the populati
 directly in its hand-written backward pass (soap.population), with the SGD step fused into grad_W.
 
 Members may share their input: x (groups, batch, in) with pop = groups * size feeds each run of `size`
-consecutive members one input (members trained on the same data order). Their weights then sit side
-by side in one GEMM per group: the forward X W^T is (batch x in) x (in x size*out) and grad_W is
-(size*out x batch) x (batch x in), instead of `size` small products each.
+consecutive members one input (members trained on the same data order). The input is then read, never
+copied, by one batched product per group (`member_inputs`).
 """
 
 from __future__ import annotations
@@ -37,49 +36,90 @@ from soap.seeding import generator
 
 @dataclass(frozen=True)
 class Activation:
-    # h = f(a), overwriting a: the population trainer applies it to a fresh GEMM output
-    forward_: Callable[[Tensor], Tensor]
+    # h = f(a) from s a, overwriting it, where s = input_scale(device): the population trainer applies it
+    # to a fresh GEMM output, which the GEMM writes as s a at no cost (baddbmm's alpha and beta)
+    from_scaled_: Callable[[Tensor], Tensor]
     # dL/da from dL/dh and the output h (kept by the forward pass anyway), as one fused kernel
     backward: Callable[[Tensor, Tensor], Tensor]
+    # the same, written over dL/dh: the trainer's dL/dh is a fresh product that nothing else reads
+    backward_: Callable[[Tensor, Tensor], Tensor]
     module: type[nn.Module]
+    cpu_scale: float = 1.0  # s on CPU: a power of two, so s a is exact (1 on every other device)
+
+    def input_scale(self, device: torch.device) -> float:
+        return self.cpu_scale if device.type == "cpu" else 1.0
+
+    def forward_(self, a: Tensor) -> Tensor:
+        """h = f(a), overwriting a."""
+        scale = self.input_scale(a.device)
+        return self.from_scaled_(a if scale == 1.0 else a.mul_(scale))
 
 
-def _tanh_(a: Tensor) -> Tensor:
+def _tanh_from_scaled_(a: Tensor) -> Tensor:
     if a.is_cpu:
-        # 2 sigmoid(2a) - 1: PyTorch's vectorised CPU tanh is about 2.3x slower than its sigmoid, and
-        # tanh was the costliest non-GEMM op of a training step. Absolute error below 2e-7.
-        return torch.sigmoid(a.mul_(2.0), out=a).mul_(2.0).sub_(1.0)
+        # 2 sigmoid(2a) - 1, from 2a: PyTorch's vectorised CPU tanh is about 3.5x slower than its
+        # sigmoid, and tanh was the costliest non-GEMM op of a training step. Absolute error below 2e-7.
+        return torch.sigmoid(a, out=a).mul_(2.0).sub_(1.0)
     return a.tanh_()
 
 
+def _tanh_backward_(grad: Tensor, h: Tensor) -> Tensor:
+    return torch.ops.aten.tanh_backward.grad_input(grad, h, grad_input=grad)
+
+
+def _sigmoid_backward_(grad: Tensor, h: Tensor) -> Tensor:
+    return torch.ops.aten.sigmoid_backward.grad_input(grad, h, grad_input=grad)
+
+
+def _relu_backward(grad: Tensor, h: Tensor) -> Tensor:
+    return torch.ops.aten.threshold_backward(grad, h, 0.0)
+
+
+def _relu_backward_(grad: Tensor, h: Tensor) -> Tensor:
+    return torch.ops.aten.threshold_backward.grad_input(grad, h, 0.0, grad_input=grad)
+
+
 ACTIVATIONS = {
-    "tanh": Activation(_tanh_, torch.ops.aten.tanh_backward, nn.Tanh),
-    "sigmoid": Activation(torch.sigmoid_, torch.ops.aten.sigmoid_backward, nn.Sigmoid),
-    "relu": Activation(torch.relu_, lambda grad, h: torch.ops.aten.threshold_backward(grad, h, 0.0), nn.ReLU),
+    "tanh": Activation(_tanh_from_scaled_, torch.ops.aten.tanh_backward, _tanh_backward_, nn.Tanh, cpu_scale=2.0),
+    "sigmoid": Activation(torch.sigmoid_, torch.ops.aten.sigmoid_backward, _sigmoid_backward_, nn.Sigmoid),
+    "relu": Activation(torch.relu_, _relu_backward, _relu_backward_, nn.ReLU),
 }
 
 
-def linear_forward(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """y = x W^T + b for (batch, in) x (out, in), or (groups, batch, in) x (pop, out, in) -> (pop, batch, out).
+def linear_forward(x: Tensor, weight: Tensor, bias: Tensor | None, scale: float = 1.0) -> Tensor:
+    """y = scale (x W^T + b) for (batch, in) x (out, in), or (groups, batch, in) x (pop, out, in) ->
+    (pop, batch, out); for stacked weights `scale` rides in the GEMM (an activation's input_scale).
 
     A stacked weight takes one input per member (groups = pop), one per group of members that share
     it, or a (batch, in) input shared by every member.
     """
     if weight.dim() == 2:
-        return F.linear(x, weight, bias)  # exactly nn.Linear's forward
+        y = F.linear(x, weight, bias)  # exactly nn.Linear's forward
+        return y if scale == 1.0 else y.mul_(scale)
     x = x if x.dim() == 3 else x.unsqueeze(0)
     pop, out = weight.shape[:2]
-    groups, batch = x.shape[:2]
-    if groups < pop:  # the members of a group side by side: one wide GEMM per group
-        wide = torch.bmm(x, _side_by_side(weight, groups).mT) if bias is None else torch.baddbmm(
-            bias.view(groups, 1, -1), x, _side_by_side(weight, groups).mT)
-        return wide.view(groups, batch, pop // groups, out).transpose(1, 2).reshape(pop, batch, out)
+    batch = x.shape[1]
     # The bias rides in the GEMM (baddbmm), saving a pass over the output. A layer narrower than the
     # batch (the 10 logits) is computed as (W x^T)^T: the same product, about twice as fast on CPU.
-    if out < batch:
-        y = torch.bmm(weight, x.mT) if bias is None else torch.baddbmm(bias.unsqueeze(-1), weight, x.mT)
-        return y.mT
-    return torch.bmm(x, weight.mT) if bias is None else torch.baddbmm(bias.unsqueeze(-2), x, weight.mT)
+    narrow = out < batch
+    y = x.new_empty((pop, out, batch) if narrow else (pop, batch, out))
+    for members, inputs in member_inputs(x, pop):
+        w, b = weight[members], None if bias is None else bias[members]
+        if narrow:
+            _product(w, inputs.mT, None if b is None else b.unsqueeze(-1), scale, y[members])
+        else:
+            _product(inputs, w.mT, None if b is None else b.unsqueeze(-2), scale, y[members])
+    return y.mT if narrow else y
+
+
+def _product(a: Tensor, b: Tensor, bias: Tensor | None, scale: float, out: Tensor) -> None:
+    """out = scale (a b + bias), in the GEMM."""
+    if bias is not None:
+        torch.baddbmm(bias, a, b, beta=scale, alpha=scale, out=out)
+    elif scale == 1.0:
+        torch.bmm(a, b, out=out)
+    else:
+        torch.baddbmm(out, a, b, beta=0.0, alpha=scale, out=out)  # beta 0: out's old values are ignored
 
 
 def feedback_grad_input(grad_out: Tensor, feedback: Tensor, scale: float | Tensor = 1.0) -> Tensor:
@@ -93,8 +133,14 @@ def feedback_grad_input(grad_out: Tensor, feedback: Tensor, scale: float | Tenso
 
 def weight_grad(grad_out: Tensor, x: Tensor) -> Tensor:
     """grad_W = grad_y^T x, summed over the batch: (pop, batch, out), (groups, batch, in) -> (pop, out, in)."""
-    rows, x = _weight_grad_factors(grad_out, x)
-    return (rows @ x).view(*grad_out.shape[:-2], grad_out.shape[-1], x.shape[-1])
+    if grad_out.dim() == 2:
+        return grad_out.T @ x
+    x = x if x.dim() == 3 else x.unsqueeze(0)
+    pop, _, out = grad_out.shape
+    grad = x.new_empty(pop, out, x.shape[-1])
+    for members, inputs in member_inputs(x, pop):
+        torch.bmm(grad_out[members].mT, inputs, out=grad[members])
+    return grad
 
 
 @torch.no_grad()
@@ -104,31 +150,30 @@ def sgd_update_(weight: Tensor, bias: Tensor | None, scaled_grad_out: Tensor, x:
     Equal to subtracting weight_grad(scaled_grad_out, x), fused into one batched GEMM so the weight
     gradient is never materialised (the update is memory-bound otherwise).
     """
-    rows, x = _weight_grad_factors(scaled_grad_out, x)
     if weight.dim() == 2:
-        weight.addmm_(rows, x, alpha=-1.0)
+        weight.addmm_(scaled_grad_out.T, x, alpha=-1.0)
     else:
-        _side_by_side(weight, x.shape[0]).baddbmm_(rows, x, alpha=-1.0)
+        x = x if x.dim() == 3 else x.unsqueeze(0)
+        for members, inputs in member_inputs(x, weight.shape[0]):
+            weight[members].baddbmm_(scaled_grad_out[members].mT, inputs, alpha=-1.0)
     if bias is not None:
         bias.sub_(scaled_grad_out.sum(-2))
 
 
-def _side_by_side(weight: Tensor, groups: int) -> Tensor:
-    """(pop, out, in) -> (groups, size*out, in): each group's members' weights stacked row-wise (a view)."""
-    if weight.shape[0] % groups:
-        raise ValueError(f"{weight.shape[0]} members do not split into {groups} equal groups")
-    return weight.view(groups, -1, weight.shape[-1])
-
-
-def _weight_grad_factors(grad_out: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
-    """grad_W = rows @ x: rows is each member's grad_y^T, stacked per group when members share x."""
-    if grad_out.dim() == 3:
-        x = x if x.dim() == 3 else x.unsqueeze(0)
-        pop, batch, out = grad_out.shape
-        groups = x.shape[0]
-        if groups < pop:
-            return grad_out.view(groups, pop // groups, batch, out).transpose(-1, -2).reshape(groups, -1, batch), x
-    return grad_out.transpose(-1, -2), x
+def member_inputs(x: Tensor, pop: int) -> list[tuple[slice, Tensor]]:
+    """Each group's members (a slice of the population) and their input (members, batch, in), from one
+    input per group x (groups, batch, in). A shared input is expanded over its members, a view: the
+    products read it in place. (Side by side in one wide GEMM per group, the members' weights would
+    make fewer, larger products, but MKL runs the wide forward 1.45-1.65x slower than these batched
+    ones on an AMD EPYC, and no faster on an Intel Xeon; and its operands and output need reshaping
+    copies.)"""
+    groups = x.shape[0]
+    if groups == pop:
+        return [(slice(None), x)]
+    if pop % groups:
+        raise ValueError(f"{pop} members do not split into {groups} equal groups")
+    size = pop // groups
+    return [(slice(g * size, (g + 1) * size), x[g].expand(size, *x.shape[1:])) for g in range(groups)]
 
 
 class FeedbackLinearFunction(torch.autograd.Function):

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from soap.nn import ACTIVATIONS, FeedbackLinear, FeedbackLinearFunction, sgd_update_
+from soap.nn import ACTIVATIONS, FeedbackLinear, FeedbackLinearFunction, linear_forward, sgd_update_
 
 
 def test_bp_matches_torch_linear_under_autograd():
@@ -67,6 +67,22 @@ def test_activation_matches_its_torch_module_under_autograd(name):
     # measures 1.79e-7 = 3 * 2^-24 (the 1-ulp case), 0.9 of the former atol 2e-7: too close for any x86.
     torch.testing.assert_close(h, expected_h.detach(), atol=6.5 * 2**-24, rtol=0)
     torch.testing.assert_close(activation.backward(grad_h, h), expected_grad_a, atol=1e-6, rtol=1e-5)
+    # the trainer's in-place backward: the same dL/da, written over dL/dh; h is read again (alignment)
+    kept_h, overwritten = h.clone(), grad_h.clone()
+    grad_a = activation.backward_(overwritten, h)
+    assert grad_a.data_ptr() == overwritten.data_ptr()
+    torch.testing.assert_close(grad_a, activation.backward(grad_h, h), atol=0, rtol=0)
+    torch.testing.assert_close(h, kept_h, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_activation_from_its_scaled_input_equals_its_forward(name):
+    # the GEMM writes s (x W^T + b) for the activation's s = input_scale: h must be f(x W^T + b) to the bit
+    activation, generator = ACTIVATIONS[name], torch.Generator().manual_seed(5)
+    x, w, b = torch.randn(3, 70, 9, generator=generator), torch.randn(3, 20, 9, generator=generator), torch.randn(3, 20)
+    scale = activation.input_scale(x.device)
+    expected = activation.forward_(linear_forward(x, w, b))
+    torch.testing.assert_close(activation.from_scaled_(linear_forward(x, w, b, scale)), expected, atol=0, rtol=0)
 
 
 def test_fused_sgd_update_equals_subtracting_the_gradients():
@@ -81,7 +97,7 @@ def test_fused_sgd_update_equals_subtracting_the_gradients():
 
 
 def test_members_sharing_an_input_equal_per_member_calls():
-    # 6 members in 2 groups of 3; each group feeds its 3 members one input (one wide GEMM per group)
+    # 6 members in 2 groups of 3; each group feeds its 3 members one input (one batched GEMM per group)
     torch.manual_seed(4)
     x, w, b, fb = torch.randn(2, 5, 4), torch.randn(6, 7, 4), torch.randn(6, 7), torch.randn(6, 7, 4)
     upstream = torch.randn(6, 5, 7)
@@ -96,6 +112,12 @@ def test_members_sharing_an_input_equal_per_member_calls():
         torch.testing.assert_close(leaves[2].grad[p], upstream[p].sum(0))
         expected_grad_x[g] += upstream[p] @ fb[p]  # a shared input collects every member's error
     torch.testing.assert_close(leaves[0].grad, expected_grad_x)
+    # a scaled forward (an activation's input_scale, in the GEMM), for a layer wider and one narrower
+    # than the batch (out 7 < batch 9: computed as (W x^T)^T)
+    for inputs in (x, torch.randn(2, 9, 4)):
+        scaled = linear_forward(inputs, w, b, 2.0)
+        for p in range(6):
+            torch.testing.assert_close(scaled[p], 2 * (inputs[p // 3] @ w[p].T + b[p]))
     # the fused update takes the same grouped input
     expected_w, expected_b = w - leaves[1].grad, b - leaves[2].grad
     sgd_update_(w, b, upstream, x)

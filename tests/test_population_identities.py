@@ -47,7 +47,7 @@ def test_a_feedback_scale_is_per_layer_learning_rates_under_sgd(method):
     # lr * alpha^k_l, k_l the products above it: k = (2, 1, 0) from input to output. alpha = 4 and its
     # powers are exact in binary, so every product is the same; on this CPU the weights agree bit for bit
     # after 60 steps and four refreshes of B. The tolerance, 1e-13 (some 1e3 ulps of weights of size
-    # 0.1), is for members side by side in the first layer's wide GEMM, whose positions may round
+    # 0.1), is for members in the first layer's batched GEMM, whose positions may round
     # differently on other kernels (two identical members differ by 3e-17 in the test below).
     alpha = 4.0
     model = population([Member(method, LR, 7, PERIOD, feedback_scale=alpha),
@@ -73,7 +73,7 @@ def test_sign_is_sign_scaled_at_per_layer_learning_rates_between_refreshes():
     model = population([Member("sign", LR, 7, PERIOD), Member("sign_scaled", LR, 7, PERIOD)])
     train(model, 15)  # the 15th step crosses 480 examples: its refresh forms sign(W) and m sign(W)
     for sign, scaled in zip(*(member_weights(model, m) for m in range(2))):
-        # one rule so far, but side by side in the first layer's wide GEMM: 3e-17 apart on this CPU
+        # one rule so far, but two members of the first layer's batched GEMM: 3e-17 apart on this CPU
         torch.testing.assert_close(scaled, sign, rtol=0, atol=1e-15)
     m = [w[1].abs().mean().item() for w in model.weights]  # sign_scaled's m_l at the refresh
     matched = population([Member("sign", LR, 7, PERIOD),

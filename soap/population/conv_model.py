@@ -205,8 +205,7 @@ class PopulationLeNet:
         for layer, (grad_w, grad_b) in enumerate(grads):
             layer_lr = lr * self.lr_scale[layer]
             # kolen_pollack: both signals from grad_W (the hook is the registry's; decay not lr-scaled here)
-            coupled = self.hooks.coupled_signals(layer, None, None, self.hooks.decay * torch.ones_like(lr),
-                                                 grad=grad_w)
+            coupled = self.hooks.coupled_signals(layer, None, None, grad=grad_w)
             grad_fb = coupled.gradients(grad_w, self.hooks.matrices[layer])
             if grad_fb is not None:
                 self._step(2 * LAYERS + layer, self.hooks.matrices[layer], grad_fb, coupled_lr(coupled, layer_lr))

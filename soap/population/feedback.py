@@ -144,11 +144,12 @@ class PopulationFeedback:
         with DFA's direct signals."""
         return SignalPath(self.matrices if matrices is None else matrices, scale, self.direct)
 
-    def coupled_signals(self, layer: int, delta: Tensor | None, x: Tensor | None, decay: Tensor,
+    def coupled_signals(self, layer: int, delta: Tensor | None, x: Tensor | None, lr: Tensor | None = None,
                         grad: Tensor | None = None) -> CoupledSignals:
-        """The coupled rules' signals on `layer` from deltas (pop, batch, out), its input x and decay
-        (pop,), which may carry each member's lr (the hook is linear). A caller that has every member's
-        grad_W (pop, out, in) passes it as `grad` instead of delta and x (a conv layer's)."""
+        """The coupled rules' signals on `layer` from deltas (pop, batch, out), its input x and the rules'
+        decay, times each member's lr (pop,) where deltas carry it (the hook is linear). A caller that has
+        every member's grad_W (pop, out, in) passes it as `grad` instead of delta and x (a conv layer's).
+        With no coupled rule nothing is computed (the common case: no per-step work)."""
         signals = []
         for name, index in self.coupled_groups.items():
             if grad is None:
@@ -157,7 +158,8 @@ class PopulationFeedback:
             else:
                 rule_grad = grad[index]
             w, fb = self.weights[layer][index], self.matrices[layer][index]
-            signals.append((index, rule_grad, *get_rule(name).coupled(rule_grad, w, fb, decay[index].view(-1, 1, 1))))
+            decay = self.decay if lr is None else self.decay * lr[index].view(-1, 1, 1)
+            signals.append((index, rule_grad, *get_rule(name).coupled(rule_grad, w, fb, decay)))
         return CoupledSignals(signals)
 
     @torch.no_grad()

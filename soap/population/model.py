@@ -45,8 +45,8 @@ class PopulationMLP:
     same layer maths as FeedbackLinear (soap.nn), and tests hold it equal to autograd through that layer.
 
     The training input is one batch per data-order group (soap.population.orders), x (groups, batch, in);
-    members sharing an order share their first layer's GEMMs: its forward is one wide product per
-    order, its weight update one tall one.
+    members sharing an order share their first layer's input: its forward and weight update read the
+    order's batch in place, one batched product per order (soap.nn.member_inputs).
 
     optimizer: "sgd" (fused into the weight-gradient GEMM) or one of soap.optim's, with its
     hyperparameters as keywords (momentum, betas, eps).
@@ -114,14 +114,17 @@ class PopulationMLP:
         """
         acts = [x]
         for layer, (w, b) in enumerate(zip(self.weights, self.biases)):
+            hidden = layer < len(self.weights) - 1
+            # the GEMM writes the activation's scaled input (CPU tanh's 2a), sparing a pass over it
+            scale = self.activation.input_scale(x.device) if hidden else 1.0
             if layer == 0 and x.dim() == 3:
-                parts = [linear_forward(x[groups], w[members], b[members]) for members, groups in self.blocks]
+                parts = [linear_forward(x[groups], w[members], b[members], scale) for members, groups in self.blocks]
                 a = parts[0] if len(parts) == 1 else torch.cat(parts)
             else:
-                a = linear_forward(acts[-1], w, b)  # (pop, batch, out)
+                a = linear_forward(acts[-1], w, b, scale)  # (pop, batch, out)
             if shifts is not None and layer in shifts:
-                a.sub_(shifts[layer])  # pass 2 of activity propagation: a - eps g1
-            acts.append(self.activation.forward_(a) if layer < len(self.weights) - 1 else a)
+                a.sub_(shifts[layer], alpha=scale)  # pass 2 of activity propagation: a - eps g1, scaled
+            acts.append(self.activation.from_scaled_(a) if hidden else a)
         return acts
 
     def error_signals(self, acts: list[Tensor], output_error: Tensor, path: SignalPath, step: Step | None = None,
@@ -148,9 +151,11 @@ class PopulationMLP:
             if step is not None:
                 self._update(layer, delta, acts[layer], step)
             if layer:
-                delta = self.activation.backward(upstream, acts[layer])
+                # upstream products are fresh: the derivative overwrites them, never h, which the
+                # alignment's second pass down and the step rules read again
+                delta = self.activation.backward_(upstream, acts[layer])
                 if plain is not None:
-                    plain = self.activation.backward(plain_upstream, acts[layer])
+                    plain = self.activation.backward_(plain_upstream, acts[layer])
                 if replace and layer - 1 in replace:
                     signal = delta if plain is None else plain
                     delta = replace[layer - 1](signal)
@@ -171,7 +176,7 @@ class PopulationMLP:
         layer_lr = step.lr if self.lr_scale is None else step.lr * self.lr_scale[layer]
         if self.optimizer is None:  # sgd: the step lr * dL/da rides in the gradient GEMMs
             scaled = delta if step.fused else delta * layer_lr.view(-1, 1, 1)
-            coupled = self.hooks.coupled_signals(layer, scaled, x, self.hooks.decay * layer_lr)  # lr times each
+            coupled = self.hooks.coupled_signals(layer, scaled, x, layer_lr)  # the signals carry each lr
             if self.weight_decay:  # p - lr (grad + wd p) = (1 - lr wd) p - lr grad; grads are pre-step
                 _decay_(w, b, fb, coupled, layer_lr * self.weight_decay)
             for members, groups in blocks:
@@ -180,7 +185,7 @@ class PopulationMLP:
             return
         grads = [weight_grad(delta[members], x[groups]) for members, groups in blocks]
         grad = grads[0] if len(grads) == 1 else torch.cat(grads)
-        coupled = self.hooks.coupled_signals(layer, delta, x, self.hooks.decay * torch.ones_like(step.lr))
+        coupled = self.hooks.coupled_signals(layer, delta, x)
         grad_fb = coupled.gradients(grad, fb)
         if grad_fb is not None:  # B takes its own optimizer step, as torch.optim does for a parameter
             self.optimizer.step_(2 * len(self.weights) + layer, fb, grad_fb, coupled_lr(coupled, layer_lr))

@@ -2,7 +2,7 @@
 
 Consecutive members with one seed form a data-order group: a step's training input is one batch per
 group, x (groups, batch, in). Consecutive groups of one size form a block, whose first layer is one
-batched GEMM (soap.nn's side-by-side weights). Any order of members is correct; `by_data_order` gives
+batched GEMM (soap.nn.member_inputs). Any order of members is correct; `by_data_order` gives
 the fastest.
 """
 
