@@ -35,6 +35,7 @@ def make_runs(records):
             "feedback_gain": 1.0, "diverged": diverged, "final_train_loss": loss, "val_loss": loss,
             "val_acc": 0.9, "test_loss": np.nan if diverged else loss, "test_acc": 0.9,
             "examples_to_target": 100.0 * (seed + 1), "reached_target": True,
+            "architecture": "mlp", "layers": "784-256-256-10 tanh",
         })
     return pd.DataFrame(rows)
 
@@ -124,7 +125,6 @@ def make_results(root: Path, datasets=("mnist",), methods=METHODS, tuning=True, 
     runs.loc[runs["phase"] == "tuned", "examples_seen"] *= 2  # tuned runs train longer, as in the study
     runs["refresh_period"] = 1000
     runs["epochs"] = np.where(runs["phase"] == "tuned", 2.0, 1.0)  # examples_seen: 1 epoch of budget_examples
-    runs["architecture"] = "784-256-256-10 tanh"
     root.mkdir(parents=True, exist_ok=True)
     runs.to_parquet(root / "runs.parquet", index=False)
     _curves(runs).to_parquet(root / "curves.parquet", index=False)

@@ -26,7 +26,7 @@ def table(values: dict[str, list[float]], lrs=(0.01,), seed_effect=None, diverge
                 rows.append({"run_id": f"{cell}-{lr}-{seed}", "phase": "grid", "dataset": "d", "method": method,
                              "step_rule": step, "seed": seed, "lr": lr, "diverged": bad,
                              "val_loss": np.nan if bad else value, "test_loss": np.nan if bad else value,
-                             "test_acc": np.nan if bad else 1 - value})
+                             "test_acc": np.nan if bad else 1 - value, "architecture": "mlp"})
     return pd.DataFrame(rows)
 
 
