@@ -57,7 +57,8 @@ def _leaves(tree):
 
 
 def _allowed_numbers(results: Path) -> set[str]:
-    """Every token any of the report's formatters can make from a summary, provenance or verdict-stage value."""
+    """Every token any of the report's formatters can make from a summary, provenance or verdict-stage value,
+    and the runs table's network description."""
     allowed = set()
     leaves = [leaf for source in (results / "analysis" / "summary.json", results / "provenance.json")
               for leaf in _leaves(json.loads(source.read_text()))]
@@ -66,6 +67,8 @@ def _allowed_numbers(results: Path) -> set[str]:
         leaves += list(_leaves(json.loads((verdict / "answer.json").read_text())))
         for table in verdict.glob("*.csv"):
             leaves += pd.read_csv(table).to_numpy().ravel().tolist()
+    # the network the report names in its headings, as the runs table describes it (soap.networks)
+    leaves += pd.read_parquet(results / "runs.parquet")["layers"].unique().tolist()
     for leaf in leaves:
         texts = [str(leaf)]
         if isinstance(leaf, (int, float)) and not isinstance(leaf, bool):
@@ -180,14 +183,17 @@ def test_verdict_stage_tables_by_hand():
                                 "ci_low": [-0.017], "ci_high": [-0.014], "n": [8], "note": [float("nan")]})
     (row,) = context.descriptive_rows(descriptive)
     assert (row["estimate"], row["note"]) == ("-0.016", "") and "verdict" not in row
-    decomposition = pd.DataFrame([{"dataset": "mnist", "rule": "sign", "lr": lr, "outcome": "test_loss", "unit": "nats",
+    decomposition = pd.DataFrame([{"dataset": "mnist", "architecture": "lenet5", "rule": "sign", "lr": lr, "outcome": "test_loss", "unit": "nats",
                                    "effect": e, "contrast": e, "estimate": 0.5, "ci_low": 0.1, "ci_high": 0.9,
                                    "p": 0.01, "p_holm": 0.04, "n": 5, "diverged": 0, "note": ""}
                                   for lr in (0.01, 0.1) for e in context.EFFECT_HEADERS])
-    (block,) = context.decomposition_context(decomposition)
+    runs = pd.DataFrame({"dataset": ["mnist", "mnist"], "architecture": ["lenet5", "mlp"],
+                         "layers": ["1x32x32-6c5-p2-16c5-p2-120c5-84-10 relu", "784-8-10 tanh"]})
+    (block,) = context.decomposition_context(decomposition, runs)
+    assert block["network"] == "LeNet-5 1x32x32-6c5-p2-16c5-p2-120c5-84-10 relu"  # its own network's runs only
     assert [r["lr"] for r in block["rows"]] == ["0.01", "0.1"]
     assert [h["label"] for h in block["headers"]][2:4] == ["direction at sign's steps", "direction at bp's steps"]
     cell = block["rows"][0]["cells"]["interaction"]
     assert (cell["estimate"], cell["p"], cell["p_label"], cell["n"], cell["direction"]) == \
         ("0.5", "0.04", "Holm-adjusted p", "5 seeds", "above")
-    assert context.decomposition_context(None) == context.verdict_rows(None) == []
+    assert context.decomposition_context(None, runs) == context.verdict_rows(None) == []
