@@ -197,3 +197,23 @@ def test_verdict_stage_tables_by_hand():
     assert (cell["estimate"], cell["p"], cell["p_label"], cell["n"], cell["direction"]) == \
         ("0.5", "0.04", "Holm-adjusted p", "5 seeds", "above")
     assert context.decomposition_context(None, runs) == context.verdict_rows(None) == []
+
+
+def _headings(html: str) -> list[str]:
+    return [html_lib.unescape(re.sub(r"<[^>]+>", "", h)) for h in re.findall(r"<h[23][^>]*>(.*?)</h[23]>", html)]
+
+
+def test_a_lenet5_study_names_lenet5_in_every_figure_and_table_heading(small, built):
+    from soap.report.inputs import load_inputs
+    from soap.report.render import make_figures
+
+    lenet, mlp = "LeNet-5 1x32x32-6c5-p2-16c5-p2-120c5-84-10 relu", "MLP 784-256-256-10 tanh"
+    headings = _headings(small[1])
+    figure_headings = [h for h in headings if any(h.startswith(spec.title) for spec in report.FIGURES)]
+    table_headings = [h for h in headings if h.startswith(("Results", "Tables", "MNIST"))]
+    assert len(figure_headings) == len(report.FIGURES) and len(table_headings) == 3
+    assert all(lenet in h for h in figure_headings + table_headings) and "MLP" not in small[1]
+    figures = make_figures(load_inputs(small[0].parent))
+    assert {fig.get_suptitle() for fig, _ in figures.values()} == {lenet}
+    # the MLP study names its own network, read from its runs
+    assert any(h.startswith("Results") and mlp in h for h in _headings(built[1])) and "LeNet" not in built[1]
