@@ -79,6 +79,8 @@ class SyntheticSpec:
     examples_sd_log: float = 0.4  # sd of log(examples_to_target)
     budget_examples: float = 250_000.0  # examples seen by a run that does not diverge
     target_loss: float = 0.3  # the training-loss target examples_to_target refers to
+    architecture: str = "mlp"  # the network the runs table says trained (runs-table columns architecture, layers)
+    layers: str = "784-256-256-10 tanh"
 
     @property
     def methods(self) -> tuple[str, ...]:
@@ -250,4 +252,5 @@ def _draw_outcomes(design: pd.DataFrame, spec: SyntheticSpec, rng: np.random.Gen
     out["reached_target"] = reached
     out["examples_seen"] = examples_seen
     out["target_loss"] = spec.target_loss
+    out["architecture"], out["layers"] = spec.architecture, spec.layers
     return out

@@ -63,6 +63,8 @@ class FactorialSpec:
     acc_at_zero_loss: float = 1.0
     acc_per_loss: float = 0.3  # test_acc = acc_at_zero_loss - acc_per_loss * test_loss + noise
     acc_noise_sd: float = 0.002
+    architecture: str = "mlp"  # the network the runs table says trained (runs-table columns architecture, layers)
+    layers: str = "784-256-256-10 tanh"
 
     def gains(self, step_rule: str) -> np.ndarray:
         """Median per-hidden-layer gains of a step rule ("r" or "bp")."""
@@ -165,6 +167,7 @@ def generate_factorial_runs(spec: FactorialSpec | None = None, seed: int = 0,
                 "test_acc": nan(spec.acc_at_zero_loss - spec.acc_per_loss * test
                                 + spec.acc_noise_sd * rng.standard_normal(n)),
                 "examples_to_target": np.nan, "reached_target": False,
+                "architecture": spec.architecture, "layers": spec.layers,
             })
             for layer in range(n_layers):
                 frame[f"feedback_gain_l{layer + 1}"] = np.exp(log_gain[:, layer])

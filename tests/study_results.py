@@ -35,6 +35,7 @@ def make_runs(records):
             "feedback_gain": 1.0, "diverged": diverged, "final_train_loss": loss, "val_loss": loss,
             "val_acc": 0.9, "test_loss": np.nan if diverged else loss, "test_acc": 0.9,
             "examples_to_target": 100.0 * (seed + 1), "reached_target": True,
+            "architecture": "mlp", "layers": "784-256-256-10 tanh",
         })
     return pd.DataFrame(rows)
 
@@ -113,18 +114,19 @@ def write_verdict(root: Path, world: str, dataset: str = "mnist") -> Path:
 
 
 def make_results(root: Path, datasets=("mnist",), methods=METHODS, tuning=True, provenance=True,
-                 factorial: str | None = None) -> Path:
+                 factorial: str | None = None, network: tuple[str, str] = ("mlp", "784-256-256-10 tanh")) -> Path:
     """A results directory in the pipeline's layout, small enough to report on in a few seconds;
-    factorial names a synthetic factorial world whose verdict outputs it holds too."""
+    factorial names a synthetic factorial world whose verdict outputs it holds too; network: the runs
+    table's (architecture, layers)."""
     spec = SyntheticSpec(datasets=tuple(datasets),
                          direct_effect={m: SyntheticSpec().direct_effect[m] for m in methods},
                          grid_lrs=tuple(np.logspace(-4, 0, 5)), grid_seeds=3, tuned_seeds=3,
-                         diverge_elr=5.0)  # sign survives the shared lr (mediation runs) but not lr = 1
+                         diverge_elr=5.0,  # sign survives the shared lr (mediation runs) but not lr = 1
+                         architecture=network[0], layers=network[1])
     runs = generate_runs(spec, seed=0)
     runs.loc[runs["phase"] == "tuned", "examples_seen"] *= 2  # tuned runs train longer, as in the study
     runs["refresh_period"] = 1000
     runs["epochs"] = np.where(runs["phase"] == "tuned", 2.0, 1.0)  # examples_seen: 1 epoch of budget_examples
-    runs["architecture"] = "784-256-256-10 tanh"
     root.mkdir(parents=True, exist_ok=True)
     runs.to_parquet(root / "runs.parquet", index=False)
     _curves(runs).to_parquet(root / "curves.parquet", index=False)

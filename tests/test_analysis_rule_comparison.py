@@ -1,5 +1,5 @@
 """The rule comparison (issue 12): its table against independent computations, its figure against the
-estimates it draws."""
+estimates it draws; an MLP's and a LeNet-5's runs as separate rows (issue 20)."""
 
 import numpy as np
 import pandas as pd
@@ -8,8 +8,10 @@ from scipy import stats
 
 from soap import plots
 from soap.analysis.core import analyze
+from soap.analysis.errors import AnalysisError
 from soap.analysis.rule_comparison import reference_levels, rule_comparison_table
 from soap.synthetic import SyntheticSpec, generate_runs
+from soap.tables import TableError
 
 # so_fa's runs are fa's, copied: the analysis's interaction test is then rank-deficient, which is the
 # fixture's doing; the models' warnings on few runs are the analysis tests' concern
@@ -98,3 +100,45 @@ def test_the_slopes_differ_flag_is_carried_from_the_estimates(study):
     tuned = runs[(runs["phase"] == "tuned") & (runs["method"] == "sign")]
     assert table.loc["sign", "tuned_lr"] == pytest.approx(stats.gmean(tuned["lr"]))
 
+
+
+LENET = dict(architecture="lenet5", layers="1x32x32-6c5-p2-16c5-p2-120c5-84-10 relu")
+
+
+def two_networks() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """An MLP's and a LeNet-5's runs of one dataset, the LeNet's losses 1 nat higher (pooling would show)."""
+    small = dict(grid_lrs=(1e-3, 1e-2, 1e-1), grid_seeds=3, tuned_seeds=4)
+    mlp = generate_runs(SyntheticSpec(**small), seed=1)
+    lenet = generate_runs(SyntheticSpec(**small, **LENET), seed=2)
+    lenet = lenet.assign(run_id="lenet-" + lenet["run_id"], test_loss=lenet["test_loss"] + 1.0)
+    return mlp, lenet
+
+
+def test_two_architectures_get_their_own_rows_and_levels_never_pooled():
+    mlp, lenet = two_networks()
+    runs = pd.concat([mlp, lenet], ignore_index=True)
+    table = rule_comparison_table(runs, None).set_index(["architecture", "method"])
+    levels = reference_levels(runs).set_index(["architecture", "outcome"])["level"]
+    methods = sorted(mlp["method"].unique())
+    assert len(table) == 2 * len(methods) and set(table.index.get_level_values(0)) == {"mlp", "lenet5"}
+    for architecture, part in (("mlp", mlp), ("lenet5", lenet)):
+        tuned = part[part["phase"] == "tuned"]
+        for method, arm in tuned.groupby("method"):
+            row = table.loc[(architecture, method)]
+            assert row["dataset"] == "synthetic" and row["n_runs"] == len(arm)
+            assert row["test_loss_mean"] == pytest.approx(arm["test_loss"].mean(), rel=1e-12)
+        bp = tuned[tuned["method"] == "bp"]
+        assert levels[(architecture, "test_loss")] == pytest.approx(bp["test_loss"].mean(), rel=1e-12)
+
+
+def test_per_dataset_estimates_cannot_serve_two_architectures_and_the_analysis_refuses_them():
+    mlp, lenet = two_networks()
+    runs = pd.concat([mlp, lenet], ignore_index=True)
+    estimates = pd.DataFrame({"estimand": ["tuned"], "dataset": ["synthetic"], "method": ["fa"], "outcome": ["test_loss"],
+                              "reference": ["bp"], "estimate": [0.1]})
+    with pytest.raises(AnalysisError, match="several architectures"):
+        rule_comparison_table(runs, estimates)
+    with pytest.raises(AnalysisError, match="dataset 'synthetic' holds runs of architectures lenet5, mlp"):
+        analyze(runs, n_boot=10)
+    with pytest.raises(TableError, match="no architecture or layers column"):
+        rule_comparison_table(mlp.drop(columns=["architecture", "layers"]), None)

@@ -26,7 +26,7 @@ def table(values: dict[str, list[float]], lrs=(0.01,), seed_effect=None, diverge
                 rows.append({"run_id": f"{cell}-{lr}-{seed}", "phase": "grid", "dataset": "d", "method": method,
                              "step_rule": step, "seed": seed, "lr": lr, "diverged": bad,
                              "val_loss": np.nan if bad else value, "test_loss": np.nan if bad else value,
-                             "test_acc": np.nan if bad else 1 - value})
+                             "test_acc": np.nan if bad else 1 - value, "architecture": "mlp"})
     return pd.DataFrame(rows)
 
 
@@ -103,3 +103,19 @@ def test_a_table_without_step_rule_has_step_rule_equal_to_method():
         require_cells(cells, "sign")
     with pytest.raises(AnalysisError, match="missing column.*val_loss"):
         factorial_runs(plain.drop(columns="val_loss"))
+
+
+def test_two_architectures_get_their_own_rows_never_pooled():
+    lenet_values = {cell: [v + 1.0 + 0.2 * (cell == "r") for v in values] for cell, values in VALUES.items()}
+    runs = pd.concat([table(VALUES), table(lenet_values).assign(architecture="lenet5",
+                                                                 run_id=lambda d: "lenet-" + d["run_id"])])
+    t = decomposition_table(runs)
+    assert len(t) == 2 * len(decomposition_table(table(VALUES)))
+    for architecture, values in (("mlp", VALUES), ("lenet5", lenet_values)):
+        v = {k: np.array(x) for k, x in values.items()}
+        row = _effect(t[t["architecture"] == architecture], "total")
+        assert row["estimate"] == pytest.approx((v["r"] - v["bp"]).mean()) and row["n"] == 4
+    # one Holm family over both networks' rows
+    assert t["p_holm"].to_numpy() == pytest.approx(multipletests(t["p"].to_numpy(), method="holm")[1])
+    with pytest.raises(AnalysisError, match="missing column.* architecture"):
+        decomposition_table(table(VALUES).drop(columns="architecture"))

@@ -30,6 +30,9 @@ def close_figures():
     plt.close("all")
 
 
+NETWORK = {"architecture": "lenet5", "layers": "1x32x32-6c5-p2-16c5-p2-120c5-84-10 relu"}
+
+
 def factorial_runs(diverged=()):
     """The four cells of sign's factorial; `diverged` lists (method, step_rule, seed) runs that diverged."""
     rows = []
@@ -40,7 +43,7 @@ def factorial_runs(diverged=()):
                 value = np.nan if bad else loss + (0.5 if lr == 0.1 else 0.0)
                 rows.append({"dataset": "mnist", "phase": "grid", "method": method, "step_rule": step,
                              "optimizer": "sgd", "feedback_scale": 1.0, "lr": lr, "seed": seed, "feedback_gain": 1.0,
-                             "diverged": bad, "val_loss": value, "test_loss": value, "test_acc": 0.9})
+                             "diverged": bad, "val_loss": value, "test_loss": value, "test_acc": 0.9, **NETWORK})
     return pd.DataFrame(rows)
 
 
@@ -56,7 +59,7 @@ def shift_runs():
                 loss = (math.log(lr) + math.log(gain)) ** 2
                 rows.append({"dataset": "mnist", "phase": "grid", "method": method, "feedback_scale": alpha,
                              "optimizer": "sgd", "lr": lr, "seed": seed, "feedback_gain": gain, "diverged": False,
-                             "val_loss": loss, "test_loss": loss, "test_acc": 0.9})
+                             "val_loss": loss, "test_loss": loss, "test_acc": 0.9, **NETWORK})
     return pd.DataFrame(rows)
 
 
@@ -175,6 +178,8 @@ def test_write_figures_writes_one_png_per_figure_and_nothing_else(tmp_path, monk
     runs = pd.concat([factorial_runs(), shift_runs().assign(step_rule=lambda d: d["method"])], ignore_index=True)
     made = V.verdict_figures(runs, TABLES)
     assert list(made) == list(V.FIGURES) and all(_drawn(axes) for _, axes in made.values())
+    # every figure names the network its runs trained, from the runs table
+    assert {fig.get_suptitle() for fig, _ in made.values()} == {"LeNet-5 1x32x32-6c5-p2-16c5-p2-120c5-84-10 relu"}
     assert os.listdir(tmp_path) == []  # drawing writes nothing
     paths = V.write_figures(runs, TABLES, tmp_path / "verdict")
     assert paths == [tmp_path / "verdict" / f"{stem}.png" for stem in V.FIGURES]

@@ -57,7 +57,8 @@ def _leaves(tree):
 
 
 def _allowed_numbers(results: Path) -> set[str]:
-    """Every token any of the report's formatters can make from a summary, provenance or verdict-stage value."""
+    """Every token any of the report's formatters can make from a summary, provenance or verdict-stage value,
+    and the runs table's network description."""
     allowed = set()
     leaves = [leaf for source in (results / "analysis" / "summary.json", results / "provenance.json")
               for leaf in _leaves(json.loads(source.read_text()))]
@@ -66,6 +67,8 @@ def _allowed_numbers(results: Path) -> set[str]:
         leaves += list(_leaves(json.loads((verdict / "answer.json").read_text())))
         for table in verdict.glob("*.csv"):
             leaves += pd.read_csv(table).to_numpy().ravel().tolist()
+    # the network the report names in its headings, as the runs table describes it (soap.networks)
+    leaves += pd.read_parquet(results / "runs.parquet")["layers"].unique().tolist()
     for leaf in leaves:
         texts = [str(leaf)]
         if isinstance(leaf, (int, float)) and not isinstance(leaf, bool):
@@ -180,14 +183,40 @@ def test_verdict_stage_tables_by_hand():
                                 "ci_low": [-0.017], "ci_high": [-0.014], "n": [8], "note": [float("nan")]})
     (row,) = context.descriptive_rows(descriptive)
     assert (row["estimate"], row["note"]) == ("-0.016", "") and "verdict" not in row
-    decomposition = pd.DataFrame([{"dataset": "mnist", "rule": "sign", "lr": lr, "outcome": "test_loss", "unit": "nats",
+    decomposition = pd.DataFrame([{"dataset": "mnist", "architecture": "lenet5", "rule": "sign", "lr": lr, "outcome": "test_loss", "unit": "nats",
                                    "effect": e, "contrast": e, "estimate": 0.5, "ci_low": 0.1, "ci_high": 0.9,
                                    "p": 0.01, "p_holm": 0.04, "n": 5, "diverged": 0, "note": ""}
                                   for lr in (0.01, 0.1) for e in context.EFFECT_HEADERS])
-    (block,) = context.decomposition_context(decomposition)
+    runs = pd.DataFrame({"dataset": ["mnist", "mnist"], "architecture": ["lenet5", "mlp"],
+                         "layers": ["1x32x32-6c5-p2-16c5-p2-120c5-84-10 relu", "784-8-10 tanh"]})
+    (block,) = context.decomposition_context(decomposition, runs)
+    assert block["network"] == "LeNet-5 1x32x32-6c5-p2-16c5-p2-120c5-84-10 relu"  # its own network's runs only
     assert [r["lr"] for r in block["rows"]] == ["0.01", "0.1"]
     assert [h["label"] for h in block["headers"]][2:4] == ["direction at sign's steps", "direction at bp's steps"]
     cell = block["rows"][0]["cells"]["interaction"]
     assert (cell["estimate"], cell["p"], cell["p_label"], cell["n"], cell["direction"]) == \
         ("0.5", "0.04", "Holm-adjusted p", "5 seeds", "above")
-    assert context.decomposition_context(None) == context.verdict_rows(None) == []
+    assert context.decomposition_context(None, runs) == context.verdict_rows(None) == []
+
+
+def _headings(html: str) -> list[str]:
+    return [html_lib.unescape(re.sub(r"<[^>]+>", "", h)) for h in re.findall(r"<h[23][^>]*>(.*?)</h[23]>", html)]
+
+
+def test_a_lenet5_study_names_lenet5_in_every_figure_and_table_heading(small, built):
+    from soap.report.inputs import load_inputs
+    from soap.report.render import make_figures
+
+    lenet, mlp = "LeNet-5 1x32x32-6c5-p2-16c5-p2-120c5-84-10 relu", "MLP 784-256-256-10 tanh"
+    headings = _headings(small[1])
+    figure_headings = [h for h in headings if any(h.startswith(spec.title) for spec in report.FIGURES)]
+    table_headings = [h for h in headings if h.startswith(("Results", "Tables", "MNIST"))]
+    assert len(figure_headings) == len(report.FIGURES) and len(table_headings) == 3
+    # the page's text, its embedded images' base64 left out (any short word turns up in it by chance)
+    text = re.sub(r'src="data:[^"]*"', "", small[1])
+    assert all(lenet in h for h in figure_headings + table_headings) and "MLP" not in text
+    figures = make_figures(load_inputs(small[0].parent))
+    assert {fig.get_suptitle() for fig, _ in figures.values()} == {lenet}
+    # the MLP study names its own network, read from its runs
+    assert any(h.startswith("Results") and mlp in h for h in _headings(built[1]))
+    assert "LeNet" not in re.sub(r'src="data:[^"]*"', "", built[1])

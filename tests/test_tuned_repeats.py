@@ -60,7 +60,8 @@ def test_interval_over_repeats_covers_the_tuning_uncertainty_an_interval_over_se
 def test_analyze_takes_the_tuned_interval_over_repeats():
     world = _tuned_world(np.random.default_rng(3), truth=0.1)
     world = world.assign(test_acc=0.9, val_loss=world["test_loss"], val_acc=0.9, final_train_loss=0.2,
-                         examples_to_target=np.nan, reached_target=False)
+                         examples_to_target=np.nan, reached_target=False, architecture="mlp",
+                         layers="784-256-256-10 tanh")
     rows = analyze(world, n_boot=50).estimates
     tuned = rows[(rows["estimand"] == "tuned") & (rows["outcome"] == "test_loss")].iloc[0]
     assert tuned["unit"] == "tuning repeats" and tuned["n"] == 4

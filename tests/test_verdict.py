@@ -9,6 +9,7 @@ import pytest
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
+from soap.analysis.errors import AnalysisError
 from soap.analysis.primary import choose_lr, non_inferiority, power
 from soap.analysis.verdict import study_verdict
 from soap.cli import main
@@ -160,3 +161,11 @@ def test_cli_writes_the_four_files_and_names_a_missing_arm(tmp_path, caplog):
     err = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(err) == 1 and "\n" not in err[0] and "no bp@sign runs (method bp, step_rule sign) in" in err[0]
     assert "needs interventions.factorial to include sign" in err[0]
+
+
+def test_a_dataset_of_two_architectures_is_refused_not_pooled():
+    # every verdict row is per dataset: an MLP's and a LeNet-5's factorial would be pooled into one
+    mlp = generate_factorial_runs(replace(FACTORIAL_WORLDS["pure_step"], seeds=3), seed=0)
+    lenet = mlp.assign(architecture="lenet5", run_id="lenet-" + mlp["run_id"])
+    with pytest.raises(AnalysisError, match="dataset 'synthetic' holds runs of architectures lenet5, mlp"):
+        study_verdict(pd.concat([mlp, lenet], ignore_index=True), PRIMARY, MARGINS, ["sign"])

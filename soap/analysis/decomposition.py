@@ -5,7 +5,8 @@ method bp, step_rule r) and r@bp (r's direction with bp's steps: method r, step_
 the grid lrs and paired by seed. Factorial runs are ordinary grid rows (optimizer sgd, feedback scale 1,
 one lr for every layer) with a `step_rule` column; a table without it has step_rule == method.
 
-Per dataset, rule, grid lr and outcome (test loss in nats, test accuracy in points), each effect is a
+Per dataset, architecture (never pooled: an MLP's and a LeNet-5's runs are separate rows), rule, grid lr
+and outcome (test loss in nats, test accuracy in points), each effect is a
 linear combination of the cells' per-seed outcomes (soap.factorial.EFFECTS), with the paired t interval
 (95%) and the two-sided t-test over seeds:
 
@@ -16,7 +17,7 @@ linear combination of the cells' per-seed outcomes (soap.factorial.EFFECTS), wit
 - interaction (r - bp@r) - (r@bp - bp).
 
 Holm's adjustment (statsmodels multipletests) runs over every row of the table with a p-value: one
-family, all datasets, rules, lrs, outcomes and effects.
+family, all datasets, architectures, rules, lrs, outcomes and effects.
 
 Divergence: a seed whose run diverged (or has a non-finite outcome) in a cell has no value there. An
 effect uses the seeds healthy in every cell it needs and only those (its differences are undefined for
@@ -37,7 +38,7 @@ from soap.factorial import CELL_NAMES, EFFECTS, cell_key, cell_label
 from soap.rules import REFERENCE
 
 OUTCOMES = {"test_loss": ("nats", 1.0), "test_acc": ("points", 100.0)}
-COLUMNS = ("dataset", "rule", "lr", "outcome", "unit", "effect", "contrast", "estimate", "ci_low", "ci_high",
+COLUMNS = ("dataset", "architecture", "rule", "lr", "outcome", "unit", "effect", "contrast", "estimate", "ci_low", "ci_high",
            "p", "p_holm", "n", "n_seeds", "diverged", "note")
 
 
@@ -57,7 +58,7 @@ def plain_runs(runs: pd.DataFrame) -> pd.DataFrame:
     return runs[keep]
 
 
-NEEDED_COLUMNS = ("dataset", "phase", "method", "seed", "lr", "diverged", "val_loss", "test_loss", "test_acc")
+NEEDED_COLUMNS = ("dataset", "architecture", "phase", "method", "seed", "lr", "diverged", "val_loss", "test_loss", "test_acc")
 
 
 def factorial_runs(runs: pd.DataFrame, source: str = "runs table") -> pd.DataFrame:
@@ -112,11 +113,11 @@ def effect_estimate(wide: pd.DataFrame, effect: str, scale: float = 1.0) -> tupl
 
 
 def decomposition_table(runs: pd.DataFrame, rules: list[str] | None = None) -> pd.DataFrame:
-    """Every effect of every factorial rule (default: those with crossed cells in `runs`), dataset, grid
-    lr and outcome, with Holm's p over the whole table (module docstring)."""
+    """Every effect of every factorial rule (default: those with crossed cells in `runs`), dataset,
+    architecture, grid lr and outcome, with Holm's p over the whole table (module docstring)."""
     runs = factorial_runs(runs)
     rules = factorial_rules(runs) if rules is None else rules
-    rows = [row for dataset, part in runs.groupby("dataset") for rule in rules for outcome in OUTCOMES
+    rows = [row for _, part in runs.groupby(["dataset", "architecture"]) for rule in rules for outcome in OUTCOMES
             for row in effect_rows(part, rule, outcome)]
     table = pd.DataFrame(rows, columns=list(COLUMNS))
     tested = table["p"].notna()
@@ -126,7 +127,8 @@ def decomposition_table(runs: pd.DataFrame, rules: list[str] | None = None) -> p
 
 
 def effect_rows(runs: pd.DataFrame, rule: str, outcome: str) -> list[dict]:
-    """The rows of one dataset's factorial runs, rule and outcome: every grid lr and effect (no Holm)."""
+    """The rows of one (dataset, architecture)'s factorial runs, rule and outcome: every grid lr and
+    effect (no Holm)."""
     unit, scale = OUTCOMES[outcome]
     values, diverged = seed_values(runs, rule, outcome)
     rows = []
@@ -135,7 +137,8 @@ def effect_rows(runs: pd.DataFrame, rule: str, outcome: str) -> list[dict]:
             stats_, n_seeds = effect_estimate(wide, effect, scale)
             counts = diverged.reindex(columns=list(needed)).loc[lr].fillna(0).astype(int)
             note = ", ".join(f"{cell_label(c, rule)}: {k} diverged" for c, k in counts.items() if k)
-            rows.append({"dataset": runs["dataset"].iloc[0], "rule": rule, "lr": float(lr), "outcome": outcome,
+            rows.append({"dataset": runs["dataset"].iloc[0], "architecture": runs["architecture"].iloc[0],
+                         "rule": rule, "lr": float(lr), "outcome": outcome,
                          "unit": unit, "effect": effect, "contrast": contrast_text(effect, rule),
                          "estimate": stats_["estimate"], "ci_low": stats_["ci_low"], "ci_high": stats_["ci_high"],
                          "p": stats_["p_value"], "p_holm": np.nan, "n": stats_["n"], "n_seeds": n_seeds,

@@ -11,6 +11,7 @@ import pandas as pd
 from scipy import stats
 
 from soap.analysis.errors import AnalysisError
+from soap.networks import single_network_per_dataset
 from soap.tables import TableError, validate_runs
 from soap.rules import REFERENCE
 
@@ -20,9 +21,11 @@ METHOD_TERM = f"C(method, Treatment('{REFERENCE}'))"
 
 
 def prepare_runs(runs: pd.DataFrame) -> pd.DataFrame:
-    """Validate `runs` for analysis and return it with canonical dtypes, or raise AnalysisError."""
+    """Validate `runs` for analysis and return it with canonical dtypes, or raise AnalysisError (also for
+    a dataset holding runs of two architectures, soap.networks)."""
     try:
         runs = validate_runs(runs)
+        single_network_per_dataset(runs)  # every estimand below is keyed by dataset
     except TableError as err:
         raise AnalysisError(str(err)) from err
     if runs.empty:

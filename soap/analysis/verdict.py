@@ -71,6 +71,8 @@ from soap.analysis.decomposition import (OUTCOMES, decomposition_table, factoria
 from soap.analysis.errors import AnalysisError
 from soap.analysis.paired import t_interval
 from soap.analysis.primary import LEVEL, choose_lr, non_inferior, primary_test
+from soap.networks import single_network_per_dataset
+from soap.tables import TableError
 from soap.rules import REFERENCE
 
 __all__ = ["Verdict", "study_verdict", "answer", "plain_runs", "optimum_shift_points"]
@@ -99,12 +101,16 @@ def study_verdict(runs: pd.DataFrame, primary: dict, margins: dict, factorial: l
 
     primary: {rule, outcome, margin (None: margins[outcome])}; margins: analysis.equivalence_margin;
     factorial: interventions.factorial; datasets: their order (the primary test is on the first present).
-    AnalysisError names the first factorial cell missing from `source`.
+    AnalysisError names the first factorial cell missing from `source`, or a dataset of two architectures.
     """
     rule, outcome = primary["rule"], primary["outcome"]
     margin = margins[outcome] if primary.get("margin") is None else float(primary["margin"])
     rules = list(dict.fromkeys([rule, *factorial]))
     cells = factorial_runs(runs, source)
+    try:  # every row below is keyed by dataset
+        single_network_per_dataset(runs, source)
+    except TableError as err:
+        raise AnalysisError(str(err)) from None
     present = list(cells["dataset"].unique())
     order = [d for d in (datasets or []) if d in present] + sorted(d for d in present if d not in (datasets or []))
     if not order:

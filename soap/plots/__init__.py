@@ -1,7 +1,7 @@
 """The study's figures: one style, one colour per method, one module per question.
 
 Every plot function takes tables or estimates (already selected by the caller) and returns
-``(fig, axes)``; none saves anything: the caller does, with :func:`save_figure`. Datasets are facets
+``(fig, axes)``; none saves anything (nor names the network: the caller does, title_network): the caller does, with :func:`save_figure`. Datasets are facets
 (soap.plots.facets), so every figure is one file whatever the number of datasets. A missing or empty
 input draws a "no data" panel that says what is missing instead of raising, so a partial study still
 gets a complete report.
@@ -24,7 +24,7 @@ from soap.plots.facets import dataset_facets, dataset_rows, datasets_of
 from soap.plots.lr_response import plot_divergence, plot_effective_lr_response, plot_lr_response
 from soap.plots.panels import no_data
 from soap.plots.saving import save_figure
-from soap.plots.style import dataset_label, method_color, method_linestyle, order_methods, styled
+from soap.plots.style import dataset_label, method_color, method_linestyle, order_methods, styled, title_network
 from soap.plots.survival import plot_km
 from soap.plots.tuning import plot_tuning, plot_tuning_budget
 from soap.plots.verdict import (plot_decomposition, plot_descriptive, plot_factorial_cells, plot_optimum_shift,
@@ -35,4 +35,4 @@ __all__ = ["dataset_facets", "dataset_label", "dataset_rows", "datasets_of", "me
            "plot_descriptive", "plot_divergence", "plot_effective_lr_response", "plot_factorial_cells",
            "plot_fixed_lr_curves", "plot_forest", "plot_grid_contrasts", "plot_km", "plot_lr_response",
            "plot_mediation", "plot_optimum_shift", "plot_primary", "plot_rule_comparison", "plot_tuning",
-           "plot_tuning_budget", "save_figure", "styled", "verdict_figures", "write_figures"]
+           "plot_tuning_budget", "save_figure", "styled", "title_network", "verdict_figures", "write_figures"]

@@ -81,6 +81,15 @@ def dataset_label(dataset: str) -> str:
     return DATASET_LABELS.get(dataset, dataset)
 
 
+def title_network(fig, network: str):
+    """Name the network a figure shows above its panels (soap.networks.network_title of its runs): a
+    LeNet-5's figure must not read as an MLP's. Returns the figure."""
+    fig.suptitle(network, fontsize=11, fontweight="bold")
+    if fig.get_layout_engine() is None:  # laid out by tight_layout before the title: again, with it
+        fig.tight_layout()
+    return fig
+
+
 def styled(plot):
     """Run a plot function inside the study style."""
 

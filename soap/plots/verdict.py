@@ -20,7 +20,9 @@ from soap.analysis.decomposition import factorial_rules, factorial_runs
 from soap.analysis.paired import t_interval
 from soap.analysis.verdict import optimum_shift_points, plain_runs
 from soap.factorial import CELL_NAMES, EFFECTS, cell_key, cell_label
+from soap.networks import network_title
 from soap.plots.saving import save_figure
+from soap.plots.style import title_network
 from soap.rules import REFERENCE
 
 # file stem -> caption (also the Snakemake report's, workflow/report/<stem>.rst; tests check they agree)
@@ -211,13 +213,17 @@ def plot_optimum_shift(runs: pd.DataFrame):
 
 
 def verdict_figures(runs: pd.DataFrame, tables) -> dict[str, tuple]:
-    """Every figure of FIGURES as {stem: (fig, axes)}; tables: the verdict stage's Verdict."""
+    """Every figure of FIGURES as {stem: (fig, axes)}, each titled with the network of `runs`; tables:
+    the verdict stage's Verdict."""
     made = {"verdict_factorial_cells": plot_factorial_cells(runs),
             "verdict_decomposition": plot_decomposition(tables.decomposition),
             "verdict_primary": plot_primary(tables.verdict),
             "verdict_descriptive": plot_descriptive(tables.descriptive),
             "verdict_optimum_shift": plot_optimum_shift(runs)}
     assert list(made) == list(FIGURES), "FIGURES and verdict_figures disagree"
+    network = network_title(runs)
+    for fig, _axes in made.values():
+        title_network(fig, network)
     return made
 
 

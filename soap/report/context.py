@@ -14,11 +14,13 @@ import pandas as pd
 from soap.analysis.descriptive import finite
 from soap.analysis.summary import Interval, Summary
 from soap.factorial import EFFECTS
+from soap.networks import network_label, network_title
 from soap.plots import dataset_label, method_color, order_methods
 from soap.plots.verdict import FIGURES as VERDICT_FIGURES
 from soap.report.captions import FIGURES
 from soap.report.inputs import Inputs, summary_estimates
 from soap.rules import REFERENCE
+from soap.tables import TableError
 
 COMPARISON_ESTIMANDS = ("fixed_lr", "small_lr", "tuned", "effective_lr")
 
@@ -93,6 +95,7 @@ def dataset_context(inputs: Inputs, dataset: str) -> dict:
     return {
         "name": dataset,
         "label": dataset_label(dataset),
+        "network": network_title(inputs.runs[inputs.runs["dataset"] == dataset]),
         "n_seeds": {phase: fmt_int(n) for phase, n in s.n_seeds.get(dataset, {}).items()},
         "epochs": {phase: fmt_num(e) for phase, e in s.epochs.get(dataset, {}).items()},
         "n_diverged": {m: fmt_int(n) for m, n in s.n_diverged.get(dataset, {}).items()},
@@ -262,7 +265,9 @@ def report_context(inputs: Inputs, figure_images: Mapping[str, str], tables: Map
     figures, stem -> data URI."""
     s = inputs.summary
     datasets = list(s.datasets or inputs.runs["dataset"].unique())
+    network = network_title(inputs.runs)
     return {
+        "network": network,
         "outcome": s.outcome.replace("_", " "),
         "methods": list(s.methods or order_methods(inputs.runs["method"].unique())),
         "n_runs": fmt_int(s.n_runs),
@@ -273,7 +278,7 @@ def report_context(inputs: Inputs, figure_images: Mapping[str, str], tables: Map
         "budget_trials": s.tuning_budget_trials,
         "provenance": provenance_context(inputs.provenance),
         "missing": inputs.missing,
-        "figures": [{"stem": spec.stem, "title": spec.title, "caption": spec.caption,
+        "figures": [{"stem": spec.stem, "title": f"{spec.title}, {network}", "caption": spec.caption,
                      "src": figure_images.get(spec.stem, "")} for spec in FIGURES],
         "tables": {name: path.name for name, path in tables.items()},
         "colors": {m: method_color(m) for m in order_methods(inputs.runs["method"].unique())},
@@ -306,13 +311,18 @@ def _effect_cell(row: Mapping) -> dict:
             "diverged": fmt_int(row["diverged"]) if finite(row.get("diverged")) and row["diverged"] else None}
 
 
-def decomposition_context(table: pd.DataFrame | None) -> list[dict]:
-    """One block per (dataset, rule, outcome): its rows per grid lr, each with every effect's interval
-    and Holm-adjusted p (soap.analysis.decomposition's table, formatted)."""
+def decomposition_context(table: pd.DataFrame | None, runs: pd.DataFrame) -> list[dict]:
+    """One block per (dataset, architecture, rule, outcome): its rows per grid lr, each with every
+    effect's interval and Holm-adjusted p (soap.analysis.decomposition's table, formatted), named by
+    the network of its runs in `runs`."""
     if table is None or table.empty:
         return []
+    if "architecture" not in table:
+        raise TableError("decomposition table has no architecture column (written before train.architecture "
+                         "existed?): rerun the verdict stage")
     blocks = []
-    for (dataset, rule, outcome), part in table.groupby(["dataset", "rule", "outcome"], sort=False):
+    keys = ["dataset", "architecture", "rule", "outcome"]
+    for (dataset, architecture, rule, outcome), part in table.groupby(keys, sort=False):
         rows = []
         for lr, at in part.groupby("lr"):
             by_effect = {r["effect"]: r for r in at.to_dict(orient="records")}
@@ -322,7 +332,10 @@ def decomposition_context(table: pd.DataFrame | None) -> list[dict]:
                          "cells": {e: _effect_cell(by_effect[e]) if e in by_effect else fmt_interval(None)
                                    for e in EFFECT_HEADERS}})
         contrasts = {r["effect"]: str(r["contrast"]) for r in part.to_dict(orient="records")}
-        blocks.append({"dataset": dataset, "rule": rule, "outcome": outcome.replace("_", " "),
+        # the main runs name its layers; an architecture the main runs lack is named alone
+        network = (network_title(runs[(runs["dataset"] == dataset) & (runs["architecture"] == architecture)])
+                   or network_label(architecture, ""))
+        blocks.append({"dataset": dataset, "network": network, "rule": rule, "outcome": outcome.replace("_", " "),
                        "unit": str(part["unit"].iloc[0]) if "unit" in part else "",
                        "headers": [{"effect": e, "label": h.replace("r's", f"{rule}'s"),
                                     "contrast": contrasts.get(e, "")}
@@ -365,7 +378,7 @@ def descriptive_rows(table: pd.DataFrame | None) -> list[dict]:
 def interventions_context(inputs: Inputs, images: Mapping[str, str]) -> dict:
     """The answer's section after the opening: the decomposition, verdict and descriptive tables, and the
     verdict stage's figures (stem -> data URI) in FIGURES' order."""
-    return {"decomposition": decomposition_context(inputs.decomposition),
+    return {"decomposition": decomposition_context(inputs.decomposition, inputs.runs),
             "verdict": verdict_rows(inputs.verdict), "descriptive": descriptive_rows(inputs.descriptive),
             "figures": [{"stem": stem, "caption": caption, "src": images[stem]}
                         for stem, caption in VERDICT_FIGURES.items() if stem in images]}

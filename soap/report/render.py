@@ -24,6 +24,7 @@ from soap import plots as F
 from soap.analysis.inputs import at_lr
 from soap.analysis.summary import Interval, Summary
 from soap.files import png_data_uri, write_atomic
+from soap.networks import network_title
 from soap.report.captions import FIGURES
 from soap.report.context import COMPARISON_ESTIMANDS, report_context
 from soap.report.inputs import Inputs, load_inputs
@@ -69,7 +70,7 @@ def levels_by_dataset(table: pd.DataFrame | None) -> dict[str, dict[str, float]]
 
 
 def make_figures(inputs: Inputs) -> dict[str, tuple]:
-    """Every figure of FIGURES as {stem: (fig, axes)}."""
+    """Every figure of FIGURES as {stem: (fig, axes)}, each titled with the network of the runs."""
     s = inputs.summary
     datasets = list(s.datasets or inputs.runs["dataset"].unique())
     runs = in_dataset_order(inputs.runs, datasets)
@@ -107,6 +108,9 @@ def make_figures(inputs: Inputs) -> dict[str, tuple]:
                                                         REFERENCE),
     }
     assert list(made) == [spec.stem for spec in FIGURES], "FIGURES and make_figures disagree"
+    network = network_title(runs)
+    for fig, _axes in made.values():
+        F.title_network(fig, network)
     return made
 
 
