@@ -107,7 +107,8 @@ def local_results(tmp_path_factory, data_root) -> Path:
         return Path(os.environ["SOAP_LOCAL_RESULTS"])
     root = tmp_path_factory.mktemp("local-study")
     flow = Workflow(root)
-    local = flow.snakemake("--cores", "2", "--configfile", "config/quick.yaml", *(f"results/{t}" for t in TABLES),
+    # Targets first: --configfile takes every word after it.
+    local = flow.snakemake(*(f"results/{t}" for t in TABLES), "--cores", "2", "--configfile", "config/quick.yaml",
                            env=environment(SOAP_DATA_ROOT=str(data_root)), timeout=1800)
     assert local.returncode == 0, local.stderr[-3000:]
     return root / "results"
