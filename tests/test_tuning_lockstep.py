@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing as mp
-import os
 import signal
 from collections import Counter
 
@@ -19,6 +18,8 @@ import pytest
 import soap.population
 from soap import tuning
 from soap.study_config import load_study_config
+
+from helpers import die_on_training
 
 CTX = mp.get_context("spawn")  # as test_tuning_study: no fork after torch
 REPEATS = [0, 1, 2]
@@ -104,16 +105,7 @@ def test_finished_and_part_done_studies_resume_to_the_same_trials(tmp_path, monk
 
 def _lockstep_then_die(root):
     """Finish one round, then get SIGKILLed while the second trains."""
-    train = soap.population.train_population
-    calls = []
-
-    def dying(config, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            os.kill(os.getpid(), signal.SIGKILL)
-        return train(config, **kwargs)
-
-    soap.population.train_population = dying
+    die_on_training(2)
     tuning.tune_repeats(study_config(), "synthetic", "fa", REPEATS, [root / f"r{r}" for r in REPEATS])
 
 
