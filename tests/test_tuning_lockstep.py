@@ -124,3 +124,8 @@ def test_a_killed_lockstep_job_redone_finishes_every_study_from_its_journal(tmp_
         assert states == ["COMPLETE"] * 2 + ["FAIL"] * 2 + ["COMPLETE"] * 3, repeat
         complete = [t.params["lr"] for t in study.trials if t.state.name == "COMPLETE"]
         assert complete == alone[repeat][1]["params_lr"].tolist(), repeat
+
+
+def test_a_repeat_named_twice_is_refused(tmp_path):
+    with pytest.raises(tuning.TuneError, match=r"repeats \[0, 1, 0\]: each repeat may appear once"):
+        tuning.run_studies(study_config(), "synthetic", "fa", [0, 1, 0], [tmp_path / f"{i}.journal" for i in range(3)])

@@ -208,6 +208,8 @@ def run_studies(cfg: dict, dataset: str, method: str, repeats: list[int], locati
     """
     from soap import population as trainer  # looked up at call time, so tests can wrap the trainer
 
+    if len(set(repeats)) != len(repeats):
+        raise TuneError(f"repeats {list(repeats)}: each repeat may appear once (one worker per study and process)")
     n_trials = cfg["tune"]["n_trials"]
     with ExitStack() as stack:
         workers = [stack.enter_context(StudyWorker(cfg, dataset, method, repeat, location))
