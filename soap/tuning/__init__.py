@@ -1,8 +1,9 @@
 """Phase 1: tune each method's learning rate the same way (STUDY.md), with Optuna's public API.
 
 - soap.tuning.study: the objective. One study per (dataset, method, repeat), batched ask/tell through
-  the population trainer (StudyWorker), several repeats' studies in lockstep in one population, the sampler (TPE or random) and each trial's origin, best.json / trials.csv,
-  and the tuned learning rate over repeats.
+  the population trainer (StudyWorker), several repeats' studies in lockstep in one population
+  (run_studies), the sampler (TPE or random) and each trial's origin, best.json / trials.csv, and the
+  tuned learning rate over repeats.
 - soap.tuning.workers: several workers on one study. Storages, the study lock that keeps the trial
   budget exact, and how a dead worker's trials are found and asked again (kernel-released file locks
   beside a journal file; Optuna heartbeats on a database).

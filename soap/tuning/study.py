@@ -22,7 +22,8 @@ Choices, and why:
   that region. FAIL is left for trials that never finished (a crash, a killed worker) and are redone.
 - Resume. Finished trials are kept and only the remainder is asked; a dead worker's trials are failed
   and enqueued again with their learning rate. The sampler is re-seeded from the study's progress for
-  every batch, so a resumed single-worker study asks exactly what an uninterrupted one would have.
+  every batch (its own progress, also in lockstep beside other repeats' studies), so a resumed
+  single-worker study asks exactly what an uninterrupted one would have.
   With several workers the learning rates asked depend on timing: only a single worker is replayable.
 - The study name carries a hash of everything the objective depends on, so changing the training
   setup, the search range or the sampler starts a fresh study instead of mixing incompatible trials.
