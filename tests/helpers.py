@@ -1,7 +1,9 @@
 """Shared test helpers: the synthetic data and configs of the trainer tests, training a population, and
-training one run the conventional way (soap.models.mlp, torch.optim, autograd) to compare it against."""
+training one run the conventional way (soap.models.mlp, torch.optim, autograd) to compare it against,
+and a trainer that kills its process (a tuning job killed mid-training)."""
 
 import os
+import signal
 from functools import partial
 
 import torch
@@ -96,3 +98,18 @@ def reference_run(method: str, lr: float, seed: int, base: dict = PLAIN, data=DA
 
 train_rules = partial(train, base=RULES_BASE)
 reference_rules = partial(reference_run, base=RULES_BASE)
+
+
+def die_on_training(n: int) -> None:
+    """Make this process's population trainer SIGKILL the process as it starts its n-th population."""
+    import soap.population
+
+    train, calls = soap.population.train_population, []
+
+    def dying(config, **kwargs):
+        calls.append(1)
+        if len(calls) == n:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return train(config, **kwargs)
+
+    soap.population.train_population = dying

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import math
 import multiprocessing as mp
-import os
 import signal
 
 import numpy as np
@@ -18,6 +17,8 @@ import pytest
 import soap.population
 from soap import tuning
 from soap.study_config import load_study_config
+
+from helpers import die_on_training
 
 # spawn, not fork: a forked child of a process that has run torch can deadlock in its thread pool.
 CTX = mp.get_context("spawn")
@@ -77,16 +78,7 @@ def test_diverged_trials_are_pruned_and_use_the_budget(tmp_path):
 
 def _tune_then_die(storage_path, cfg):
     """Finish one batch, then get SIGKILLed while the second batch is training."""
-    train = soap.population.train_population
-    calls = []
-
-    def dying(config, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            os.kill(os.getpid(), signal.SIGKILL)
-        return train(config, **kwargs)
-
-    soap.population.train_population = dying
+    die_on_training(2)
     tuning.run_study(cfg, "synthetic", "fa", 0, storage_path)
 
 

@@ -3,7 +3,9 @@
 Every method gets the same trial budget, the same log-uniform learning-rate range, the same sampler and
 the same training budget per trial; the objective is the validation loss at the end of that budget.
 Trials are evaluated in batches: ask k trials, train their k learning rates as ONE population
-(soap.population), tell each its result. Several workers may share a study (soap.tuning.workers).
+(soap.population), tell each its result. Several workers may share a study (soap.tuning.workers), and
+one process may run several repeats' studies in lockstep, their batches trained as one population
+(run_studies; the Snakemake job of a (dataset, method) does, to amortise its start-up over all repeats).
 
 Choices, and why:
 - Seeds. Repeat r seeds its sampler and trains every trial with seed `tune.seed + r`, a seed no
@@ -20,7 +22,8 @@ Choices, and why:
   that region. FAIL is left for trials that never finished (a crash, a killed worker) and are redone.
 - Resume. Finished trials are kept and only the remainder is asked; a dead worker's trials are failed
   and enqueued again with their learning rate. The sampler is re-seeded from the study's progress for
-  every batch, so a resumed single-worker study asks exactly what an uninterrupted one would have.
+  every batch (its own progress, also in lockstep beside other repeats' studies), so a resumed
+  single-worker study asks exactly what an uninterrupted one would have.
   With several workers the learning rates asked depend on timing: only a single worker is replayable.
 - The study name carries a hash of everything the objective depends on, so changing the training
   setup, the search range or the sampler starts a fresh study instead of mixing incompatible trials.
@@ -105,69 +108,143 @@ def batch_sampler(kind: str, seed: int, progress: tuple[int, ...], n_startup: in
     return optuna.samplers.TPESampler(seed=batch_seed, n_startup_trials=0, constant_liar=True), "tpe"
 
 
+class StudyWorker:
+    """This process's worker on one study: reserve its next batch of trials, then tell their results.
+
+    The one place trials are asked and told, whether a process works on one study (run_study, perhaps
+    beside peer workers on a shared storage) or on several in lockstep (run_studies). Use it as a context
+    manager; it holds the storage's coordinator until closed.
+    """
+
+    def __init__(self, cfg: dict, dataset: str, method: str, repeat: int, location: str | Path):
+        import optuna
+        from optuna.distributions import FloatDistribution
+
+        tune = self.tune = cfg["tune"]
+        self.method, self.seed = method, tune["seed"] + repeat
+        self.name = study_name(dataset, method, repeat,
+                               fingerprint(train_config_values(cfg, dataset, method, repeat), tune))
+        # the whole search space: one log-uniform learning rate, identical for every method
+        self._distributions = {"lr": FloatDistribution(tune["lr_low"], tune["lr_high"], log=True)}
+        location, self._me = str(location), new_worker_id()
+        storage = open_storage(location, tune)
+        self._coord = coordinator(storage, location, self._me)
+        self._batch = ExitStack()  # the reserved trials' heartbeats, from reserve() until tell()
+        self._trials: list = []
+        try:
+            with self._coord.exclusive(self.name):  # two workers creating one study at once would both insert it
+                self.study = optuna.create_study(study_name=self.name, storage=storage, direction="minimize",
+                                                 load_if_exists=True)
+                self.study.set_user_attr("settings", {
+                    "dataset": dataset, "method": method, "repeat": repeat, "seed": self.seed,
+                    **{k: tune[k] for k in ("lr_low", "lr_high", "epochs", "sampler")}})
+        except BaseException:
+            self._coord.close()
+            raise
+
+    def __enter__(self) -> StudyWorker:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._batch.close()
+        self._coord.close()
+
+    def finished(self) -> int:
+        return len(finished_trials(self.study))
+
+    def reserve(self) -> list[dict] | None:
+        """Ask this study's next batch (at most tune.batch trials) and return its population members;
+        [] if peers hold the last slots (ask again later: a dead peer's trials are redone), None once
+        the study has n_trials finished trials and nothing is running."""
+        from optuna.trial import TrialState
+
+        tune, study = self.tune, self.study
+        # Count and ask under the study lock: no two workers reserve the same slot.
+        with self._coord.exclusive(self.name):
+            fail_stale_trials(study, self._coord)
+            count = {state: len(study.get_trials(deepcopy=False, states=(state,)))
+                     for state in (TrialState.RUNNING, TrialState.WAITING)}
+            done, running = len(finished_trials(study)), count[TrialState.RUNNING]
+            k = min(tune["batch"], tune["n_trials"] - done - running)
+            if k <= 0:
+                return None if running == 0 else []
+            study.sampler, origin = batch_sampler(tune["sampler"], self.seed,
+                                                  (done, running, count[TrialState.WAITING]),
+                                                  n_startup=tune["batch"])
+            with warnings.catch_warnings():
+                # Optuna expects heartbeats with optimize(); we record them (coord.keep_alive).
+                warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used")
+                self._trials = [study.ask(self._distributions) for _ in range(k)]
+            # Heartbeat, then tag: a trial killed before its tag is failed as untagged.
+            self._batch.enter_context(self._coord.keep_alive(study, self._trials))
+            for trial in self._trials:
+                trial.set_user_attr(WORKER_ATTR, self._me)
+                if ORIGIN_ATTR not in trial.user_attrs:  # a retried trial keeps its own
+                    trial.set_user_attr(ORIGIN_ATTR, origin)
+        return [{"method": self.method, "lr": t.params["lr"], "seed": self.seed} for t in self._trials]
+
+    def tell(self, runs) -> None:
+        """Tell the reserved trials their runs (rows in the order of reserve()'s members)."""
+        try:
+            _tell(self.study, self._trials, runs)
+        finally:
+            self._trials = []
+            self._batch.close()
+
+
+def run_studies(cfg: dict, dataset: str, method: str, repeats: list[int], locations: list, *, data=None,
+                prepared: str | None = None, progress: bool = False, poll_s: float = POLL_S) -> list:
+    """Run (or resume) the studies of several repeats of one (dataset, method) in lockstep until each
+    has tune.n_trials finished trials; return their optuna Studies, in the order of `repeats`.
+
+    Each round every unfinished study reserves its next batch exactly as it would alone, the union of
+    the batches trains as ONE population (each member keeps its own repeat's seed, hence its own data
+    order), and each study is told its own members' runs. A population member trains exactly as alone,
+    so every study asks and records what it would in a process of its own, while the trainer runs one
+    population of R batches instead of R small ones. `cfg`: the study config's train, tune, data and
+    gpus sections; `locations[i]`: repeat i's journal file, sqlite:///FILE or postgresql://... URL.
+    """
+    from soap import population as trainer  # looked up at call time, so tests can wrap the trainer
+
+    if len(set(repeats)) != len(repeats):
+        raise TuneError(f"repeats {list(repeats)}: each repeat may appear once (one worker per study and process)")
+    n_trials = cfg["tune"]["n_trials"]
+    with ExitStack() as stack:
+        workers = [stack.enter_context(StudyWorker(cfg, dataset, method, repeat, location))
+                   for repeat, location in zip(repeats, locations, strict=True)]
+        active, rounds = list(workers), 0
+        while active:
+            reserved = [(worker, worker.reserve()) for worker in active]
+            active = [worker for worker, members in reserved if members is not None]
+            batches = [(worker, members) for worker, members in reserved if members]
+            if not batches:
+                if active:
+                    time.sleep(poll_s)  # peers hold the last slots: wait, and redo them if a peer dies
+                continue
+            members = [member for _, batch in batches for member in batch]
+            config = _population(cfg, dataset, members, prepared=prepared)
+            data = data if data is not None else trainer.load_splits(config)  # once, for every round
+            runs = trainer.train_population(config, data=data, progress=progress).runs
+            start = 0
+            for worker, batch in batches:  # the population's rows follow the members' order
+                worker.tell(runs.iloc[start:start + len(batch)])
+                start += len(batch)
+            rounds += 1
+            log.info("%s-%s round %d (%d trials): finished per study %s", dataset, method, rounds,
+                     len(members), ", ".join(f"r{r} {w.finished()}/{n_trials}" for r, w in zip(repeats, workers)))
+        return [worker.study for worker in workers]
+
+
 def run_study(cfg: dict, dataset: str, method: str, repeat: int, location: str | Path, *, data=None,
               prepared: str | None = None, progress: bool = False, poll_s: float = POLL_S):
     """Run (or resume, or join as one more worker) the study of one (dataset, method, repeat) until it
     has tune.n_trials finished trials; return the optuna Study. `cfg`: the study config's train, tune,
     data and gpus sections. `location`: a journal file, sqlite:///FILE or postgresql://... URL."""
-    import optuna
-    from optuna.distributions import FloatDistribution
-    from optuna.trial import TrialState
-
-    from soap import population as trainer  # looked up at call time, so tests can wrap the trainer
-
-    tune = cfg["tune"]
-    seed = tune["seed"] + repeat
-    name = study_name(dataset, method, repeat,
-                      fingerprint(train_config_values(cfg, dataset, method, repeat), tune))
-    # the whole search space: one log-uniform learning rate, identical for every method
-    distributions = {"lr": FloatDistribution(tune["lr_low"], tune["lr_high"], log=True)}
-    location, me = str(location), new_worker_id()
-    storage = open_storage(location, tune)
-    coord = coordinator(storage, location, me)
-    try:
-        with coord.exclusive(name):  # two workers creating the same study at once would both insert it
-            study = optuna.create_study(study_name=name, storage=storage, direction="minimize",
-                                        load_if_exists=True)
-            study.set_user_attr("settings", {"dataset": dataset, "method": method, "repeat": repeat,
-                                             "seed": seed, **{k: tune[k] for k in
-                                                              ("lr_low", "lr_high", "epochs", "sampler")}})
-        while True:
-            with ExitStack() as held:
-                # Count and ask under the study lock: no two workers reserve the same slot.
-                with coord.exclusive(name):
-                    fail_stale_trials(study, coord)
-                    count = {state: len(study.get_trials(deepcopy=False, states=(state,)))
-                             for state in (TrialState.RUNNING, TrialState.WAITING)}
-                    done, running = len(finished_trials(study)), count[TrialState.RUNNING]
-                    k = min(tune["batch"], tune["n_trials"] - done - running)
-                    if k > 0:
-                        study.sampler, origin = batch_sampler(tune["sampler"], seed,
-                                                              (done, running, count[TrialState.WAITING]),
-                                                              n_startup=tune["batch"])
-                        with warnings.catch_warnings():
-                            # Optuna expects heartbeats with optimize(); we record them (coord.keep_alive).
-                            warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used")
-                            trials = [study.ask(distributions) for _ in range(k)]
-                        # Heartbeat, then tag: a trial killed before its tag is failed as untagged.
-                        held.enter_context(coord.keep_alive(study, trials))
-                        for trial in trials:
-                            trial.set_user_attr(WORKER_ATTR, me)
-                            if ORIGIN_ATTR not in trial.user_attrs:  # a retried trial keeps its own
-                                trial.set_user_attr(ORIGIN_ATTR, origin)
-                if k <= 0:
-                    if running == 0:
-                        break
-                    time.sleep(poll_s)  # peers hold the last slots: wait, and redo them if a peer dies
-                    continue
-                members = [{"method": method, "lr": t.params["lr"], "seed": seed} for t in trials]
-                config = _population(cfg, dataset, members, prepared=prepared)
-                data = data if data is not None else trainer.load_splits(config)  # once, for every batch
-                runs = trainer.train_population(config, data=data, progress=progress).runs
-                _tell(study, trials, runs)
-            log.info("%s: %d/%d trials finished", name, len(finished_trials(study)), tune["n_trials"])
-    finally:
-        coord.close()
+    (study,) = run_studies(cfg, dataset, method, [repeat], [location], data=data, prepared=prepared,
+                           progress=progress, poll_s=poll_s)
     return study
 
 
@@ -225,15 +302,28 @@ def storage_location(cfg: dict, out_dir, storage_url=None) -> str:
     return str(storage_url or cfg["tune"]["storage"] or Path(out_dir) / "study.journal")
 
 
+def tune_repeats(cfg: dict, dataset: str, method: str, repeats: list[int], out_dirs: list, *, storage_url=None,
+                 prepared: str | None = None, progress: bool = False) -> list[dict]:
+    """Run or resume the studies of several repeats in lockstep (run_studies) and write each one's
+    best.json and trials.csv in its out_dir (out_dirs[i] for repeats[i]); return their summaries."""
+    out_dirs = [Path(d) for d in out_dirs]
+    studies = run_studies(cfg, dataset, method, list(repeats),
+                          [storage_location(cfg, d, storage_url) for d in out_dirs], prepared=prepared,
+                          progress=progress)
+    summaries = []
+    for study, out_dir in zip(studies, out_dirs, strict=True):
+        summary = write_study(study, out_dir / "best.json", out_dir / "trials.csv")
+        log.info("%s: best lr %.4g (val loss %.4f, %d trials)", study.study_name, summary["lr"],
+                 summary["value"], summary["n_trials"])
+        summaries.append(summary)
+    return summaries
+
+
 def tune_one(cfg: dict, dataset: str, method: str, repeat: int, out_dir, *, storage_url=None,
              prepared: str | None = None, progress: bool = False) -> dict:
     """Run, resume or join one study and write out_dir/best.json and out_dir/trials.csv."""
-    out_dir = Path(out_dir)
-    study = run_study(cfg, dataset, method, repeat, storage_location(cfg, out_dir, storage_url),
-                      prepared=prepared, progress=progress)
-    summary = write_study(study, out_dir / "best.json", out_dir / "trials.csv")
-    log.info("%s: best lr %.4g (val loss %.4f, %d trials)", study.study_name, summary["lr"], summary["value"],
-             summary["n_trials"])
+    (summary,) = tune_repeats(cfg, dataset, method, [repeat], [out_dir], storage_url=storage_url,
+                              prepared=prepared, progress=progress)
     return summary
 
 

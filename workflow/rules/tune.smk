@@ -2,17 +2,22 @@
 # which tunes its own methods over its own lr range in studies of its own).
 
 
+# One job per (arm, dataset, method) holds all its repeats' studies: each round their batches train as
+# one population (soap.tuning.run_studies), so the job's start-up (Python, torch, the prepared data) is
+# paid once instead of once per repeat, and the trainer runs R batches at once instead of R tiny
+# populations. Every repeat's trials are those a job of its own would ask and record.
 rule tune_study:
     input:
         data=prepared_data,
     output:
-        best="results/{arm}tune/{dataset}/{method}/r{repeat}/best.json",
-        trials="results/{arm}tune/{dataset}/{method}/r{repeat}/trials.csv",
+        best=expand("results/{{arm}}tune/{{dataset}}/{{method}}/r{repeat}/best.json", repeat=REPEATS),
+        trials=expand("results/{{arm}}tune/{{dataset}}/{{method}}/r{repeat}/trials.csv", repeat=REPEATS),
     log:
-        "logs/{arm}tune/{dataset}/{method}/r{repeat}.log",
+        "logs/{arm}tune/{dataset}/{method}.log",
     params:
         train=arm_train,
         tune=tune_settings,
+        repeats=REPEATS,
     threads: THREADS
     resources:
         gpu=GPU_PER_JOB,
@@ -43,7 +48,8 @@ rule tuned_lrs:
         "../scripts/tuned_lrs.py"
 
 
-# Phase 1 alone: `snakemake --cores N tune_all`. One study: `snakemake results/tune/mnist/sign/r0/best.json`.
+# Phase 1 alone: `snakemake --cores N tune_all`. One method's studies (every repeat):
+# `snakemake results/tune/mnist/sign/r0/best.json`.
 rule tune_all:
     input:
         tuned_lr_files(),

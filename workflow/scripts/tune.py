@@ -1,4 +1,5 @@
-"""One Optuna study (dataset, method, repeat): resume it to n_trials, write best.json and trials.csv."""
+"""Every repeat's Optuna study of one (dataset, method), in lockstep: resume each to n_trials, write its
+best.json and trials.csv."""
 
 from pathlib import Path
 
@@ -6,7 +7,7 @@ import torch
 
 from soap.gpu_lease import gpu_lease
 from soap.pipeline import log_to_file
-from soap.tuning import tune_one
+from soap.tuning import tune_repeats
 
 log_to_file(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
@@ -19,13 +20,15 @@ study_config = {
     "gpus": config["gpus"] if snakemake.resources.gpu else 0,
 }
 w = snakemake.wildcards
+# The outputs follow params.repeats (expand over REPEATS): repeat i writes in best[i]'s directory.
+out_dirs = [Path(best).parent for best in snakemake.output.best]
 with gpu_lease(config["gpu_lock_dir"], study_config["gpus"]):
-    tune_one(
+    tune_repeats(
         study_config,
         w.dataset,
         w.method,
-        int(w.repeat),
-        Path(snakemake.output.best).parent,
+        snakemake.params.repeats,
+        out_dirs,
         prepared=snakemake.input.data,
         progress=True,
     )
