@@ -39,7 +39,8 @@ from soap.models import BLOCK_OUTPUTS, lenet_initial_parameters, pad_to_32
 from soap.nn import ACTIVATIONS, linear_forward, weight_grad
 from soap.optim import StackedOptimizer
 from soap.population.feedback import PopulationFeedback, SignalPath
-from soap.population.model import PopulationMLP, coupled_lr, cross_entropy, output_error_
+from soap.population.model import (PopulationMLP, coupled_lr, cross_entropy, eval_chunk, evaluate_in_chunks,
+                                   output_error_)
 from soap.population.orders import DataOrders
 from soap.rules import KOLEN_POLLACK_DECAY, get_rule
 
@@ -225,17 +226,10 @@ class PopulationLeNet:
     @torch.no_grad()
     def evaluate(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """Mean loss and accuracy of every member on a shared set: (n, ...), (n,) -> (pop,), (pop,)."""
-        pop = len(self.members)
-        chunk = max(16, 2**24 // (pop * 6 * 28 * 28))  # the first layer's maps dominate the memory
-        total_loss = torch.zeros(pop, device=self.device)
-        correct = torch.zeros(pop, device=self.device)
-        every = [(slice(0, pop), slice(0, 1))]  # one input shared by every member
-        for start in range(0, len(y), chunk):
-            xs, ys = x[start:start + chunk], y[start:start + chunk]
-            logits = self.forward(xs.unsqueeze(0), every)["dense"][-1]
-            total_loss += cross_entropy(logits, ys)[0] * len(ys)
-            correct += (logits.argmax(-1) == ys).sum(1)
-        return total_loss / len(y), correct / len(y)
+        every = [(slice(0, len(self.members)), slice(0, 1))]  # one input shared by every member
+        # the first layer's maps dominate the memory (a quarter of the MLP's activation budget)
+        chunk = eval_chunk(x.device, 4 * len(self.members) * 6 * 28 * 28)
+        return evaluate_in_chunks(lambda xs: self.forward(xs.unsqueeze(0), every)["dense"][-1], x, y, chunk)
 
     @torch.no_grad()
     def alignment(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:

@@ -266,16 +266,9 @@ class PopulationMLP:
     @torch.no_grad()
     def evaluate(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """Mean loss and accuracy of every member on a shared set: (n, in), (n,) -> (pop,), (pop,)."""
-        # chunks of at most ~64M activations, so large populations fit in device memory
-        chunk = max(64, 2**26 // (len(self.members) * max(self.sizes[1:])))
-        total_loss = torch.zeros(len(self.members), device=self.device)
-        correct = torch.zeros(len(self.members), device=self.device)
-        for start in range(0, len(y), chunk):
-            xs, ys = x[start:start + chunk], y[start:start + chunk]
-            logits = self.forward(xs)[-1]
-            total_loss += cross_entropy(logits, ys)[0] * len(ys)
-            correct += (logits.argmax(-1) == ys).sum(1)
-        return total_loss / len(y), correct / len(y)
+        # at most ~64M activations a chunk, so large populations fit in device memory
+        chunk = eval_chunk(x.device, len(self.members) * max(self.sizes[1:]))
+        return evaluate_in_chunks(lambda xs: self.forward(xs)[-1], x, y, chunk)
 
     @torch.no_grad()
     def alignment(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
@@ -313,6 +306,30 @@ def _decay_(weight: Tensor, bias: Tensor, feedback: Tensor, coupled, rate: Tenso
     bias.mul_((1 - rate).view(-1, 1))
     for index, *_ in coupled.signals:
         feedback[index] *= (1 - rate[index]).view(-1, 1, 1)
+
+
+# On CPU each member's product of a chunk is its own small GEMM, fastest while its operands stay in
+# cache: 40 bp members of 784-256-256-10 took 8.1 s on 10,000 examples in chunks of 6,553 (the memory
+# bound) and 4.0 s in chunks of 512 (256: 4.0 s, 128: 4.4 s) on a 2-core AMD EPYC, one thread.
+CPU_EVAL_CHUNK = 512
+
+
+def eval_chunk(device: torch.device, activations_per_example: int) -> int:
+    """Examples evaluated at once: ~64M activations (device memory), and on CPU at most CPU_EVAL_CHUNK."""
+    chunk = max(16, 2**26 // activations_per_example)
+    return min(chunk, CPU_EVAL_CHUNK) if device.type == "cpu" else chunk
+
+
+def evaluate_in_chunks(logits_of: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, chunk: int
+                       ) -> tuple[Tensor, Tensor]:
+    """Mean loss and accuracy of every member, (pop,) each, from logits_of(x chunk) -> (pop, chunk, classes)."""
+    total_loss = correct = None
+    for start in range(0, len(y), chunk):
+        xs, ys = x[start:start + chunk], y[start:start + chunk]
+        logits = logits_of(xs)
+        loss, hits = cross_entropy(logits, ys)[0] * len(ys), (logits.argmax(-1) == ys).sum(1)
+        total_loss, correct = (loss, hits) if total_loss is None else (total_loss + loss, correct + hits)
+    return total_loss / len(y), correct / len(y)
 
 
 def cross_entropy(logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:

@@ -45,6 +45,7 @@ rule train_tuned:
         epochs=config["tuned"]["epochs"],
         phase="tuned",
         lr_source=config["tuned"]["lr_source"],
+    priority: 1
     threads: THREADS
     resources:
         gpu=GPU_PER_JOB,
