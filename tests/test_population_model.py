@@ -177,3 +177,31 @@ def test_second_order_population_step_equals_two_pass_backward(method, layers, a
     points = [m for m in model if isinstance(m, SecondOrderActivity)]
     for point, (layer, gain) in zip(points, population.soap_gains.items()):
         assert gain.item() == pytest.approx(point.gain, rel=1e-6) and gain.item() > 10
+
+
+@pytest.mark.parametrize("architecture", ["mlp", "lenet5"])
+def test_evaluation_in_chunks_equals_each_member_alone_on_the_whole_set(architecture):
+    # two full CPU chunks and a partial one; each member's loss and accuracy against its own model
+    from soap.models import lenet5, pad_to_32
+    from soap.population.conv_model import PopulationLeNet
+    from soap.population.model import CPU_EVAL_CHUNK
+
+    n = 2 * CPU_EVAL_CHUNK + 76
+    members = [Member("bp", 0.1, 3), Member("fa", 0.1, 4)]
+    torch.manual_seed(0)
+    if architecture == "mlp":
+        x, classes = torch.randn(n, 12), 3
+        model = PopulationMLP([12, 16, 16, classes], members, "tanh", torch.device("cpu"))
+        singles = [mlp([12, 16, 16, classes], m.method, seed=m.seed) for m in members]
+    else:
+        x, classes = torch.randn(n, 784), 10
+        model = PopulationLeNet(members, "relu", torch.device("cpu"))
+        singles = [lambda images, m=m, net=lenet5(m.method, seed=m.seed): net(pad_to_32(images)) for m in members]
+    y = torch.randint(0, classes, (n,))
+    loss, accuracy = model.evaluate(x, y)
+    for p, single in enumerate(singles):
+        with torch.no_grad():
+            logits = single(x).double()
+        assert loss[p].item() == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-5)
+        # float32 division; one example of 1,100 is 9e-4
+        assert accuracy[p].item() == pytest.approx((logits.argmax(1) == y).double().mean().item(), abs=1e-6)
