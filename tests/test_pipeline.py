@@ -329,3 +329,16 @@ def test_gather_flags_a_paired_contrast_whose_arms_ran_on_different_device_types
         "paired contrast sign - bp mixes device types: sign ran on cuda, bp on cpu"]
     assert mixed_device_contrasts({"bp": ["cuda"], "fa": ["cuda"]}) == []
     assert mixed_device_contrasts({"bp": ["cuda"], "fa": ["cpu", "cuda"]}) != []
+
+
+def test_a_jobs_log_keeps_its_own_lines_and_only_fonttools_warnings(tmp_path):
+    # matplotlib's PDF backend logs each subsetted font through fontTools at INFO: ~150 lines a figure
+    log = tmp_path / "job.log"
+    script = ("import logging; from soap.pipeline import log_to_file; log_to_file(r'%s'); "
+              "logging.getLogger('fontTools.subset').info('glyphs pruned'); "
+              "logging.getLogger('fontTools.ttLib').warning('a broken font'); "
+              "logging.getLogger('soap.report.render').info('figure written')") % log
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=REPO)
+    lines = log.read_text().splitlines()
+    assert [line.split(" ", 3)[2:] for line in lines] == [["WARNING", "fontTools.ttLib: a broken font"],
+                                                         ["INFO", "soap.report.render: figure written"]]
