@@ -6,6 +6,15 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_configure(config):
+    # pytest-xdist runs one worker per core (tests/run.sh): each trains on one thread, or the workers'
+    # torch thread pools would oversubscribe the cores
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+
+
 @pytest.fixture
 def workflow(tmp_path):
     """A scratch copy of the workflow in tmp_path (tests/workflows.py); .snakemake(*args) runs it there."""

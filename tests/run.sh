@@ -2,6 +2,7 @@
 # Set up everything the test suite needs on a fresh Debian machine, then run it.
 #   SOAP_DATA_ROOT: folder holding MNIST/raw and FashionMNIST/raw (default: ../shared/data if it
 #   exists, else data/, downloaded through torchvision on first use; see tests/conftest.py)
+#   SOAP_TEST_WORKERS: pytest-xdist workers (default auto: one per core; 0 runs in this process)
 #   extra arguments go to pytest
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,4 +20,4 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q -e '.[test,postgres,slurm]'
 
-exec .venv/bin/python -m pytest "$@"
+exec .venv/bin/python -m pytest -n "${SOAP_TEST_WORKERS:-auto}" --dist loadfile "$@"
