@@ -45,8 +45,8 @@ def versions() -> dict[str, str]:
     # torchvision's installed version, read without importing it: the import (its models and ops) took
     # 4.0 s of every training job here, which reads prepared tensors and never uses torchvision
     return {"soap": soap.__version__, "python": sys.version.split()[0], "torch": torch.__version__,
-            "torchvision": importlib.metadata.version("torchvision"), "numpy": numpy.__version__, "pandas": pd.__version__,
-            "platform": platform.platform()}
+            "torchvision": importlib.metadata.version("torchvision"), "numpy": numpy.__version__,
+            "pandas": pd.__version__, "platform": platform.platform()}
 
 
 def curves_table(config: TrainConfig, members: list[Member], train_log: list, eval_log: list) -> pd.DataFrame:
