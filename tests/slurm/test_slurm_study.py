@@ -143,8 +143,12 @@ def test_killed_controller_keeps_finished_jobs_and_submits_none_twice(study):
     for job_id, _, comment, _ in study["left_to_slurm"]:  # what the dead controller left ran on and finished
         assert by_comment[comment].id == job_id and by_comment[comment].state == "COMPLETED", comment
     # the unlock waits for those of them still queued when it looks: a short one may have finished since
-    waited = re.search(r"waiting for (\d+) SLURM job\(s\)", study["unlock"])
-    assert waited and 1 <= int(waited.group(1)) <= len(study["left_to_slurm"]), study["unlock"][-2000:]
+    waited = re.search(r"waiting for (\d+) SLURM job\(s\) that a killed controller left running in \S+: (.*)",
+                       study["unlock"])
+    assert waited, study["unlock"][-2000:]
+    ids = [entry.split()[0] for entry in waited.group(2).split(", ")]
+    assert len(ids) == int(waited.group(1)) >= 1, waited.group(0)
+    assert set(ids) <= {str(job_id) for job_id, *_ in study["left_to_slurm"]}, waited.group(0)
 
 
 def test_runs_and_curves_equal_a_local_run_number_for_number(study, local_results):
